@@ -1,0 +1,21 @@
+"""laufband: embarrassingly parallel, embarrassingly simple.
+
+Wrap a for-loop, start it as often as you like, and every item runs once.
+"""
+
+from laufband.errors import StateError, TaskGraphError, WorkflowMismatchError
+from laufband.graphband import Graphband
+from laufband.laufband import Laufband
+from laufband.task import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Graphband",
+    "Laufband",
+    "StateError",
+    "Task",
+    "TaskGraphError",
+    "WorkflowMismatchError",
+    "__version__",
+]

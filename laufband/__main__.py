@@ -1,0 +1,5 @@
+"""``python -m laufband``: the command line."""
+
+from laufband.cli import app
+
+app(prog_name="laufband")

@@ -1,0 +1,49 @@
+"""How many tasks to claim at once: adaptive, guided batch sizes.
+
+Every claim holds the state lock for about one store transaction, and the lock
+serialises all workers. A worker therefore claims enough tasks that its share of
+lock time stays small (``LOCK_SHARE``) given how many workers compete, and
+shrinks batches toward the end (at most remaining / (2 x workers), as in guided
+scheduling) so workers finish together. Tasks that run long are claimed one by
+one, so their state in the store is exact.
+"""
+
+from __future__ import annotations
+
+LOCK_SHARE = 0.05  # fraction of its time a worker may spend holding the lock
+MAX_BATCH = 16384
+
+
+class BatchSizer:
+    """Learns task and transaction durations and proposes the next batch size."""
+
+    def __init__(self) -> None:
+        self.size = 1
+        self._task_time = 0.0  # moving average of one task's duration, seconds
+        self._txn_time = 0.0015  # moving average of one store transaction, seconds
+
+    def observe_tasks(self, count: int, seconds: float) -> None:
+        """Record that ``count`` tasks took ``seconds`` of loop time."""
+        if count:
+            self._task_time = _blend(self._task_time, seconds / count)
+
+    def observe_transaction(self, seconds: float) -> None:
+        """Record how long a store transaction (lock wait included) took."""
+        self._txn_time = _blend(self._txn_time, seconds)
+
+    def next_size(self, remaining: int, workers: int) -> int:
+        """Batch size for the next claim, given tasks left and live workers."""
+        workers = max(workers, 1)
+        if self._task_time <= 0:
+            wanted = self.size * 2
+        else:
+            wanted = int(workers * self._txn_time / (LOCK_SHARE * self._task_time)) + 1
+        # Grow by doubling (a warm-up can mislead), shrink at once.
+        wanted = min(wanted, self.size * 2, MAX_BATCH)
+        guided = remaining // (2 * workers)
+        self.size = max(1, min(wanted, guided))
+        return self.size
+
+
+def _blend(old: float, new: float) -> float:
+    return new if old <= 0 else 0.7 * old + 0.3 * new

@@ -1,0 +1,454 @@
+"""Graphband: the worker loop every laufband worker runs.
+
+::
+
+    register tasks + worker ──> claim a batch ──> yield task ──> (loop body runs,
+          (one transaction)        ^    │            │            no lock held)
+                                   │    │ nothing    └── finished in memory,
+                 finish + claim ───┘    │ ready          flushed every ~50 ms
+                 (one transaction)      v
+                               work running elsewhere? ── yes: reap dead workers,
+                                        │ no                 wait (<= 1 s), retry
+                                        v
+                                  offline, exit
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from filelock import FileLock
+from tqdm import tqdm
+
+from laufband import mpi
+from laufband.batching import BatchSizer
+from laufband.liveness import HOST, DeadWorkerDetector, Heartbeat, process_token
+from laufband.options import (
+    check_count,
+    check_seconds,
+    parse_bool,
+    parse_labels,
+    resolve,
+)
+from laufband.store import NewTask, Store, Transaction, Workflow
+from laufband.task import Task, check_cycles, check_unique
+
+T = TypeVar("T")
+
+FLUSH_INTERVAL = 0.05  # seconds between flushes of finished tasks
+MAX_WAIT = 1.0  # longest sleep while waiting for work running elsewhere
+_identifiers = itertools.count()
+_live: weakref.WeakSet[Graphband[Any]] = weakref.WeakSet()
+
+
+class Graphband(Generic[T]):
+    """Iterate tasks shared with every other worker on the same state directory.
+
+    Each task is yielded to exactly one worker (or up to ``max_parallel_workers``),
+    after its dependencies are completed and only to workers whose ``labels``
+    cover its ``requirements``. Leaving the loop by ``break`` or an exception marks
+    the current task failed; ``close()`` marks it completed and stops.
+
+    Args:
+        tasks: Iterable of :class:`Task`; read once when iteration starts.
+        path: State directory (``LAUFBAND_PATH``, default ``./.laufband``).
+        name: Workflow name (``LAUFBAND_NAME``, default the running script's stem).
+        identifier: Unique worker name (``LAUFBAND_IDENTIFIER``, default host, pid, rank
+            and a counter).
+        labels: Labels of this worker (``LAUFBAND_LABELS``, comma-separated).
+        max_killed_retries: Re-runs of a task whose worker died (default 1).
+        max_failed_retries: Re-runs of a task that failed (default 0).
+        heartbeat_interval: Seconds between heartbeats (default 10).
+        heartbeat_timeout: Seconds without a heartbeat before a worker on another host is
+            dead (default 30).
+        tqdm_kwargs: Passed to the progress bar (under MPI only rank 0 draws one by default).
+        disabled: Run as a plain tqdm loop with no coordination (``LAUFBAND_DISABLED=1``).
+
+    Example:
+        >>> from laufband import Graphband, Task
+        >>> tasks = [Task("a"), Task("b", dependencies=["a"])]
+        >>> for task in Graphband(tasks, path=tmp):  # doctest: +SKIP
+        ...     print(task.id)
+    """
+
+    def __init__(
+        self,
+        tasks: Iterable[Task],
+        *,
+        path: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+        identifier: str | None = None,
+        labels: Iterable[str] | None = None,
+        max_killed_retries: int | None = None,
+        max_failed_retries: int | None = None,
+        heartbeat_interval: float | None = None,
+        heartbeat_timeout: float | None = None,
+        tqdm_kwargs: dict[str, Any] | None = None,
+        disabled: bool | None = None,
+    ) -> None:
+        self._source = tasks
+        self.path = Path(resolve("path", path, ".laufband", str)).absolute()
+        self.name = resolve("name", name, _script_name(), str)
+        self.labels = frozenset(resolve("labels", labels, frozenset(), parse_labels))
+        self.max_killed_retries = check_count(
+            "max_killed_retries", resolve("max_killed_retries", max_killed_retries, 1, int))
+        self.max_failed_retries = check_count(
+            "max_failed_retries", resolve("max_failed_retries", max_failed_retries, 0, int))
+        self.heartbeat_interval = check_seconds(
+            "heartbeat_interval", resolve("heartbeat_interval", heartbeat_interval, 10.0, float))
+        self.heartbeat_timeout = check_seconds(
+            "heartbeat_timeout", resolve("heartbeat_timeout", heartbeat_timeout, 30.0, float))
+        self.disabled = resolve("disabled", disabled, False, parse_bool)
+        self._soft_lock = resolve("lock", None, "file", str).lower() == "soft"
+        self._rank = mpi.rank()
+        self.identifier = resolve("identifier", identifier, None, str) or _default_identifier(
+            self._rank)
+        self._tqdm_kwargs = dict(tqdm_kwargs or {})
+        self._tqdm_kwargs.setdefault("disable", self._rank not in (None, 0))
+        self._user_lock: Any = None
+        self._bar: tqdm[Any] | None = None
+        self._store: Store | None = None
+        self._workflow: Workflow | None = None
+        self._worker = -1
+        self._restricted = False
+        self._running = False
+        self._closed = False
+        self._batch: list[int] = []
+        self._position = 0
+        self._current: int | None = None
+        self._interrupted: int | None = None  # the task Ctrl-C arrived during
+        self._finished: list[int] = []
+        self._failed: int | None = None
+        self._sizer = BatchSizer()
+        self._detector = DeadWorkerDetector(self.heartbeat_timeout)
+        self._heartbeat: Heartbeat | None = None
+        self._last_reap = 0.0
+
+    # -- public API ---------------------------------------------------------------------
+
+    @property
+    def lock(self) -> Any:
+        """A lock shared by all workers (``user.lock``), re-entrant within a thread.
+
+        Use it around access to shared resources, e.g. appending to one output file.
+        It is separate from the lock that guards the state, so holding it never
+        blocks other workers from claiming tasks.
+        """
+        if self._user_lock is None:
+            if self.disabled:
+                self._user_lock = threading.RLock()
+            else:
+                self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._user_lock = FileLock(self.path / "user.lock", is_singleton=True)
+        return self._user_lock
+
+    @property
+    def iterator(self) -> tqdm[Any]:
+        """The tqdm progress bar; it counts completions of every worker."""
+        if self._bar is None:
+            self._bar = tqdm(total=self._planned_total(), **self._tqdm_kwargs)
+        return self._bar
+
+    @property
+    def has_more_jobs(self) -> bool:
+        """Whether a task this worker could run is pending or still running elsewhere."""
+        if self.disabled:
+            return not self._closed
+        self._start()
+        assert self._store is not None and self._workflow is not None
+        with self._store.transaction() as tx:
+            return tx.may_get_work(self._workflow.id, self._worker, self._label_list,
+                                   self._restricted)
+
+    def close(self) -> None:
+        """Mark the current task completed and stop iterating; the worker goes offline."""
+        if self._current is not None:
+            self._finished.append(self._current)
+            self._current = None
+        self._closed = True
+        self._stop()
+
+    def __enter__(self) -> Graphband[T]:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            self._describe_failure(f"{type(exc).__name__}: {exc}")
+        self._stop()
+
+    def __iter__(self) -> Iterator[T]:
+        if self.disabled:
+            yield from self._plain_loop()
+            return
+        self._closed = False
+        self._start()
+        try:
+            while not self._closed:
+                batch = self._next_batch()
+                if not batch:
+                    return
+                yield from self._run_batch(batch)
+        except GeneratorExit:
+            self._abandon_current()
+            raise
+        except BaseException as error:
+            self._abandon_current(error)
+            raise
+        finally:
+            self._stop()
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _run_batch(self, batch: list[int]) -> Iterator[T]:
+        # The hot path: per task one yield, one list append and one clock read.
+        self._batch = batch
+        item = self._item_getter()
+        finished = self._finished
+        started = last_flush = time.monotonic()
+        for position, seq in enumerate(batch):
+            self._position = position
+            self._current = seq
+            yield item(seq)
+            if self._closed:  # close() was called in the loop body
+                return
+            finished.append(seq)
+            now = time.monotonic()
+            if now - last_flush >= FLUSH_INTERVAL:
+                self._flush()
+                last_flush = now
+        self._current = None
+        self._batch = []
+        self._sizer.observe_tasks(len(batch), time.monotonic() - started)
+
+    def _next_batch(self) -> list[int]:
+        """Finish what ran and claim the next batch in one transaction; wait if needed."""
+        assert self._store is not None and self._workflow is not None
+        wf = self._workflow.id
+        wait = 0.01
+        while True:
+            began = time.monotonic()
+            with self._store.transaction() as tx:
+                self._finish(tx)
+                if began - self._last_reap >= self.heartbeat_interval:
+                    self._reap(tx)
+                batch = self._claim(tx)
+                if not batch and self._reap(tx):
+                    batch = self._claim(tx)
+                more = bool(batch) or self._may_get_work(tx)
+                completed = tx.completed_count(wf)
+            self._sizer.observe_transaction(time.monotonic() - began)
+            self._show_progress(completed)
+            if batch or not more:
+                return batch
+            time.sleep(wait)
+            wait = min(wait * 2, MAX_WAIT)
+
+    def _claim(self, tx: Transaction) -> list[int]:
+        assert self._workflow is not None
+        wf = self._workflow.id
+        if tx.worker_state(self._worker) != "online":
+            # Another worker took us for dead (e.g. a long pause): our claims were
+            # returned to pending and our stale finishes ignored; carry on as new.
+            tx.register_worker(self.identifier, wf, HOST, os.getpid(), process_token(),
+                               self._rank, self._label_list)
+        remaining = self._workflow.total - tx.completed_count(wf)
+        size = self._sizer.next_size(remaining, tx.online_count(wf))
+        return tx.claim(wf, self._worker, size, self._label_list, self._restricted)
+
+    def _may_get_work(self, tx: Transaction) -> bool:
+        assert self._workflow is not None
+        tx.block_unreachable(self._workflow.id)
+        return tx.may_get_work(self._workflow.id, self._worker, self._label_list,
+                               self._restricted)
+
+    def _reap(self, tx: Transaction) -> int:
+        self._last_reap = time.monotonic()
+        return self._detector.reap(tx, self._worker, self.max_killed_retries)
+
+    def _finish(self, tx: Transaction) -> None:
+        if self._finished and self._workflow is not None:
+            tx.finish(self._workflow.id, self._worker, self._finished)
+            self._finished.clear()  # the same list: the running batch appends to it
+
+    def _flush(self) -> None:
+        assert self._store is not None and self._workflow is not None
+        with self._store.transaction() as tx:
+            self._finish(tx)
+            completed = tx.completed_count(self._workflow.id)
+        self._show_progress(completed)
+
+    def _show_progress(self, completed: int) -> None:
+        bar = self.iterator
+        if completed != bar.n:
+            bar.update(completed - bar.n)
+
+    def _abandon_current(self, error: BaseException | None = None) -> None:
+        """The loop was left mid-task: fail it, or hand it back after Ctrl-C."""
+        seq, self._current = self._current, None
+        if seq is None or self._store is None or self._workflow is None:
+            return
+        interrupted = isinstance(error, KeyboardInterrupt) or self._interrupted == seq
+        with self._store.transaction() as tx:
+            if interrupted:
+                tx.release(self._workflow.id, self._worker, [seq])
+                return
+            text = (f"{type(error).__name__}: {error}" if error is not None
+                    else "the loop was left by break or an exception")
+            tx.fail(self._workflow.id, self._worker, seq, text, self.max_failed_retries)
+        self._failed = seq
+
+    def _describe_failure(self, text: str) -> None:
+        if self._failed is None or self._store is None or self._workflow is None:
+            return
+        with self._store.transaction() as tx:
+            tx.describe_failure(self._workflow.id, self._failed, self._worker, text)
+        self._failed = None
+
+    # -- start and stop -----------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._running:
+            return
+        self._watch_interrupts()
+        self._store = Store(self.path, soft_lock=self._soft_lock)
+        tasks = self._collect()
+        with self._store.transaction() as tx:
+            self._reap(tx)  # a dead worker may still hold our identifier
+            self._workflow = tx.open_workflow(self.name, keyed=self._keyed)
+            self._restricted = self._register(tx, tasks)
+            self._worker = tx.register_worker(
+                self.identifier, self._workflow.id, HOST, os.getpid(), process_token(),
+                self._rank, self._label_list)
+            self._workflow = tx.open_workflow(self.name, keyed=self._keyed)
+            completed = self._workflow.completed
+        self._running = True
+        _live.add(self)
+        self._heartbeat = Heartbeat(self._store, self._worker, self.heartbeat_interval)
+        self._heartbeat.start()
+        self._show_progress(completed)
+
+    def _stop(self) -> None:
+        """Flush finished work, hand back unstarted tasks, go offline. Idempotent."""
+        if not self._running:
+            if self._bar is not None:
+                self._bar.close()
+            return
+        self._running = False
+        assert self._store is not None and self._workflow is not None
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        unstarted = self._batch[self._position + 1:] if self._batch else []
+        if self._current is not None:  # stopped without the loop body finishing
+            unstarted.insert(0, self._current)
+            self._current = None
+        self._batch = []
+        with self._store.transaction() as tx:
+            self._finish(tx)
+            tx.release(self._workflow.id, self._worker, unstarted)
+            tx.set_offline(self._worker)
+            completed = tx.completed_count(self._workflow.id)
+        self._show_progress(completed)
+        self.iterator.close()
+        self._store.close()
+        _live.discard(self)
+
+    def _watch_interrupts(self) -> None:
+        """Note when Ctrl-C arrives, so the task it interrupts goes back to pending."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _on_interrupt)
+
+    # -- what subclasses change ---------------------------------------------------------
+
+    _keyed = True
+
+    @property
+    def _label_list(self) -> list[str]:
+        return sorted(self.labels)
+
+    def _collect(self) -> list[Task]:
+        tasks = list(self._source)
+        for task in tasks:
+            if not isinstance(task, Task):
+                msg = f"Graphband takes Task objects, got {task!r}: yield Task(id=...) instead"
+                raise TypeError(msg)
+        check_unique(tasks, self.name)
+        self._tasks = tasks
+        return tasks
+
+    def _register(self, tx: Transaction, tasks: list[Task]) -> bool:
+        """Register tasks; return whether this worker lacks some of the workflow's tasks."""
+        assert self._workflow is not None
+        new = [NewTask(t.id, t.dependencies, tuple(t.requirements), t.max_parallel_workers)
+               for t in tasks]
+        known = tx.task_numbers(self._workflow.id)
+        numbers = tx.register_keyed(self._workflow, new, known)
+        if any(numbers[dep] >= numbers[t.key] for t in new for dep in t.dependencies):
+            # Only a dependency on a later (or the same) task can close a cycle.
+            keys = {seq: key for key, seq in numbers.items()}
+            check_cycles(tx.dependency_edges(self._workflow.id), keys.__getitem__, self.name)
+        self._by_number = {numbers[t.id]: t for t in tasks}
+        mine = [numbers[t.id] for t in tasks]
+        if len(numbers) > len(mine):
+            tx.restrict_to(mine)
+            return True
+        return False
+
+    def _item_getter(self) -> Callable[[int], Any]:
+        """Return a function mapping a task number to what the loop yields."""
+        return self._by_number.__getitem__
+
+    def _planned_total(self) -> int:
+        if self._workflow is not None:
+            return self._workflow.total
+        return len(self._collect())
+
+    def _plain_items(self) -> Iterable[Any]:
+        return self._collect()
+
+    def _plain_loop(self) -> Iterator[Any]:
+        """``LAUFBAND_DISABLED=1``: a plain tqdm loop, nothing shared or stored."""
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = tqdm(self._plain_items(), **self._tqdm_kwargs)
+        for item in self._bar:
+            if self._closed:
+                return
+            yield item
+
+
+def _on_interrupt(signum: int, frame: Any) -> None:
+    for worker in list(_live):
+        worker._interrupted = worker._current
+    raise KeyboardInterrupt
+
+
+def _script_name() -> str:
+    script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+    return script if script and script not in ("-c", "-m") else "default"
+
+
+def _default_identifier(rank: int | None) -> str:
+    rank_part = f"-rank{rank}" if rank is not None else ""
+    return f"{HOST}-{os.getpid()}{rank_part}-{next(_identifiers)}"
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At exit, let no live worker leave its tasks running."""
+    error = getattr(sys, "last_value", None)
+    for worker in list(_live):
+        if error is not None:
+            worker._describe_failure(f"{type(error).__name__}: {error}")
+        worker._stop()

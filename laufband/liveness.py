@@ -1,0 +1,123 @@
+"""Who is alive: process identity, heartbeats and dead-worker reaping.
+
+Same host: a worker is dead as soon as its pid is gone or belongs to another
+process (the start time in the token differs), or is a zombie. Other hosts:
+heartbeats are counters, and a reaper declares a worker dead only after seeing
+its counter unchanged for ``timeout`` seconds on its own monotonic clock, so
+hosts whose clocks disagree never kill each other's workers.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from laufband.store import Store, Transaction, WorkerRecord
+
+HOST = socket.gethostname()
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+_BOOT = _boot_id()
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """Return (state letter, start time in ticks since boot) of ``pid`` from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0], fields[19]
+
+
+def process_token(pid: int | None = None) -> str:
+    """A token that differs between two processes that had the same pid."""
+    pid = os.getpid() if pid is None else pid
+    stat = _proc_stat(pid)
+    return f"{_BOOT}:{stat[1]}" if stat else ""
+
+
+def is_alive(pid: int, token: str) -> bool:
+    """Whether the process ``pid`` on this host is the one that wrote ``token``."""
+    stat = _proc_stat(pid)
+    if stat is None:
+        if Path("/proc/self/stat").exists():
+            return False
+        try:  # no /proc (macOS): the pid is all we can check
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    if stat[0] in ("Z", "X"):
+        return False
+    return not token or token == f"{_BOOT}:{stat[1]}"
+
+
+class DeadWorkerDetector:
+    """Decides which online workers are dead; remembers heartbeat counters it has seen."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._seen: dict[int, tuple[int, float]] = {}
+
+    def is_dead(self, worker: WorkerRecord) -> bool:
+        """Same host: check the process. Elsewhere: heartbeat counter stale for ``timeout``."""
+        if worker.host == HOST:
+            return not is_alive(worker.pid, worker.token)
+        now = time.monotonic()
+        beat, since = self._seen.get(worker.id, (None, now))
+        if beat != worker.beat:
+            self._seen[worker.id] = (worker.beat, now)
+            return False
+        return now - since >= self.timeout
+
+    def reap(self, tx: Transaction, me: int, max_killed_retries: int) -> int:
+        """Reap every dead worker other than ``me``; return how many tasks came back."""
+        returned = 0
+        for worker in tx.online_workers(exclude=me):
+            if self.is_dead(worker):
+                returned += tx.reap(worker, max_killed_retries)
+                self._seen.pop(worker.id, None)
+        return returned
+
+
+class Heartbeat:
+    """A daemon thread advancing a worker's heartbeat counter every ``interval`` seconds."""
+
+    def __init__(self, store: Store, worker: int, interval: float) -> None:
+        self._store = store
+        self._worker = worker
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="laufband-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        """Start beating."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and wait for the thread."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self._interval):
+                with self._store.transaction() as tx:
+                    tx.beat(self._worker)
+        finally:
+            self._store.close()

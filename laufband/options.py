@@ -1,0 +1,59 @@
+"""Options: the argument wins, then ``LAUFBAND_<NAME>`` from the environment, then the default.
+
+Every environment variable laufband reads goes through :func:`resolve`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+PREFIX = "LAUFBAND_"
+
+
+def resolve(name: str, value: T | None, default: T, parse: Callable[[str], T]) -> T:
+    """Return ``value`` if given, else the parsed environment variable, else ``default``."""
+    if value is not None:
+        return value
+    raw = os.environ.get(PREFIX + name.upper(), "").strip()
+    if not raw:
+        return default
+    try:
+        return parse(raw)
+    except ValueError as error:
+        msg = f"{PREFIX}{name.upper()}={raw!r} is not valid: {error}"
+        raise ValueError(msg) from None
+
+
+def parse_bool(raw: str) -> bool:
+    """Parse 1/0, true/false, yes/no, on/off."""
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    msg = "use 1 or 0"
+    raise ValueError(msg)
+
+
+def parse_labels(raw: str) -> frozenset[str]:
+    """Parse a comma-separated list of labels."""
+    return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+def check_count(name: str, value: int) -> int:
+    """Reject counts below zero (and non-integers) with a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        msg = f"{name} must be an integer >= 0, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def check_seconds(name: str, value: float) -> float:
+    """Reject durations that are not positive numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        msg = f"{name} must be a number of seconds > 0, got {value!r}"
+        raise ValueError(msg)
+    return float(value)

@@ -1,0 +1,656 @@
+"""The state directory: SQLite schema and every transaction on it.
+
+This is the only module that speaks SQL. Every transaction runs inside one
+``filelock`` lock (``state.lock``), so the database also works on shared
+filesystems where SQLite's own locking is unreliable; the journal is the classic
+rollback journal because WAL needs shared memory, which NFS does not have.
+
+Task life cycle and who writes each transition::
+
+              claim (worker)              finish (worker)
+    pending ------------------> running -----------------> completed
+       ^  ^                     |  |  |
+       |  |  release (worker:   |  |  | fail (worker: break / exception)
+       |  +--- Ctrl-C, unstarted)  |  +-------------------> failed  (retries left: pending)
+       |                           |
+       +-- reap (any worker) ------+----------------------> killed  (its worker died;
+                                                                     kills left: pending)
+    pending --(a dependency failed or was killed for good)--> blocked
+
+Routine claims and completions are not logged; transitions off the happy path
+are rows in ``events``. ``workflows.completed`` counts completed tasks, so
+progress never scans the task table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+from filelock import FileLock, SoftFileLock
+
+from laufband.errors import StateError, TaskGraphError
+
+SCHEMA_VERSION = 1
+DB_NAME = "state.db"
+LOCK_NAME = "state.lock"
+
+_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE workflows(
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, keyed INTEGER NOT NULL,
+    total INTEGER NOT NULL DEFAULT 0, completed INTEGER NOT NULL DEFAULT 0,
+    floor INTEGER NOT NULL DEFAULT 0, simple INTEGER NOT NULL DEFAULT 1,
+    fingerprint TEXT, created REAL NOT NULL);
+CREATE TABLE tasks(
+    wf INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT,
+    state TEXT NOT NULL DEFAULT 'pending', worker INTEGER,
+    kills INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+    max_workers INTEGER NOT NULL DEFAULT 1, requirements TEXT,
+    PRIMARY KEY (wf, seq)) WITHOUT ROWID;
+CREATE UNIQUE INDEX task_keys ON tasks(wf, key) WHERE key IS NOT NULL;
+CREATE TABLE deps(
+    wf INTEGER NOT NULL, seq INTEGER NOT NULL, dep INTEGER NOT NULL,
+    PRIMARY KEY (wf, seq, dep)) WITHOUT ROWID;
+CREATE TABLE holders(
+    wf INTEGER NOT NULL, seq INTEGER NOT NULL, worker INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (wf, seq, worker)) WITHOUT ROWID;
+CREATE TABLE workers(
+    id INTEGER PRIMARY KEY, identifier TEXT NOT NULL UNIQUE, wf INTEGER,
+    host TEXT, pid INTEGER, token TEXT, rank INTEGER, labels TEXT,
+    state TEXT NOT NULL, beat INTEGER NOT NULL DEFAULT 0, seen REAL,
+    started REAL, done INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE events(
+    id INTEGER PRIMARY KEY, wf INTEGER, seq INTEGER, worker INTEGER,
+    state TEXT NOT NULL, time REAL NOT NULL, error TEXT);
+"""
+
+# A task is ready for `me` when it is pending (or a multi-worker task with a free
+# slot this worker has not taken), its requirements are within the worker's
+# labels and every dependency is completed.
+_READY = """
+    t.wf = :wf AND t.seq >= :floor
+    AND (t.state = 'pending' OR (t.max_workers > 1 AND t.state = 'running'
+         AND (SELECT count(*) FROM holders h WHERE h.wf = t.wf AND h.seq = t.seq
+              AND h.done = 0) < t.max_workers))
+    AND NOT EXISTS (SELECT 1 FROM holders h WHERE h.wf = t.wf AND h.seq = t.seq
+                    AND h.worker = :me)
+    AND (t.requirements IS NULL OR NOT EXISTS (
+         SELECT 1 FROM json_each(t.requirements) r
+         WHERE r.value NOT IN (SELECT value FROM json_each(:labels))))
+    AND NOT EXISTS (SELECT 1 FROM deps d JOIN tasks u ON u.wf = d.wf AND u.seq = d.dep
+                    WHERE d.wf = t.wf AND d.seq = t.seq AND u.state != 'completed')
+"""
+_MINE = " AND t.seq IN (SELECT seq FROM temp.mine)"
+
+
+class Workflow(NamedTuple):
+    """A workflow row: tasks are numbered ``0 .. total-1`` in registration order."""
+
+    id: int
+    name: str
+    keyed: bool
+    total: int
+    completed: int
+    simple: bool
+    fingerprint: dict[str, str] | None
+
+
+class WorkerRecord(NamedTuple):
+    """An online worker as another worker sees it when deciding whether it is dead."""
+
+    id: int
+    identifier: str
+    host: str
+    pid: int
+    token: str
+    beat: int
+
+
+class NewTask(NamedTuple):
+    """A keyed task to register."""
+
+    key: str
+    dependencies: tuple[str, ...] = ()
+    requirements: tuple[str, ...] = ()
+    max_workers: int = 1
+
+
+def _ranges(seqs: Sequence[int]) -> list[tuple[int, int]]:
+    """Fold distinct task numbers into inclusive ``(lo, hi)`` runs: one statement per run."""
+    if not seqs:
+        return []
+    lo, hi = min(seqs), max(seqs)
+    if hi - lo + 1 == len(seqs):  # distinct numbers filling [lo, hi]: the usual batch
+        return [(lo, hi)]
+    runs: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
+
+
+class Transaction:
+    """Named operations on the state database, valid inside ``Store.transaction()``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._db = conn
+
+    # -- workflows -----------------------------------------------------------------
+
+    def open_workflow(self, name: str, keyed: bool) -> Workflow:
+        """Return the workflow ``name``, creating it when new."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO workflows(name, keyed, created) VALUES (?, ?, ?)",
+            (name, int(keyed), time.time()),
+        )
+        row = self._db.execute(
+            "SELECT id, name, keyed, total, completed, simple, fingerprint"
+            " FROM workflows WHERE name = ?",
+            (name,),
+        ).fetchone()
+        return Workflow(
+            row[0], row[1], bool(row[2]), row[3], row[4], bool(row[5]),
+            json.loads(row[6]) if row[6] else None,
+        )
+
+    def set_fingerprint(self, wf: int, fingerprint: dict[str, str]) -> None:
+        """Store the item digests a later run checks its data against."""
+        self._db.execute(
+            "UPDATE workflows SET fingerprint = ? WHERE id = ?",
+            (json.dumps(fingerprint), wf),
+        )
+
+    def register_positions(self, wf: int, total: int) -> None:
+        """Make tasks ``0 .. total-1`` exist; existing ones are kept as they are."""
+        # A recursive CTE inserts in C: ~1 us per task, no Python loop.
+        self._db.execute(
+            "WITH RECURSIVE s(x) AS (SELECT total FROM workflows WHERE id = :wf"
+            " UNION ALL SELECT x + 1 FROM s WHERE x + 1 < :total)"
+            " INSERT OR IGNORE INTO tasks(wf, seq) SELECT :wf, x FROM s WHERE x < :total",
+            {"wf": wf, "total": total},
+        )
+        self._db.execute(
+            "UPDATE workflows SET total = max(total, ?) WHERE id = ?", (total, wf)
+        )
+
+    def task_numbers(self, wf: int) -> dict[str, int]:
+        """Map every stored task key of a keyed workflow to its number."""
+        return dict(self._db.execute("SELECT key, seq FROM tasks WHERE wf = ?", (wf,)))
+
+    def register_keyed(
+        self, workflow: Workflow, tasks: Sequence[NewTask], known: dict[str, int]
+    ) -> dict[str, int]:
+        """Insert the tasks whose keys are not in ``known``; return key -> number for all."""
+        numbers = dict(known)
+        fresh = [task for task in tasks if task.key not in known]
+        for offset, task in enumerate(fresh):
+            numbers[task.key] = workflow.total + offset
+        for task in fresh:
+            for dep in task.dependencies:
+                if dep not in numbers:
+                    msg = (
+                        f"task {task.key!r} of workflow {workflow.name!r} depends on"
+                        f" unknown task {dep!r}: yield a Task with id={dep!r} too"
+                    )
+                    raise TaskGraphError(msg)
+        self._db.executemany(
+            "INSERT INTO tasks(wf, seq, key, max_workers, requirements)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                (workflow.id, numbers[t.key], t.key, t.max_workers,
+                 json.dumps(sorted(t.requirements)) if t.requirements else None)
+                for t in fresh
+            ),
+        )
+        self._db.executemany(
+            "INSERT OR IGNORE INTO deps(wf, seq, dep) VALUES (?, ?, ?)",
+            (
+                (workflow.id, numbers[t.key], numbers[dep])
+                for t in fresh for dep in t.dependencies
+            ),
+        )
+        simple = not any(t.dependencies or t.requirements or t.max_workers > 1 for t in fresh)
+        self._db.execute(
+            "UPDATE workflows SET total = total + ?, simple = simple AND ? WHERE id = ?",
+            (len(fresh), int(simple), workflow.id),
+        )
+        return numbers
+
+    def dependency_edges(self, wf: int) -> list[tuple[int, int]]:
+        """All ``(task, dependency)`` pairs of a workflow, by task number."""
+        return self._db.execute("SELECT seq, dep FROM deps WHERE wf = ?", (wf,)).fetchall()
+
+    def restrict_to(self, seqs: Iterable[int]) -> None:
+        """Limit this connection's claims to the given tasks (a worker lacking data for others)."""
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS mine(seq INTEGER PRIMARY KEY)")
+        self._db.execute("DELETE FROM temp.mine")
+        self._db.executemany("INSERT INTO temp.mine VALUES (?)", ((s,) for s in seqs))
+
+    # -- workers -------------------------------------------------------------------
+
+    def register_worker(
+        self, identifier: str, wf: int, host: str, pid: int, token: str,
+        rank: int | None, labels: Sequence[str],
+    ) -> int:
+        """Insert or take over the worker record ``identifier``; return its number."""
+        row = self._db.execute(
+            "SELECT id, state, host, pid FROM workers WHERE identifier = ?", (identifier,)
+        ).fetchone()
+        values = (wf, host, pid, token, rank, json.dumps(sorted(labels)), time.time())
+        if row is None:
+            cursor = self._db.execute(
+                "INSERT INTO workers(wf, host, pid, token, rank, labels, seen, identifier,"
+                " state, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'online', ?)",
+                (*values, identifier, time.time()),
+            )
+            return int(cursor.lastrowid)
+        if row[1] == "online":
+            msg = (
+                f"worker identifier {identifier!r} is in use by a live worker"
+                f" (host {row[2]}, pid {row[3]}): give each worker its own identifier="
+            )
+            raise StateError(msg)
+        self._db.execute(
+            "UPDATE workers SET wf = ?, host = ?, pid = ?, token = ?, rank = ?, labels = ?,"
+            " seen = ?, state = 'online', beat = 0, done = 0 WHERE id = ?",
+            (*values, row[0]),
+        )
+        return int(row[0])
+
+    def worker_state(self, worker: int) -> str:
+        """Return ``online``, ``offline`` or ``dead``."""
+        return self._db.execute("SELECT state FROM workers WHERE id = ?", (worker,)).fetchone()[0]
+
+    def set_offline(self, worker: int) -> None:
+        """Mark a worker as gone cleanly."""
+        self._db.execute(
+            "UPDATE workers SET state = 'offline', seen = ? WHERE id = ? AND state = 'online'",
+            (time.time(), worker),
+        )
+
+    def beat(self, worker: int) -> None:
+        """Advance a worker's heartbeat counter (a counter: hosts' clocks disagree)."""
+        self._db.execute(
+            "UPDATE workers SET beat = beat + 1, seen = ? WHERE id = ?", (time.time(), worker)
+        )
+
+    def online_workers(self, exclude: int) -> list[WorkerRecord]:
+        """Every online worker except ``exclude``."""
+        rows = self._db.execute(
+            "SELECT id, identifier, host, pid, token, beat FROM workers"
+            " WHERE state = 'online' AND id != ?",
+            (exclude,),
+        )
+        return [WorkerRecord(*row) for row in rows]
+
+    def reap(self, dead: WorkerRecord, max_killed_retries: int) -> int:
+        """Mark ``dead`` dead; its running tasks go back to pending or become killed."""
+        self._db.execute("UPDATE workers SET state = 'dead' WHERE id = ?", (dead.id,))
+        now = time.time()
+        error = f"worker {dead.identifier} (host {dead.host}, pid {dead.pid}) died"
+        singles = self._db.execute(
+            "SELECT wf, seq FROM tasks WHERE worker = ? AND state = 'running'"
+            " AND max_workers = 1",
+            (dead.id,),
+        ).fetchall()
+        multis = self._db.execute(
+            "DELETE FROM holders WHERE worker = ? AND done = 0 RETURNING wf, seq", (dead.id,)
+        ).fetchall()
+        for wf, seq in singles + multis:
+            self._kill(wf, seq, dead.id, max_killed_retries, now, error)
+        return len(singles) + len(multis)
+
+    def _kill(self, wf: int, seq: int, worker: int, retries: int, now: float, error: str) -> None:
+        holders = self._db.execute(
+            "SELECT count(*), sum(done) FROM holders WHERE wf = ? AND seq = ?", (wf, seq)
+        ).fetchone()
+        if holders[0] and holders[0] > (holders[1] or 0):
+            return  # other holders of a multi-worker task still run it
+        if holders[1]:
+            self._complete_multi(wf, seq)
+            return
+        self._db.execute(
+            "UPDATE tasks SET kills = kills + 1, worker = NULL,"
+            " state = CASE WHEN kills + 1 <= ? THEN 'pending' ELSE 'killed' END"
+            " WHERE wf = ? AND seq = ?",
+            (retries, wf, seq),
+        )
+        self._event(wf, seq, worker, "killed", now, error)
+        self._lower_floor(wf, seq)
+
+    # -- claims and results ----------------------------------------------------------
+
+    def claim(
+        self, wf: int, worker: int, k: int, labels: Sequence[str], restricted: bool
+    ) -> list[int]:
+        """Mark up to ``k`` ready tasks running for ``worker``; return their numbers."""
+        simple, floor = self._db.execute(
+            "SELECT simple, floor FROM workflows WHERE id = ?", (wf,)
+        ).fetchone()
+        if restricted:
+            floor = 0  # the shared floor only speaks for unrestricted claims
+        if simple:
+            return self._claim_run(wf, worker, k, restricted, floor)
+        params = {"wf": wf, "me": worker, "labels": json.dumps(list(labels)),
+                  "floor": floor, "k": k}
+        query = "SELECT t.seq, t.max_workers FROM tasks t WHERE" + _READY
+        rows = self._db.execute(
+            query + (_MINE if restricted else "") + " ORDER BY t.seq LIMIT :k", params
+        ).fetchall()
+        self._db.executemany(
+            "INSERT INTO holders(wf, seq, worker) VALUES (?, ?, ?)",
+            ((wf, seq, worker) for seq, max_workers in rows if max_workers > 1),
+        )
+        self._db.executemany(
+            "UPDATE tasks SET state = 'running', worker = ? WHERE wf = ? AND seq = ?",
+            ((worker, wf, seq) for seq, _ in rows),
+        )
+        return [seq for seq, _ in rows]
+
+    def _claim_run(
+        self, wf: int, worker: int, k: int, restricted: bool, floor: int
+    ) -> list[int]:
+        """Claim the next run of pending tasks by number range: no per-row Python work."""
+        mine = _MINE if restricted else ""
+        row = self._db.execute(
+            "SELECT t.seq FROM tasks t WHERE t.wf = ? AND t.seq >= ? AND t.state = 'pending'"
+            + mine + " ORDER BY t.seq LIMIT 1",
+            (wf, floor),
+        ).fetchone()
+        if row is None:
+            return []
+        lo = row[0]
+        hi = lo + k - 1
+        claimed = self._db.execute(
+            "UPDATE tasks AS t SET state = 'running', worker = ? WHERE t.wf = ?"
+            " AND t.seq BETWEEN ? AND ? AND t.state = 'pending'" + mine,
+            (worker, wf, lo, hi),
+        ).rowcount
+        if not restricted:
+            # Every pending task up to hi is now claimed, and lo was the first one.
+            self._db.execute("UPDATE workflows SET floor = ? WHERE id = ?", (hi + 1, wf))
+        if claimed == k:
+            return list(range(lo, hi + 1))
+        # A sparse run (tasks returned after kills, or the end): read back what we took.
+        # This worker holds nothing else here, because it finished its last batch first.
+        return [seq for (seq,) in self._db.execute(
+            "SELECT seq FROM tasks WHERE wf = ? AND seq BETWEEN ? AND ?"
+            " AND state = 'running' AND worker = ?",
+            (wf, lo, hi, worker),
+        )]
+
+    def finish(self, wf: int, worker: int, seqs: Sequence[int]) -> int:
+        """Mark tasks this worker ran as completed; return how many it completed."""
+        runs = _ranges(seqs)
+        if not runs:
+            return 0
+        before = self._db.total_changes
+        self._db.executemany(
+            "UPDATE tasks SET state = 'completed' WHERE wf = ? AND seq BETWEEN ? AND ?"
+            " AND state = 'running' AND worker = ? AND max_workers = 1",
+            ((wf, lo, hi, worker) for lo, hi in runs),
+        )
+        completed = self._db.total_changes - before
+        if not self._is_simple(wf):
+            completed += self._finish_multi(wf, worker, runs)
+        self._db.execute(
+            "UPDATE workflows SET completed = completed + ? WHERE id = ?", (completed, wf)
+        )
+        self._db.execute(
+            "UPDATE workers SET done = done + ?, seen = ? WHERE id = ?",
+            (completed, time.time(), worker),
+        )
+        return completed
+
+    def _is_simple(self, wf: int) -> bool:
+        row = self._db.execute("SELECT simple FROM workflows WHERE id = ?", (wf,)).fetchone()
+        return bool(row[0])
+
+    def _finish_multi(self, wf: int, worker: int, runs: list[tuple[int, int]]) -> int:
+        seqs = [
+            seq
+            for lo, hi in runs
+            for (seq,) in self._db.execute(
+                "UPDATE holders SET done = 1 WHERE wf = ? AND worker = ? AND done = 0"
+                " AND seq BETWEEN ? AND ? RETURNING seq",
+                (wf, worker, lo, hi),
+            ).fetchall()
+        ]
+        return sum(self._complete_multi(wf, seq) for seq in seqs)
+
+    def _complete_multi(self, wf: int, seq: int) -> int:
+        """Complete a multi-worker task once no holder is still running it."""
+        return self._db.execute(
+            "UPDATE tasks SET state = 'completed' WHERE wf = ? AND seq = ? AND max_workers > 1"
+            " AND state = 'running' AND NOT EXISTS (SELECT 1 FROM holders h"
+            " WHERE h.wf = tasks.wf AND h.seq = tasks.seq AND h.done = 0)"
+            " AND EXISTS (SELECT 1 FROM holders h WHERE h.wf = tasks.wf"
+            " AND h.seq = tasks.seq AND h.done = 1)",
+            (wf, seq),
+        ).rowcount
+
+    def fail(
+        self, wf: int, worker: int, seq: int, error: str, max_failed_retries: int
+    ) -> str:
+        """Record a failure of ``seq``; return its new state (pending while retries are left)."""
+        self._db.execute(
+            "DELETE FROM holders WHERE wf = ? AND seq = ? AND worker = ?",
+            (wf, seq, worker),
+        )
+        row = self._db.execute(
+            "UPDATE tasks SET failures = failures + 1, worker = NULL,"
+            " state = CASE WHEN failures + 1 <= ? THEN 'pending' ELSE 'failed' END"
+            " WHERE wf = ? AND seq = ? AND state = 'running' AND (worker = ? OR max_workers > 1)"
+            " RETURNING state",
+            (max_failed_retries, wf, seq, worker),
+        ).fetchone()
+        state = row[0] if row else "running"
+        self._event(wf, seq, worker, "failed", time.time(), error)
+        if state == "pending":
+            self._lower_floor(wf, seq)
+        return state
+
+    def release(self, wf: int, worker: int, seqs: Sequence[int]) -> None:
+        """Put claimed tasks this worker has not run back to pending."""
+        runs = _ranges(seqs)
+        if not runs:
+            return
+        self._db.executemany(
+            "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ?"
+            " AND seq BETWEEN ? AND ? AND state = 'running' AND worker = ? AND max_workers = 1",
+            ((wf, lo, hi, worker) for lo, hi in runs),
+        )
+        if not self._is_simple(wf):
+            for lo, hi in runs:
+                dropped = self._db.execute(
+                    "DELETE FROM holders WHERE wf = ? AND worker = ? AND done = 0"
+                    " AND seq BETWEEN ? AND ? RETURNING seq",
+                    (wf, worker, lo, hi),
+                ).fetchall()
+                for (seq,) in dropped:
+                    self._return_multi(wf, seq)
+        self._lower_floor(wf, runs[0][0])
+
+    def _return_multi(self, wf: int, seq: int) -> None:
+        """After a holder left a multi-worker task: complete it, or make it pending again."""
+        if self._complete_multi(wf, seq):
+            return
+        self._db.execute(
+            "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND seq = ?"
+            " AND NOT EXISTS (SELECT 1 FROM holders h WHERE h.wf = tasks.wf"
+            " AND h.seq = tasks.seq)",
+            (wf, seq),
+        )
+
+    def block_unreachable(self, wf: int) -> int:
+        """Mark pending tasks whose dependency failed or was killed for good as blocked."""
+        now = time.time()
+        blocked = 0
+        while True:
+            rows = self._db.execute(
+                "UPDATE tasks AS t SET state = 'blocked' WHERE t.wf = ? AND t.state = 'pending'"
+                " AND EXISTS (SELECT 1 FROM deps d JOIN tasks u ON u.wf = d.wf AND u.seq = d.dep"
+                " WHERE d.wf = t.wf AND d.seq = t.seq"
+                " AND u.state IN ('failed', 'killed', 'blocked')) RETURNING seq",
+                (wf,),
+            ).fetchall()
+            if not rows:
+                return blocked
+            blocked += len(rows)
+            self._db.executemany(
+                "INSERT INTO events(wf, seq, state, time, error) VALUES (?, ?, 'blocked', ?,"
+                " 'a dependency failed or was killed')",
+                ((wf, seq, now) for (seq,) in rows),
+            )
+
+    def may_get_work(
+        self, wf: int, worker: int, labels: Sequence[str], restricted: bool
+    ) -> bool:
+        """Whether a task this worker could run is pending or running elsewhere."""
+        query = (
+            "SELECT 1 FROM tasks t WHERE t.wf = :wf AND t.state IN ('pending', 'running')"
+            " AND NOT (t.state = 'running' AND t.worker = :me AND t.max_workers = 1)"
+            " AND NOT EXISTS (SELECT 1 FROM holders h WHERE h.wf = t.wf AND h.seq = t.seq"
+            " AND h.worker = :me)"
+            " AND (t.requirements IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(t.requirements)"
+            " r WHERE r.value NOT IN (SELECT value FROM json_each(:labels))))"
+        )
+        params = {"wf": wf, "me": worker, "labels": json.dumps(list(labels))}
+        row = self._db.execute(
+            query + (_MINE if restricted else "") + " LIMIT 1", params
+        ).fetchone()
+        return row is not None
+
+    def online_count(self, wf: int) -> int:
+        """How many workers are online on a workflow."""
+        return self._db.execute(
+            "SELECT count(*) FROM workers WHERE wf = ? AND state = 'online'", (wf,)
+        ).fetchone()[0]
+
+    def describe_failure(self, wf: int, seq: int, worker: int, error: str) -> None:
+        """Attach error text to the latest failure event of a task."""
+        self._db.execute(
+            "UPDATE events SET error = ? WHERE id = (SELECT max(id) FROM events"
+            " WHERE wf = ? AND seq = ? AND worker = ? AND state = 'failed')",
+            (error, wf, seq, worker),
+        )
+
+    def completed_count(self, wf: int) -> int:
+        """Completed tasks of a workflow, from the maintained counter."""
+        return self._db.execute("SELECT completed FROM workflows WHERE id = ?", (wf,)).fetchone()[0]
+
+    def task_states(self, wf: int) -> dict[str, str]:
+        """Task id -> state for a whole workflow (positional ids are their numbers)."""
+        rows = self._db.execute(
+            "SELECT coalesce(key, CAST(seq AS TEXT)), state FROM tasks WHERE wf = ?", (wf,)
+        )
+        return dict(rows)
+
+    def _lower_floor(self, wf: int, seq: int) -> None:
+        self._db.execute("UPDATE workflows SET floor = min(floor, ?) WHERE id = ?", (seq, wf))
+
+    def _event(
+        self, wf: int, seq: int, worker: int | None, state: str, now: float, error: str
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO events(wf, seq, worker, state, time, error) VALUES (?, ?, ?, ?, ?, ?)",
+            (wf, seq, worker, state, now, error),
+        )
+
+
+class Store:
+    """One process's handle on a state directory: the lock and a connection per thread."""
+
+    def __init__(self, path: str | os.PathLike[str], soft_lock: bool = False) -> None:
+        self.path = Path(path)
+        self.db_path = self.path / DB_NAME
+        _make_directory(self.path)
+        lock_type = SoftFileLock if soft_lock else FileLock
+        # One lock instance per path and process (two on one path in one thread
+        # deadlock); thread-local so the heartbeat thread excludes the main thread.
+        self._lock = lock_type(self.path / LOCK_NAME, is_singleton=True, thread_local=True)
+        self._conns: dict[int, sqlite3.Connection] = {}
+        with self.transaction():
+            pass
+
+    def _connection(self) -> sqlite3.Connection:
+        key = threading.get_ident()
+        conn = self._conns.get(key)
+        if conn is None:
+            conn = self._connect()
+            self._conns[key] = conn
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        new = not self.db_path.exists()
+        try:
+            conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=60.0)
+            conn.execute("PRAGMA journal_mode = DELETE")
+            if new:
+                os.chmod(self.db_path, 0o600)
+                conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+                conn.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+            row = conn.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchone()
+        except sqlite3.DatabaseError as error:
+            msg = (
+                f"{self.db_path} is not a laufband state database ({error}): point path= at"
+                " another directory, or move the file away if it is yours to discard"
+            )
+            raise StateError(msg) from None
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            found = row[0] if row else "none"
+            msg = (
+                f"{self.db_path} has schema version {found}, this laufband reads version"
+                f" {SCHEMA_VERSION}: use the laufband version that wrote it, or another path="
+            )
+            raise StateError(msg)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Run the enclosed operations atomically under the state lock."""
+        # A 1 ms poll: filelock's default 50 ms starves workers under contention.
+        with self._lock.acquire(poll_interval=0.001):
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = self._conns.pop(threading.get_ident(), None)
+        if conn is not None:
+            conn.close()
+
+
+def _make_directory(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        msg = f"state path {str(path)!r} is a file, not a directory: pass another path="
+        raise StateError(msg)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        msg = (f"cannot create state directory {str(path)!r} ({error.strerror}):"
+               " pass a writable path=")
+        raise StateError(msg) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        msg = f"state directory {str(path)!r} is not writable: pass a writable path="
+        raise StateError(msg)

@@ -1,0 +1,100 @@
+"""Task: one unit of work for Graphband, and checks on a set of tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from laufband.errors import TaskGraphError
+
+
+class Task:
+    """A unit of work with an id, optional data, dependencies and requirements.
+
+    Args:
+        id: Unique string naming the task in its workflow.
+        data: Anything the loop body needs; it stays in the worker's memory.
+        dependencies: Ids of tasks that must be completed before this one runs.
+        requirements: Labels a worker must have to run this task.
+        max_parallel_workers: How many workers may hold this task at once; it is
+            completed when every holder has finished it.
+    """
+
+    __slots__ = ("id", "data", "dependencies", "requirements", "max_parallel_workers")
+
+    def __init__(
+        self,
+        id: str,
+        data: Any = None,
+        dependencies: Iterable[str] = (),
+        requirements: Iterable[str] = (),
+        max_parallel_workers: int = 1,
+    ) -> None:
+        if not isinstance(id, str):
+            msg = f"Task id must be a string, got {id!r} ({type(id).__name__}): use str(...)"
+            raise TypeError(msg)
+        if isinstance(max_parallel_workers, bool) or not isinstance(max_parallel_workers, int) \
+                or max_parallel_workers < 1:
+            msg = (f"Task {id!r}: max_parallel_workers must be an integer >= 1,"
+                   f" got {max_parallel_workers!r}")
+            raise ValueError(msg)
+        self.id = id
+        self.data = data
+        # Materialise iterators such as networkx's predecessors() at once.
+        self.dependencies = tuple(dict.fromkeys(_strings(id, "dependencies", dependencies)))
+        self.requirements = frozenset(_strings(id, "requirements", requirements))
+        self.max_parallel_workers = max_parallel_workers
+
+    def __repr__(self) -> str:
+        return (
+            f"Task(id={self.id!r}, data={self.data!r}, dependencies={list(self.dependencies)!r},"
+            f" requirements={sorted(self.requirements)!r},"
+            f" max_parallel_workers={self.max_parallel_workers})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Task):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _strings(task_id: str, what: str, values: Iterable[str]) -> list[str]:
+    if isinstance(values, str):
+        msg = f"Task {task_id!r}: {what} must be a collection of ids, got the string {values!r}"
+        raise TypeError(msg)
+    found = list(values)
+    for value in found:
+        if not isinstance(value, str):
+            msg = f"Task {task_id!r}: {what} must be strings, got {value!r}"
+            raise TypeError(msg)
+    return found
+
+
+def check_unique(tasks: Iterable[Task], workflow: str) -> None:
+    """Raise ``TaskGraphError`` if two tasks share an id."""
+    seen: set[str] = set()
+    for task in tasks:
+        if task.id in seen:
+            msg = (f"task id {task.id!r} appears twice in workflow {workflow!r}:"
+                   " task ids must be unique")
+            raise TaskGraphError(msg)
+        seen.add(task.id)
+
+
+def check_cycles(
+    edges: Iterable[tuple[int, int]], name: Callable[[int], str], workflow: str
+) -> None:
+    """Raise ``TaskGraphError`` naming a cycle among ``(task, dependency)`` edges."""
+    import networkx as nx  # only when a dependency points forward: ~200 ms to import
+
+    graph = nx.DiGraph(list(edges))
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return
+    path = " -> ".join([name(cycle[0][0])] + [name(dep) for _, dep in cycle])
+    msg = (f"tasks of workflow {workflow!r} depend on each other in a cycle ({path}):"
+           " remove one dependency")
+    raise TaskGraphError(msg)
