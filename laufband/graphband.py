@@ -49,6 +49,10 @@ FLUSH_INTERVAL = 0.05  # seconds between flushes of finished tasks
 MAX_WAIT = 1.0  # longest sleep while waiting for work running elsewhere
 _identifiers = itertools.count()
 _live: weakref.WeakSet[Graphband[Any]] = weakref.WeakSet()
+# The latest failure recorded without error text (store, workflow, task, worker, code of
+# the loop): an uncaught exception that left a module-level loop is only known at exit
+# (sys.last_value), when the worker object may be gone.
+_undescribed: dict[str, tuple[Store, int, int, int, Any]] = {}
 
 
 class Graphband(Generic[T]):
@@ -127,8 +131,8 @@ class Graphband(Generic[T]):
         self._position = 0
         self._current: int | None = None
         self._interrupted: int | None = None  # the task Ctrl-C arrived during
+        self._consumer: Any = None
         self._finished: list[int] = []
-        self._failed: int | None = None
         self._sizer = BatchSizer()
         self._detector = DeadWorkerDetector(self.heartbeat_timeout)
         self._heartbeat: Heartbeat | None = None
@@ -191,6 +195,7 @@ class Graphband(Generic[T]):
             yield from self._plain_loop()
             return
         self._closed = False
+        self._consumer = sys._getframe(1).f_code  # the code running the for-loop
         self._start()
         try:
             while not self._closed:
@@ -305,14 +310,14 @@ class Graphband(Generic[T]):
             text = (f"{type(error).__name__}: {error}" if error is not None
                     else "the loop was left by break or an exception")
             tx.fail(self._workflow.id, self._worker, seq, text, self.max_failed_retries)
-        self._failed = seq
+        if error is None:
+            _undescribed["latest"] = (
+                self._store, self._workflow.id, seq, self._worker, self._consumer)
 
     def _describe_failure(self, text: str) -> None:
-        if self._failed is None or self._store is None or self._workflow is None:
-            return
-        with self._store.transaction() as tx:
-            tx.describe_failure(self._workflow.id, self._failed, self._worker, text)
-        self._failed = None
+        latest = _undescribed.get("latest")
+        if latest is not None and latest[3] == self._worker and latest[0] is self._store:
+            _describe(_undescribed.pop("latest"), text)
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -434,6 +439,23 @@ def _on_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _describe(failure: tuple[Store, int, int, int, Any], text: str) -> None:
+    store, wf, seq, worker, _ = failure
+    with store.transaction() as tx:
+        tx.describe_failure(wf, seq, worker, text)
+    store.close()
+
+
+def _raised_in(code: Any) -> bool:
+    """Whether the uncaught exception passed through ``code`` (the loop's frame)."""
+    tb = getattr(sys, "last_traceback", None)
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _script_name() -> str:
     script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
     return script if script and script not in ("-c", "-m") else "default"
@@ -446,9 +468,10 @@ def _default_identifier(rank: int | None) -> str:
 
 @atexit.register
 def _stop_all() -> None:
-    """At exit, let no live worker leave its tasks running."""
+    """At exit, let no live worker leave its tasks running; name uncaught errors."""
+    latest = _undescribed.pop("latest", None)
     error = getattr(sys, "last_value", None)
+    if latest is not None and error is not None and _raised_in(latest[4]):
+        _describe(latest, f"{type(error).__name__}: {error}")
     for worker in list(_live):
-        if error is not None:
-            worker._describe_failure(f"{type(error).__name__}: {error}")
         worker._stop()

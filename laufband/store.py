@@ -556,6 +556,14 @@ class Transaction:
         )
         return dict(rows)
 
+    def events(self, wf: int) -> list[tuple[str, str, str | None]]:
+        """Task id, state and error text of every event of a workflow, oldest first."""
+        return self._db.execute(
+            "SELECT coalesce(t.key, CAST(e.seq AS TEXT)), e.state, e.error FROM events e"
+            " JOIN tasks t ON t.wf = e.wf AND t.seq = e.seq WHERE e.wf = ? ORDER BY e.id",
+            (wf,),
+        ).fetchall()
+
     def _lower_floor(self, wf: int, seq: int) -> None:
         self._db.execute("UPDATE workflows SET floor = min(floor, ?) WHERE id = ?", (seq, wf))
 

@@ -1,0 +1,50 @@
+"""A Graphband worker for multi-process tests: a diamond-shaped chain of layers.
+
+Logs "start ID TIME" and "end ID TIME" lines to LOG/<pid>.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from laufband import Graphband, Task
+
+
+def layered_tasks(layers: int, width: int, multi: int, require: str | None) -> list[Task]:
+    tasks = []
+    for layer in range(layers):
+        for i in range(width):
+            deps = [f"L{layer - 1}-{j}" for j in range(width)] if layer else []
+            tasks.append(Task(f"L{layer}-{i}", dependencies=deps,
+                              requirements={require} if require and i == 0 else set(),
+                              max_parallel_workers=multi))
+    return tasks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("state")
+    parser.add_argument("logs")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=3)
+    parser.add_argument("--sleep", type=float, default=0.02)
+    parser.add_argument("--multi", type=int, default=1)
+    parser.add_argument("--labels", default="")
+    parser.add_argument("--require", default=None)
+    args = parser.parse_args()
+    log = Path(args.logs) / f"{os.getpid()}.log"
+    tasks = layered_tasks(args.layers, args.width, args.multi, args.require)
+    worker = Graphband(tasks, path=args.state, name="graph", tqdm_kwargs={"disable": True},
+                       labels=[x for x in args.labels.split(",") if x])
+    with log.open("a", buffering=1) as out:
+        for task in worker:
+            out.write(f"start {task.id} {time.time()}\n")
+            time.sleep(args.sleep)
+            out.write(f"end {task.id} {time.time()}\n")
+
+
+if __name__ == "__main__":
+    main()

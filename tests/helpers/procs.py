@@ -1,0 +1,111 @@
+"""Start, wait for and always clean up real worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from laufband.store import Store
+
+HELPERS = Path(__file__).parent
+STARTUP_DEADLINE = 30.0  # seconds a process may take to reach a given point
+RUN_DEADLINE = 90.0  # seconds a group of workers may take to finish
+
+
+class Processes:
+    """Launches python processes and guarantees they are gone at teardown."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[str]] = []
+
+    def start(self, *args: str | os.PathLike[str], env: dict[str, str] | None = None,
+              cwd: str | os.PathLike[str] | None = None) -> subprocess.Popen[str]:
+        """Run ``python ARGS...`` in the background."""
+        proc = subprocess.Popen(
+            [sys.executable, *map(str, args)], env={**os.environ, **(env or {})}, cwd=cwd,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.started.append(proc)
+        return proc
+
+    def worker(self, *args: object, **kwargs: object) -> subprocess.Popen[str]:
+        """Run ``tests/helpers/worker.py ARGS...``."""
+        return self.start(HELPERS / "worker.py", *map(str, args), **kwargs)  # type: ignore[arg-type]
+
+    def wait_all(self, procs: list[subprocess.Popen[str]] | None = None,
+                 deadline: float = RUN_DEADLINE) -> list[tuple[int, str, str]]:
+        """Wait for processes; return (returncode, stdout, stderr) of each."""
+        results = []
+        for proc in procs if procs is not None else self.started:
+            out, err = proc.communicate(timeout=deadline)
+            results.append((proc.returncode, out, err))
+        return results
+
+    def cleanup(self) -> list[int]:
+        """Kill whatever still runs; return the pids that had to be killed."""
+        leftovers = []
+        for proc in self.started:
+            if proc.poll() is None:
+                leftovers.append(proc.pid)
+                proc.kill()
+            proc.communicate()
+        return leftovers
+
+
+def wait_for(condition: Callable[[], bool], deadline: float = STARTUP_DEADLINE,
+             what: str = "condition") -> float:
+    """Poll ``condition`` until true; return the seconds it took, fail after ``deadline``."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > deadline:
+            raise AssertionError(f"timed out after {deadline} s waiting for {what}")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def read_log(path: Path) -> list[str]:
+    """Lines a worker appended to its log (missing file: none)."""
+    return path.read_text().split() if path.exists() else []
+
+
+def completions(log_dir: Path) -> Counter[str]:
+    """How often each item was logged as done across all worker logs in ``log_dir``."""
+    counts: Counter[str] = Counter()
+    for log in log_dir.glob("*.done"):
+        counts.update(read_log(log))
+    return counts
+
+
+def task_states(path: Path, workflow: str) -> dict[str, str]:
+    """Task id -> state of a workflow, read from the store."""
+    store = Store(path)
+    try:
+        with store.transaction() as tx:
+            return tx.task_states(tx.open_workflow(workflow, keyed=False).id)
+    finally:
+        store.close()
+
+
+def task_events(path: Path, workflow: str) -> list[tuple[str, str, str | None]]:
+    """(task id, state, error) of every event of a workflow."""
+    store = Store(path)
+    try:
+        with store.transaction() as tx:
+            return tx.events(tx.open_workflow(workflow, keyed=False).id)
+    finally:
+        store.close()
+
+
+def online_workers(path: Path) -> int:
+    """How many workers the store lists as online."""
+    store = Store(path)
+    try:
+        with store.transaction() as tx:
+            return len(tx.online_workers(exclude=-1))
+    finally:
+        store.close()

@@ -1,0 +1,105 @@
+"""Dead workers: found at once on this host, by stale heartbeat elsewhere; their tasks return."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from laufband.store import Store
+from tests.helpers.procs import (
+    Processes,
+    completions,
+    online_workers,
+    read_log,
+    task_events,
+    task_states,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(120)
+TAKEOVER_DEADLINE = 2.0  # seconds for a waiting worker to take over a killed worker's task
+
+
+def started(logs: Path, proc_pid: int, item: int) -> bool:
+    return str(item) in read_log(logs / f"{proc_pid}.start")
+
+
+def test_waiting_worker_takes_over_killed_task_within_two_seconds(
+        state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    args = ("--items", 2, "--sleep", 60, "--sleep-on", 1)
+    first = procs.worker(state, logs, *args)
+    wait_for(lambda: started(logs, first.pid, 1), what="first worker to start item 1")
+    second = procs.worker(state, logs, "--items", 2)
+    wait_for(lambda: online_workers(state) == 2, what="second worker to register and wait")
+    assert second.poll() is None  # it waits: item 1 runs on a live worker
+
+    first.send_signal(signal.SIGKILL)  # left a zombie on purpose: still counts as dead
+    took = wait_for(lambda: started(logs, second.pid, 1), deadline=10, what="takeover")
+    assert took < TAKEOVER_DEADLINE
+    assert procs.wait_all([second])[0][0] == 0
+    assert task_states(state, "work") == {"0": "completed", "1": "completed"}
+    assert [(task, event) for task, event, _ in task_events(state, "work")] == [("1", "killed")]
+
+
+def test_task_killed_twice_stays_killed(state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    for attempt in range(2):
+        proc = procs.worker(state, logs, "--items", 1, "--sleep", 60)
+        wait_for(lambda p=proc: started(logs, p.pid, 0), what=f"attempt {attempt} to start")
+        proc.kill()
+        proc.wait()
+    last = procs.worker(state, logs, "--items", 1)
+    assert procs.wait_all([last])[0][0] == 0
+    assert read_log(logs / f"{last.pid}.start") == []  # nothing left it may run
+    assert task_states(state, "work") == {"0": "killed"}
+    assert [event for _, event, _ in task_events(state, "work")] == ["killed", "killed"]
+
+
+def test_resume_after_kill_loses_at_most_a_flush_window(state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    first = procs.worker(state, logs, "--items", 40, "--sleep", 0.05)
+    wait_for(lambda: len(read_log(logs / f"{first.pid}.done")) >= 5, what="some progress")
+    first.kill()
+    first.wait()
+    second = procs.worker(state, logs, "--items", 40, "--sleep", 0.05)
+    assert procs.wait_all([second])[0][0] == 0
+    done = completions(logs)
+    assert set(done) == {str(i) for i in range(40)}
+    assert sum(done.values()) - 40 <= 2  # re-executed: at most the unflushed tail
+    assert set(task_states(state, "work").values()) == {"completed"}
+
+
+def test_ctrl_c_puts_the_current_task_back_to_pending(state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    proc = procs.worker(state, logs, "--items", 3, "--sleep", 60, "--sleep-on", 1)
+    wait_for(lambda: started(logs, proc.pid, 1), what="item 1 to start")
+    proc.send_signal(signal.SIGINT)
+    code, _, err = procs.wait_all([proc], deadline=30)[0]
+    assert code != 0 and "KeyboardInterrupt" in err
+    assert task_states(state, "work") == {"0": "completed", "1": "pending", "2": "pending"}
+    assert task_events(state, "work") == []
+    assert online_workers(state) == 0
+
+
+def test_worker_on_another_host_is_dead_after_heartbeat_timeout(
+        state: Path, procs: Processes) -> None:
+    store = Store(state)
+    with store.transaction() as tx:
+        wf = tx.open_workflow("work", keyed=False)
+        tx.register_positions(wf.id, 2)
+        remote = tx.register_worker("remote", wf.id, "another-host", 1, "", None, [])
+        assert tx.claim(wf.id, remote, 1, [], restricted=False) == [0]
+    store.close()
+    logs = state.parent / "logs"
+    began = time.monotonic()
+    local = procs.worker(state, logs, "--items", 2, env={"LAUFBAND_HEARTBEAT_TIMEOUT": "1"})
+    assert procs.wait_all([local])[0][0] == 0
+    assert time.monotonic() - began < 15
+    assert Counter(read_log(logs / f"{local.pid}.done")) == {"0": 1, "1": 1}
+    events = task_events(state, "work")
+    assert events == [("0", "killed", "worker remote (host another-host, pid 1) died")]
