@@ -157,9 +157,12 @@ class Unavailable(Exception):
 
 
 def clean_env() -> dict:
+    # PYTHONDONTWRITEBYTECODE would make every import compile from source, which no
+    # installed package does: users have .pyc files.
     env = dict(os.environ)
     for key in list(env):
-        if key.startswith("LAUFBAND_") or key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+        if key.startswith("LAUFBAND_") or key in (
+                "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE"):
             del env[key]
     return env
 

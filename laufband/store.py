@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from filelock import FileLock, SoftFileLock
+from filelock import FileLock
 
 from laufband.errors import StateError, TaskGraphError
 
@@ -583,7 +583,9 @@ class Store:
         self.path = Path(path)
         self.db_path = self.path / DB_NAME
         _make_directory(self.path)
-        lock_type = SoftFileLock if soft_lock else FileLock
+        lock_type = FileLock
+        if soft_lock:  # imported on demand: ~4 ms that most runs never need
+            from filelock import SoftFileLock as lock_type  # type: ignore[assignment]
         # One lock instance per path and process (two on one path in one thread
         # deadlock); thread-local so the heartbeat thread excludes the main thread.
         self._lock = lock_type(self.path / LOCK_NAME, is_singleton=True, thread_local=True)
@@ -606,9 +608,10 @@ class Store:
             conn.execute("PRAGMA journal_mode = DELETE")
             if new:
                 os.chmod(self.db_path, 0o600)
-                conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
-                conn.execute(
-                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                # Schema and version in one transaction: a crash leaves no half database.
+                conn.executescript(
+                    f"BEGIN; {_SCHEMA} INSERT INTO meta VALUES ('schema_version',"
+                    f" '{SCHEMA_VERSION}'); COMMIT;"
                 )
             row = conn.execute(
                 "SELECT value FROM meta WHERE key = 'schema_version'"

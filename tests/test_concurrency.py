@@ -148,3 +148,12 @@ def test_worker_lock_is_exclusive_across_processes(
     started = [procs.start(script) for _ in range(4)]
     assert [code for code, _, _ in procs.wait_all(started)] == [0] * 4
     assert counter.read_text() == "200"
+
+
+@pytest.mark.timeout(120)
+def test_soft_lock_shares_work_between_processes(state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    started = [procs.worker(state, logs, "--items", 60, "--sleep", 0.005,
+                            env={"LAUFBAND_LOCK": "soft"}) for _ in range(3)]
+    assert [code for code, _, _ in procs.wait_all(started)] == [0, 0, 0]
+    assert completions(logs) == Counter({str(i): 1 for i in range(60)})
