@@ -40,7 +40,7 @@ from laufband.options import (
     parse_labels,
     resolve,
 )
-from laufband.store import NewTask, Store, Transaction, Workflow
+from laufband.store import NewTask, Scope, Store, Transaction, Workflow
 from laufband.task import Task, check_cycles, check_unique
 
 T = TypeVar("T")
@@ -124,7 +124,8 @@ class Graphband(Generic[T]):
         self._store: Store | None = None
         self._workflow: Workflow | None = None
         self._worker = -1
-        self._restricted = False
+        self._scope = Scope()
+        self._mine: list[int] | None = None  # our task numbers, when ids are keys
         self._running = False
         self._closed = False
         self._batch: list[int] = []
@@ -168,11 +169,16 @@ class Graphband(Generic[T]):
         """Whether a task this worker could run is pending or still running elsewhere."""
         if self.disabled:
             return not self._closed
+        was_running = self._running
         self._start()
         assert self._store is not None and self._workflow is not None
-        with self._store.transaction() as tx:
-            return tx.may_get_work(self._workflow.id, self._worker, self._label_list,
-                                   self._restricted)
+        try:
+            with self._store.transaction() as tx:
+                return tx.may_get_work(self._workflow.id, self._worker, self._label_list,
+                                       self._scope)
+        finally:
+            if not was_running:  # asked outside the loop: do not stay online
+                self._stop()
 
     def close(self) -> None:
         """Mark the current task completed and stop iterating; the worker goes offline."""
@@ -216,7 +222,7 @@ class Graphband(Generic[T]):
 
     def _run_batch(self, batch: list[int]) -> Iterator[T]:
         # The hot path: per task one yield, one list append and one clock read.
-        self._batch = batch
+        # _batch and _position always tell _stop() which claimed tasks have not run.
         item = self._item_getter()
         finished = self._finished
         started = last_flush = time.monotonic()
@@ -226,12 +232,12 @@ class Graphband(Generic[T]):
             yield item(seq)
             if self._closed:  # close() was called in the loop body
                 return
+            self._current = None
             finished.append(seq)
             now = time.monotonic()
             if now - last_flush >= FLUSH_INTERVAL:
                 self._flush()
                 last_flush = now
-        self._current = None
         self._batch = []
         self._sizer.observe_tasks(len(batch), time.monotonic() - started)
 
@@ -243,16 +249,20 @@ class Graphband(Generic[T]):
         while True:
             began = time.monotonic()
             with self._store.transaction() as tx:
-                self._finish(tx)
+                flushed = self._finish(tx)
                 if began - self._last_reap >= self.heartbeat_interval:
                     self._reap(tx)
                 batch = self._claim(tx)
                 if not batch and self._reap(tx):
                     batch = self._claim(tx)
+                # Recorded before the commit: an interrupt from here on finds the
+                # batch in _stop() and hands it back.
+                self._batch, self._position = batch, -1
                 more = bool(batch) or self._may_get_work(tx)
-                completed = tx.completed_count(wf)
+                total, completed = tx.progress(wf)
+            del self._finished[:flushed]
             self._sizer.observe_transaction(time.monotonic() - began)
-            self._show_progress(completed)
+            self._show_progress(completed, total)
             if batch or not more:
                 return batch
             time.sleep(wait)
@@ -266,34 +276,43 @@ class Graphband(Generic[T]):
             # returned to pending and our stale finishes ignored; carry on as new.
             tx.register_worker(self.identifier, wf, HOST, os.getpid(), process_token(),
                                self._rank, self._label_list)
-        remaining = self._workflow.total - tx.completed_count(wf)
-        size = self._sizer.next_size(remaining, tx.online_count(wf))
-        return tx.claim(wf, self._worker, size, self._label_list, self._restricted)
+        total, completed = tx.progress(wf)
+        if self._mine is not None and total > len(self._mine) and not self._scope.restricted:
+            # Another worker registered tasks we have no data for: claim only ours.
+            tx.restrict_to(self._mine)
+            self._scope = Scope(restricted=True)
+        size = self._sizer.next_size(total - completed, tx.online_count(wf))
+        return tx.claim(wf, self._worker, size, self._label_list, self._scope)
 
     def _may_get_work(self, tx: Transaction) -> bool:
         assert self._workflow is not None
         tx.block_unreachable(self._workflow.id)
-        return tx.may_get_work(self._workflow.id, self._worker, self._label_list,
-                               self._restricted)
+        return tx.may_get_work(self._workflow.id, self._worker, self._label_list, self._scope)
 
     def _reap(self, tx: Transaction) -> int:
         self._last_reap = time.monotonic()
         return self._detector.reap(tx, self._worker, self.max_killed_retries)
 
-    def _finish(self, tx: Transaction) -> None:
-        if self._finished and self._workflow is not None:
-            tx.finish(self._workflow.id, self._worker, self._finished)
-            self._finished.clear()  # the same list: the running batch appends to it
+    def _finish(self, tx: Transaction) -> int:
+        """Record finished tasks; return how many, to drop from memory after the commit."""
+        count = len(self._finished)
+        if count and self._workflow is not None:
+            tx.finish(self._workflow.id, self._worker, self._finished[:count])
+        return count
 
     def _flush(self) -> None:
         assert self._store is not None and self._workflow is not None
         with self._store.transaction() as tx:
-            self._finish(tx)
-            completed = tx.completed_count(self._workflow.id)
-        self._show_progress(completed)
+            flushed = self._finish(tx)
+            total, completed = tx.progress(self._workflow.id)
+        # The same list object: the running batch appends to it.
+        del self._finished[:flushed]
+        self._show_progress(completed, total)
 
-    def _show_progress(self, completed: int) -> None:
+    def _show_progress(self, completed: int, total: int) -> None:
         bar = self.iterator
+        if total != bar.total:
+            bar.total = total
         if completed != bar.n:
             bar.update(completed - bar.n)
 
@@ -330,23 +349,20 @@ class Graphband(Generic[T]):
         with self._store.transaction() as tx:
             self._reap(tx)  # a dead worker may still hold our identifier
             self._workflow = tx.open_workflow(self.name, keyed=self._keyed)
-            self._restricted = self._register(tx, tasks)
+            self._scope = self._register(tx, tasks)
             self._worker = tx.register_worker(
                 self.identifier, self._workflow.id, HOST, os.getpid(), process_token(),
                 self._rank, self._label_list)
             self._workflow = tx.open_workflow(self.name, keyed=self._keyed)
-            completed = self._workflow.completed
         self._running = True
         _live.add(self)
         self._heartbeat = Heartbeat(self._store, self._worker, self.heartbeat_interval)
         self._heartbeat.start()
-        self._show_progress(completed)
+        self._show_progress(self._workflow.completed, self._workflow.total)
 
     def _stop(self) -> None:
         """Flush finished work, hand back unstarted tasks, go offline. Idempotent."""
         if not self._running:
-            if self._bar is not None:
-                self._bar.close()
             return
         self._running = False
         assert self._store is not None and self._workflow is not None
@@ -358,11 +374,12 @@ class Graphband(Generic[T]):
             self._current = None
         self._batch = []
         with self._store.transaction() as tx:
-            self._finish(tx)
+            flushed = self._finish(tx)
             tx.release(self._workflow.id, self._worker, unstarted)
             tx.set_offline(self._worker)
-            completed = tx.completed_count(self._workflow.id)
-        self._show_progress(completed)
+            total, completed = tx.progress(self._workflow.id)
+        del self._finished[:flushed]
+        self._show_progress(completed, total)
         self.iterator.close()
         self._store.close()
         _live.discard(self)
@@ -392,8 +409,8 @@ class Graphband(Generic[T]):
         self._tasks = tasks
         return tasks
 
-    def _register(self, tx: Transaction, tasks: list[Task]) -> bool:
-        """Register tasks; return whether this worker lacks some of the workflow's tasks."""
+    def _register(self, tx: Transaction, tasks: list[Task]) -> Scope:
+        """Register tasks; return which of the workflow's tasks this worker can run."""
         assert self._workflow is not None
         new = [NewTask(t.id, t.dependencies, tuple(t.requirements), t.max_parallel_workers)
                for t in tasks]
@@ -404,11 +421,15 @@ class Graphband(Generic[T]):
             keys = {seq: key for key, seq in numbers.items()}
             check_cycles(tx.dependency_edges(self._workflow.id), keys.__getitem__, self.name)
         self._by_number = {numbers[t.id]: t for t in tasks}
-        mine = [numbers[t.id] for t in tasks]
-        if len(numbers) > len(mine):
+        return self._keep_scope(tx, list(self._by_number), len(numbers))
+
+    def _keep_scope(self, tx: Transaction, mine: list[int], total: int) -> Scope:
+        """Remember our task numbers; restrict claims to them if the workflow has more."""
+        self._mine = mine
+        if total > len(mine):
             tx.restrict_to(mine)
-            return True
-        return False
+            return Scope(restricted=True)
+        return Scope()
 
     def _item_getter(self) -> Callable[[int], Any]:
         """Return a function mapping a task number to what the loop yields."""

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from laufband.errors import TaskGraphError, WorkflowMismatchError
 from laufband.graphband import Graphband
-from laufband.store import NewTask, Transaction
+from laufband.store import NewTask, Scope, Transaction
 
 T = TypeVar("T")
 
@@ -57,7 +57,7 @@ class Laufband(Graphband[T]):
     def _planned_total(self) -> int:
         return self._workflow.total if self._workflow is not None else len(self.data)
 
-    def _register(self, tx: Transaction, tasks: list[Any]) -> bool:
+    def _register(self, tx: Transaction, tasks: list[Any]) -> Scope:
         assert self._workflow is not None
         if self._key is not None:
             return self._register_keys(tx)
@@ -73,7 +73,8 @@ class Laufband(Graphband[T]):
             raise WorkflowMismatchError(msg)
         self._check_fingerprint(tx)
         tx.register_positions(workflow.id, len(self.data))
-        return False
+        # Runs with more data may append tasks later: ours are the first len(data).
+        return Scope(limit=len(self.data))
 
     def _check_fingerprint(self, tx: Transaction) -> None:
         assert self._workflow is not None
@@ -89,7 +90,7 @@ class Laufband(Graphband[T]):
                        f" stable ids, a new name=, or remove {self.path} to start over")
                 raise WorkflowMismatchError(msg)
 
-    def _register_keys(self, tx: Transaction) -> bool:
+    def _register_keys(self, tx: Transaction) -> Scope:
         assert self._workflow is not None and self._key is not None
         if not self._workflow.keyed:
             msg = (f"workflow {self._workflow.name!r} in {self.path} has positional ids; key="
@@ -109,10 +110,7 @@ class Laufband(Graphband[T]):
         known = tx.task_numbers(self._workflow.id)
         numbers = tx.register_keyed(self._workflow, [NewTask(k) for k in keys], known)
         self._index_of = {numbers[key]: index for key, index in seen.items()}
-        if len(numbers) > len(keys):
-            tx.restrict_to(self._index_of)
-            return True
-        return False
+        return self._keep_scope(tx, list(self._index_of), len(numbers))
 
     def _item_getter(self) -> Callable[[int], Any]:
         if self._key is None:

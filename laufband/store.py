@@ -72,14 +72,15 @@ CREATE TABLE events(
     state TEXT NOT NULL, time REAL NOT NULL, error TEXT);
 """
 
-# A task is ready for `me` when it is pending (or a multi-worker task with a free
-# slot this worker has not taken), its requirements are within the worker's
+# A task is ready for `me` when it is within the worker's scope (numbers below
+# :limit, and temp.mine when restricted), pending (or a multi-worker task with a
+# free slot this worker has not taken), its requirements are within the worker's
 # labels and every dependency is completed.
 _READY = """
-    t.wf = :wf AND t.seq >= :floor
-    AND (t.state = 'pending' OR (t.max_workers > 1 AND t.state = 'running'
-         AND (SELECT count(*) FROM holders h WHERE h.wf = t.wf AND h.seq = t.seq
-              AND h.done = 0) < t.max_workers))
+    t.wf = :wf AND t.seq >= :floor AND t.seq < :limit
+    AND (t.state = 'pending' OR (t.max_workers > 1 AND t.state = 'running'))
+    AND (t.max_workers = 1 OR (SELECT count(*) FROM holders h WHERE h.wf = t.wf
+         AND h.seq = t.seq AND h.done = 0) < t.max_workers)
     AND NOT EXISTS (SELECT 1 FROM holders h WHERE h.wf = t.wf AND h.seq = t.seq
                     AND h.worker = :me)
     AND (t.requirements IS NULL OR NOT EXISTS (
@@ -112,6 +113,14 @@ class WorkerRecord(NamedTuple):
     pid: int
     token: str
     beat: int
+
+
+class Scope(NamedTuple):
+    """The tasks a worker has data for: numbers below ``limit``, and only its own
+    (``Transaction.restrict_to``) when ``restricted``."""
+
+    limit: int = 2**62
+    restricted: bool = False
 
 
 class NewTask(NamedTuple):
@@ -319,30 +328,33 @@ class Transaction:
         if holders[1]:
             self._complete_multi(wf, seq)
             return
-        self._db.execute(
+        killed = self._db.execute(
             "UPDATE tasks SET kills = kills + 1, worker = NULL,"
             " state = CASE WHEN kills + 1 <= ? THEN 'pending' ELSE 'killed' END"
-            " WHERE wf = ? AND seq = ?",
+            " WHERE wf = ? AND seq = ? AND state = 'running'",
             (retries, wf, seq),
-        )
+        ).rowcount
+        if not killed:
+            return
         self._event(wf, seq, worker, "killed", now, error)
         self._lower_floor(wf, seq)
 
     # -- claims and results ----------------------------------------------------------
 
     def claim(
-        self, wf: int, worker: int, k: int, labels: Sequence[str], restricted: bool
+        self, wf: int, worker: int, k: int, labels: Sequence[str], scope: Scope
     ) -> list[int]:
-        """Mark up to ``k`` ready tasks running for ``worker``; return their numbers."""
+        """Mark up to ``k`` ready tasks in ``scope`` running for ``worker``; return them."""
         simple, floor = self._db.execute(
             "SELECT simple, floor FROM workflows WHERE id = ?", (wf,)
         ).fetchone()
+        restricted = scope.restricted
         if restricted:
             floor = 0  # the shared floor only speaks for unrestricted claims
         if simple:
-            return self._claim_run(wf, worker, k, restricted, floor)
+            return self._claim_run(wf, worker, k, scope, floor)
         params = {"wf": wf, "me": worker, "labels": json.dumps(list(labels)),
-                  "floor": floor, "k": k}
+                  "floor": floor, "k": k, "limit": scope.limit}
         query = "SELECT t.seq, t.max_workers FROM tasks t WHERE" + _READY
         rows = self._db.execute(
             query + (_MINE if restricted else "") + " ORDER BY t.seq LIMIT :k", params
@@ -357,37 +369,39 @@ class Transaction:
         )
         return [seq for seq, _ in rows]
 
-    def _claim_run(
-        self, wf: int, worker: int, k: int, restricted: bool, floor: int
-    ) -> list[int]:
+    def _claim_run(self, wf: int, worker: int, k: int, scope: Scope, floor: int) -> list[int]:
         """Claim the next run of pending tasks by number range: no per-row Python work."""
-        mine = _MINE if restricted else ""
+        mine = _MINE if scope.restricted else ""
         row = self._db.execute(
-            "SELECT t.seq FROM tasks t WHERE t.wf = ? AND t.seq >= ? AND t.state = 'pending'"
-            + mine + " ORDER BY t.seq LIMIT 1",
-            (wf, floor),
+            "SELECT t.seq FROM tasks t WHERE t.wf = ? AND t.seq >= ? AND t.seq < ?"
+            " AND t.state = 'pending'" + mine + " ORDER BY t.seq LIMIT 1",
+            (wf, floor, scope.limit),
         ).fetchone()
         if row is None:
             return []
         lo = row[0]
-        hi = lo + k - 1
-        claimed = self._db.execute(
+        hi = min(lo + k, scope.limit) - 1
+        pending = self._db.execute(
+            "SELECT count(*) FROM tasks t WHERE t.wf = ? AND t.seq BETWEEN ? AND ?"
+            " AND t.state = 'pending'" + mine,
+            (wf, lo, hi),
+        ).fetchone()[0]
+        claim = (
             "UPDATE tasks AS t SET state = 'running', worker = ? WHERE t.wf = ?"
-            " AND t.seq BETWEEN ? AND ? AND t.state = 'pending'" + mine,
-            (worker, wf, lo, hi),
-        ).rowcount
-        if not restricted:
-            # Every pending task up to hi is now claimed, and lo was the first one.
-            self._db.execute("UPDATE workflows SET floor = ? WHERE id = ?", (hi + 1, wf))
-        if claimed == k:
-            return list(range(lo, hi + 1))
-        # A sparse run (tasks returned after kills, or the end): read back what we took.
-        # This worker holds nothing else here, because it finished its last batch first.
-        return [seq for (seq,) in self._db.execute(
-            "SELECT seq FROM tasks WHERE wf = ? AND seq BETWEEN ? AND ?"
-            " AND state = 'running' AND worker = ?",
-            (wf, lo, hi, worker),
-        )]
+            " AND t.seq BETWEEN ? AND ? AND t.state = 'pending'" + mine
+        )
+        if pending == hi - lo + 1:  # the usual case: a solid run, no rows to read back
+            self._db.execute(claim, (worker, wf, lo, hi))
+            claimed = list(range(lo, hi + 1))
+        else:  # holes (tasks running elsewhere, done, or not ours): read back what we took
+            rows = self._db.execute(claim + " RETURNING seq", (worker, wf, lo, hi)).fetchall()
+            claimed = sorted(seq for (seq,) in rows)
+        if not scope.restricted:
+            # lo was the first pending task and every pending task up to hi is now
+            # claimed. Never past total: tasks registered later start there.
+            self._db.execute(
+                "UPDATE workflows SET floor = min(?, total) WHERE id = ?", (hi + 1, wf))
+        return claimed
 
     def finish(self, wf: int, worker: int, seqs: Sequence[int]) -> int:
         """Mark tasks this worker ran as completed; return how many it completed."""
@@ -401,11 +415,11 @@ class Transaction:
             ((wf, lo, hi, worker) for lo, hi in runs),
         )
         completed = self._db.total_changes - before
-        if not self._is_simple(wf):
-            completed += self._finish_multi(wf, worker, runs)
         self._db.execute(
             "UPDATE workflows SET completed = completed + ? WHERE id = ?", (completed, wf)
         )
+        if not self._is_simple(wf):
+            completed += self._finish_multi(wf, worker, runs)
         self._db.execute(
             "UPDATE workers SET done = done + ?, seen = ? WHERE id = ?",
             (completed, time.time(), worker),
@@ -430,7 +444,7 @@ class Transaction:
 
     def _complete_multi(self, wf: int, seq: int) -> int:
         """Complete a multi-worker task once no holder is still running it."""
-        return self._db.execute(
+        completed = self._db.execute(
             "UPDATE tasks SET state = 'completed' WHERE wf = ? AND seq = ? AND max_workers > 1"
             " AND state = 'running' AND NOT EXISTS (SELECT 1 FROM holders h"
             " WHERE h.wf = tasks.wf AND h.seq = tasks.seq AND h.done = 0)"
@@ -438,21 +452,25 @@ class Transaction:
             " AND h.seq = tasks.seq AND h.done = 1)",
             (wf, seq),
         ).rowcount
+        self._db.execute(
+            "UPDATE workflows SET completed = completed + ? WHERE id = ?", (completed, wf))
+        return completed
 
     def fail(
         self, wf: int, worker: int, seq: int, error: str, max_failed_retries: int
     ) -> str:
         """Record a failure of ``seq``; return its new state (pending while retries are left)."""
-        self._db.execute(
-            "DELETE FROM holders WHERE wf = ? AND seq = ? AND worker = ?",
+        held = self._db.execute(
+            "DELETE FROM holders WHERE wf = ? AND seq = ? AND worker = ? AND done = 0",
             (wf, seq, worker),
-        )
+        ).rowcount
         row = self._db.execute(
             "UPDATE tasks SET failures = failures + 1, worker = NULL,"
             " state = CASE WHEN failures + 1 <= ? THEN 'pending' ELSE 'failed' END"
-            " WHERE wf = ? AND seq = ? AND state = 'running' AND (worker = ? OR max_workers > 1)"
+            " WHERE wf = ? AND seq = ? AND state = 'running'"
+            " AND ((max_workers = 1 AND worker = ?) OR (max_workers > 1 AND ?))"
             " RETURNING state",
-            (max_failed_retries, wf, seq, worker),
+            (max_failed_retries, wf, seq, worker, held),
         ).fetchone()
         state = row[0] if row else "running"
         self._event(wf, seq, worker, "failed", time.time(), error)
@@ -513,21 +531,21 @@ class Transaction:
                 ((wf, seq, now) for (seq,) in rows),
             )
 
-    def may_get_work(
-        self, wf: int, worker: int, labels: Sequence[str], restricted: bool
-    ) -> bool:
+    def may_get_work(self, wf: int, worker: int, labels: Sequence[str], scope: Scope) -> bool:
         """Whether a task this worker could run is pending or running elsewhere."""
         query = (
-            "SELECT 1 FROM tasks t WHERE t.wf = :wf AND t.state IN ('pending', 'running')"
+            "SELECT 1 FROM tasks t WHERE t.wf = :wf AND t.seq < :limit"
+            " AND t.state IN ('pending', 'running')"
             " AND NOT (t.state = 'running' AND t.worker = :me AND t.max_workers = 1)"
             " AND NOT EXISTS (SELECT 1 FROM holders h WHERE h.wf = t.wf AND h.seq = t.seq"
             " AND h.worker = :me)"
             " AND (t.requirements IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(t.requirements)"
             " r WHERE r.value NOT IN (SELECT value FROM json_each(:labels))))"
         )
-        params = {"wf": wf, "me": worker, "labels": json.dumps(list(labels))}
+        params = {"wf": wf, "me": worker, "labels": json.dumps(list(labels)),
+                  "limit": scope.limit}
         row = self._db.execute(
-            query + (_MINE if restricted else "") + " LIMIT 1", params
+            query + (_MINE if scope.restricted else "") + " LIMIT 1", params
         ).fetchone()
         return row is not None
 
@@ -545,9 +563,10 @@ class Transaction:
             (error, wf, seq, worker),
         )
 
-    def completed_count(self, wf: int) -> int:
-        """Completed tasks of a workflow, from the maintained counter."""
-        return self._db.execute("SELECT completed FROM workflows WHERE id = ?", (wf,)).fetchone()[0]
+    def progress(self, wf: int) -> tuple[int, int]:
+        """``(total, completed)`` tasks of a workflow, from maintained counters."""
+        return self._db.execute(
+            "SELECT total, completed FROM workflows WHERE id = ?", (wf,)).fetchone()
 
     def task_states(self, wf: int) -> dict[str, str]:
         """Task id -> state for a whole workflow (positional ids are their numbers)."""
@@ -637,11 +656,12 @@ class Store:
         # A 1 ms poll: filelock's default 50 ms starves workers under contention.
         with self._lock.acquire(poll_interval=0.001):
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
             try:
+                conn.execute("BEGIN IMMEDIATE")
                 yield Transaction(conn)
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from laufband.store import Store
+from laufband.store import Scope, Store
 from tests.helpers.procs import (
     Processes,
     completions,
@@ -93,7 +93,7 @@ def test_worker_on_another_host_is_dead_after_heartbeat_timeout(
         wf = tx.open_workflow("work", keyed=False)
         tx.register_positions(wf.id, 2)
         remote = tx.register_worker("remote", wf.id, "another-host", 1, "", None, [])
-        assert tx.claim(wf.id, remote, 1, [], restricted=False) == [0]
+        assert tx.claim(wf.id, remote, 1, [], Scope()) == [0]
     store.close()
     logs = state.parent / "logs"
     began = time.monotonic()

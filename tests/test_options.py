@@ -180,3 +180,63 @@ def test_import_is_light(procs: Processes) -> None:
     [(status, out, err)] = procs.wait_all([procs.start("-c", code)])
     assert status == 0, err
     assert out.strip() == "[]"
+
+
+def test_worker_does_not_claim_tasks_registered_later_by_others(state: Path) -> None:
+    early = Graphband([Task("a"), Task("b")], path=state, name="g", tqdm_kwargs=QUIET)
+    iterator = iter(early)
+    assert next(iterator).id == "a"
+    late = Graphband([Task(x) for x in "abcd"], path=state, name="g", tqdm_kwargs=QUIET)
+    assert late.has_more_jobs  # registers c and d, then goes offline again
+    assert [t.id for t in iterator] == ["b"]  # not c or d: no data for them
+    assert [t.id for t in late] == ["c", "d"]
+    assert task_states(state, "g") == dict.fromkeys("abcd", "completed")
+
+
+def test_shorter_positional_run_leaves_appended_tasks_alone(state: Path) -> None:
+    short = Laufband(list(range(5)), path=state, name="p", tqdm_kwargs=QUIET)
+    iterator = iter(short)
+    assert next(iterator) == 0
+    longer = Laufband(list(range(8)), path=state, name="p", tqdm_kwargs=QUIET)
+    assert longer.has_more_jobs
+    assert list(iterator) == [1, 2, 3, 4]
+    assert list(longer) == [5, 6, 7]
+
+
+def test_interrupt_right_after_a_claim_hands_the_batch_back(
+        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def interrupted(self, seconds: float) -> None:
+        calls.append(seconds)
+        if len(calls) == 2:  # the claim of the first batch has just committed
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(BatchSizer, "observe_transaction", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        list(Laufband(list(range(10)), path=state, name="gap", tqdm_kwargs=QUIET))
+    assert "running" not in task_states(state, "gap").values()
+    assert online_workers(state) == 0
+
+
+def test_interrupt_during_a_flush_keeps_the_finished_task(
+        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import laufband.graphband as graphband
+
+    monkeypatch.setattr(graphband, "FLUSH_INTERVAL", 0.0)
+    original = graphband.Graphband._flush
+
+    def interrupted_flush(self) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(graphband.Graphband, "_flush", interrupted_flush)
+    worker = Laufband(list(range(10)), path=state, name="flush", tqdm_kwargs=QUIET)
+    monkeypatch.setattr(worker, "_sizer", BatchSizer())
+    worker._sizer.size = 4  # a batch of several tasks, so a flush happens mid-batch
+    with pytest.raises(KeyboardInterrupt):
+        for _ in worker:
+            pass
+    monkeypatch.setattr(graphband.Graphband, "_flush", original)
+    states = task_states(state, "flush")
+    assert states["0"] == "completed"
+    assert "running" not in states.values()

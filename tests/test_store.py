@@ -1,0 +1,110 @@
+"""Store transitions in isolation: the claim floor, scopes, multi-worker tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from laufband.store import NewTask, Scope, Store, Transaction, WorkerRecord
+
+
+@pytest.fixture
+def store(state: Path):
+    opened = Store(state)
+    yield opened
+    opened.close()
+
+
+def worker(tx: Transaction, name: str, wf: int) -> int:
+    return tx.register_worker(name, wf, "h", 1, "", None, [])
+
+
+def record(tx: Transaction, number: int) -> WorkerRecord:
+    return next(w for w in tx.online_workers(exclude=-1) if w.id == number)
+
+
+def test_floor_never_passes_total_so_appended_tasks_are_claimed(store: Store) -> None:
+    with store.transaction() as tx:
+        wf = tx.open_workflow("w", keyed=False).id
+        tx.register_positions(wf, 200)
+        a = worker(tx, "a", wf)
+        assert tx.claim(wf, a, 300, [], Scope()) == list(range(200))  # more than is left
+        tx.register_positions(wf, 210)  # a later run with more data
+        b = worker(tx, "b", wf)
+        assert tx.claim(wf, b, 50, [], Scope()) == list(range(200, 210))
+
+
+def test_claims_stay_below_the_scope_limit(store: Store) -> None:
+    with store.transaction() as tx:
+        wf = tx.open_workflow("w", keyed=False).id
+        tx.register_positions(wf, 20)
+        short = worker(tx, "short", wf)
+        assert tx.claim(wf, short, 100, [], Scope(limit=10)) == list(range(10))
+        assert tx.claim(wf, short, 100, [], Scope(limit=10)) == []
+        long = worker(tx, "long", wf)
+        assert tx.claim(wf, long, 100, [], Scope(limit=20)) == list(range(10, 20))
+
+
+def test_returned_task_lowers_the_floor(store: Store) -> None:
+    with store.transaction() as tx:
+        wf = tx.open_workflow("w", keyed=False).id
+        tx.register_positions(wf, 10)
+        a = worker(tx, "a", wf)
+        assert tx.claim(wf, a, 10, [], Scope()) == list(range(10))
+        tx.release(wf, a, [3, 4])
+        tx.fail(wf, a, 7, "boom", max_failed_retries=1)  # a retry left: pending again
+        assert tx.claim(wf, a, 10, [], Scope()) == [3, 4, 7]
+
+
+def multi_workflow(tx: Transaction) -> int:
+    workflow = tx.open_workflow("m", keyed=True)
+    tx.register_keyed(workflow, [NewTask("m", max_workers=2), NewTask("after", ("m",))], {})
+    return workflow.id
+
+
+def test_multi_task_completed_by_release_or_reap_is_counted(store: Store) -> None:
+    with store.transaction() as tx:
+        wf = multi_workflow(tx)
+        a, b = worker(tx, "a", wf), worker(tx, "b", wf)
+        assert tx.claim(wf, a, 1, [], Scope()) == [0]
+        assert tx.claim(wf, b, 1, [], Scope()) == [0]
+        tx.finish(wf, a, [0])
+        assert tx.task_states(wf)["m"] == "running"  # b still holds it
+        tx.reap(record(tx, b), max_killed_retries=1)
+        assert tx.task_states(wf)["m"] == "completed"
+        assert tx.progress(wf) == (2, 1)
+
+
+def test_reaping_a_holder_does_not_revive_a_failed_multi_task(store: Store) -> None:
+    with store.transaction() as tx:
+        wf = multi_workflow(tx)
+        a, b = worker(tx, "a", wf), worker(tx, "b", wf)
+        tx.claim(wf, a, 1, [], Scope())
+        tx.claim(wf, b, 1, [], Scope())
+        assert tx.fail(wf, a, 0, "boom", max_failed_retries=0) == "failed"
+        tx.block_unreachable(wf)
+        tx.reap(record(tx, b), max_killed_retries=1)
+        assert tx.task_states(wf) == {"m": "failed", "after": "blocked"}
+        c = worker(tx, "c", wf)
+        assert tx.claim(wf, c, 1, [], Scope()) == []
+
+
+def test_only_a_holder_can_fail_a_multi_task(store: Store) -> None:
+    with store.transaction() as tx:
+        wf = multi_workflow(tx)
+        a, b = worker(tx, "a", wf), worker(tx, "b", wf)
+        tx.claim(wf, a, 1, [], Scope())
+        assert tx.fail(wf, b, 0, "not mine", max_failed_retries=0) == "running"
+        assert tx.task_states(wf)["m"] == "running"
+
+
+def test_multi_task_pending_after_failure_is_not_over_admitted(store: Store) -> None:
+    with store.transaction() as tx:
+        wf = multi_workflow(tx)
+        a, b, c, d = (worker(tx, name, wf) for name in "abcd")
+        tx.claim(wf, a, 1, [], Scope())
+        tx.claim(wf, b, 1, [], Scope())
+        assert tx.fail(wf, a, 0, "flaky", max_failed_retries=1) == "pending"
+        assert tx.claim(wf, c, 1, [], Scope()) == [0]  # a's slot is free again
+        assert tx.claim(wf, d, 1, [], Scope()) == []  # b and c hold both slots
