@@ -108,3 +108,22 @@ def test_multi_task_pending_after_failure_is_not_over_admitted(store: Store) -> 
         assert tx.fail(wf, a, 0, "flaky", max_failed_retries=1) == "pending"
         assert tx.claim(wf, c, 1, [], Scope()) == [0]  # a's slot is free again
         assert tx.claim(wf, d, 1, [], Scope()) == []  # b and c hold both slots
+
+
+def test_reaping_counts_a_kill_only_for_the_task_in_flight(store: Store) -> None:
+    with store.transaction() as tx:
+        wf = tx.open_workflow("w", keyed=False).id
+        tx.register_positions(wf, 10)
+        for attempt, name in enumerate(["a", "b"]):
+            number = worker(tx, name, wf)
+            claimed = tx.claim(wf, number, 10, [], Scope())
+            assert claimed == list(range(10) if attempt == 0 else range(3, 10))
+            if attempt == 0:
+                tx.finish(wf, number, [0, 1, 2])  # flushed before it died
+            tx.reap(record(tx, number), max_killed_retries=1)
+            states = tx.task_states(wf)
+            assert states["3"] == ("pending" if attempt == 0 else "killed")
+            assert {states[str(i)] for i in range(4, 10)} == {"pending"}
+        assert [event[:2] for event in tx.events(wf)] == [("3", "killed"), ("3", "killed")]
+        c = worker(tx, "c", wf)
+        assert tx.claim(wf, c, 10, [], Scope()) == list(range(4, 10))
