@@ -120,7 +120,9 @@ class Graphband(Generic[T]):
         self._tqdm_kwargs = dict(tqdm_kwargs or {})
         self._tqdm_kwargs.setdefault("disable", self._rank not in (None, 0))
         self._user_lock: Any = None
+        self._tasks: list[Task] | None = None
         self._bar: tqdm[Any] | None = None
+        self._bar_closed = False  # closed by _stop(); a new iteration draws a new one
         self._store: Store | None = None
         self._workflow: Workflow | None = None
         self._worker = -1
@@ -355,6 +357,8 @@ class Graphband(Generic[T]):
                 self._rank, self._label_list)
             self._workflow = tx.open_workflow(self.name, keyed=self._keyed)
         self._running = True
+        if self._bar_closed:  # a new iteration after an earlier one: a new bar
+            self._bar, self._bar_closed = None, False
         _live.add(self)
         self._heartbeat = Heartbeat(self._store, self._worker, self.heartbeat_interval)
         self._heartbeat.start()
@@ -381,6 +385,7 @@ class Graphband(Generic[T]):
         del self._finished[:flushed]
         self._show_progress(completed, total)
         self.iterator.close()
+        self._bar_closed = True
         self._store.close()
         _live.discard(self)
 
@@ -400,14 +405,16 @@ class Graphband(Generic[T]):
         return sorted(self.labels)
 
     def _collect(self) -> list[Task]:
-        tasks = list(self._source)
-        for task in tasks:
-            if not isinstance(task, Task):
-                msg = f"Graphband takes Task objects, got {task!r}: yield Task(id=...) instead"
-                raise TypeError(msg)
-        check_unique(tasks, self.name)
-        self._tasks = tasks
-        return tasks
+        """Read the task iterable once (it may be a generator) and check it."""
+        if self._tasks is None:
+            tasks = list(self._source)
+            for task in tasks:
+                if not isinstance(task, Task):
+                    msg = f"Graphband takes Task objects, got {task!r}: yield Task(id=...)"
+                    raise TypeError(msg)
+            check_unique(tasks, self.name)
+            self._tasks = tasks
+        return self._tasks
 
     def _register(self, tx: Transaction, tasks: list[Task]) -> Scope:
         """Register tasks; return which of the workflow's tasks this worker can run."""

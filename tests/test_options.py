@@ -240,3 +240,30 @@ def test_interrupt_during_a_flush_keeps_the_finished_task(
     states = task_states(state, "flush")
     assert states["0"] == "completed"
     assert "running" not in states.values()
+
+
+def test_labels_and_identifier_from_environment(
+        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAUFBAND_LABELS", "gpu, big")
+    monkeypatch.setenv("LAUFBAND_IDENTIFIER", "node7")
+    tasks = [Task("small"), Task("large", requirements={"gpu", "big"})]
+    worker = Graphband(tasks, path=state, tqdm_kwargs=QUIET)
+    assert worker.labels == {"gpu", "big"} and worker.identifier == "node7"
+    assert [t.id for t in worker] == ["small", "large"]
+
+
+def test_graphband_generator_survives_early_bar_access(state: Path) -> None:
+    def tasks():
+        yield Task("a")
+        yield Task("b", dependencies=["a"])
+
+    worker = Graphband(tasks(), path=state, tqdm_kwargs=QUIET)
+    assert worker.iterator.total == 2  # reads the generator, and keeps what it read
+    assert [t.id for t in worker] == ["a", "b"]
+
+
+def test_has_more_jobs_before_the_loop_keeps_a_working_bar(state: Path) -> None:
+    worker = Laufband(list(range(5)), path=state, tqdm_kwargs={"file": io.StringIO()})
+    assert worker.has_more_jobs
+    assert list(worker) == list(range(5))
+    assert worker.iterator.n == 5
