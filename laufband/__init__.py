@@ -3,9 +3,16 @@
 Wrap a for-loop, start it as often as you like, and every item runs once.
 """
 
-from laufband.errors import StateError, TaskGraphError, WorkflowMismatchError
+from laufband.errors import (
+    RemoteTraceback,
+    StateError,
+    TaskFailedError,
+    TaskGraphError,
+    WorkflowMismatchError,
+)
 from laufband.graphband import Graphband
 from laufband.laufband import Laufband
+from laufband.pmap import PmapResults, pmap
 from laufband.task import Task
 
 __version__ = "0.1.0"
@@ -13,9 +20,13 @@ __version__ = "0.1.0"
 __all__ = [
     "Graphband",
     "Laufband",
+    "PmapResults",
+    "RemoteTraceback",
     "StateError",
     "Task",
+    "TaskFailedError",
     "TaskGraphError",
     "WorkflowMismatchError",
     "__version__",
+    "pmap",
 ]

@@ -13,3 +13,18 @@ class WorkflowMismatchError(ValueError):
 
 class TaskGraphError(ValueError):
     """Tasks are malformed: duplicate ids, unknown dependencies or a cycle."""
+
+
+class TaskFailedError(RuntimeError):
+    """A task never completed: its worker died on it more often than retries allow."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in another process, kept as text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.text}\"\"\""

@@ -136,6 +136,9 @@ class Graphband(Generic[T]):
         self._interrupted: int | None = None  # the task Ctrl-C arrived during
         self._consumer: Any = None
         self._finished: list[int] = []
+        # Outcomes a loop body reported (pmap): stored with the next flush.
+        self._results: list[tuple[int, bytes | None, bool, bool]] = []
+        self._failures: list[tuple[int, str]] = []
         self._sizer = BatchSizer()
         self._detector = DeadWorkerDetector(self.heartbeat_timeout)
         self._heartbeat: Heartbeat | None = None
@@ -262,7 +265,7 @@ class Graphband(Generic[T]):
                 self._batch, self._position = batch, -1
                 more = bool(batch) or self._may_get_work(tx)
                 total, completed = tx.progress(wf)
-            del self._finished[:flushed]
+            self._drop(flushed)
             self._sizer.observe_transaction(time.monotonic() - began)
             self._show_progress(completed, total)
             if batch or not more:
@@ -295,20 +298,44 @@ class Graphband(Generic[T]):
         self._last_reap = time.monotonic()
         return self._detector.reap(tx, self._worker, self.max_killed_retries)
 
-    def _finish(self, tx: Transaction) -> int:
-        """Record finished tasks; return how many, to drop from memory after the commit."""
-        count = len(self._finished)
-        if count and self._workflow is not None:
-            tx.finish(self._workflow.id, self._worker, self._finished[:count])
-        return count
+    def _finish(self, tx: Transaction) -> tuple[int, int, int]:
+        """Record finished tasks, results and failures; return how many of each, to drop
+        from memory once the transaction has committed (see ``_drop``)."""
+        counts = (len(self._finished), len(self._results), len(self._failures))
+        if self._workflow is None:
+            return counts
+        wf = self._workflow.id
+        if counts[1]:
+            tx.store_results(wf, self._results[: counts[1]])
+        for seq, text in self._failures[: counts[2]]:  # before finish: not completed
+            tx.fail(wf, self._worker, seq, text, self.max_failed_retries)
+        if counts[0]:
+            tx.finish(wf, self._worker, self._finished[: counts[0]])
+        return counts
+
+    def _drop(self, counts: tuple[int, int, int]) -> None:
+        # The same list objects: the running batch appends to them.
+        del self._finished[: counts[0]]
+        del self._results[: counts[1]]
+        del self._failures[: counts[2]]
+
+    def _record_result(self, value: bytes | None, in_file: bool = False) -> None:
+        """Keep the current task's pickled result (``None`` when it is in a file)."""
+        assert self._current is not None
+        self._results.append((self._current, value, False, in_file))
+
+    def _record_failure(self, text: str, error: bytes) -> None:
+        """Fail the current task without leaving the loop; keep the pickled exception."""
+        assert self._current is not None
+        self._results.append((self._current, error, True, False))
+        self._failures.append((self._current, text))
 
     def _flush(self) -> None:
         assert self._store is not None and self._workflow is not None
         with self._store.transaction() as tx:
             flushed = self._finish(tx)
             total, completed = tx.progress(self._workflow.id)
-        # The same list object: the running batch appends to it.
-        del self._finished[:flushed]
+        self._drop(flushed)
         self._show_progress(completed, total)
 
     def _show_progress(self, completed: int, total: int) -> None:
@@ -382,7 +409,7 @@ class Graphband(Generic[T]):
             tx.release(self._workflow.id, self._worker, unstarted)
             tx.set_offline(self._worker)
             total, completed = tx.progress(self._workflow.id)
-        del self._finished[:flushed]
+        self._drop(flushed)
         self._show_progress(completed, total)
         self.iterator.close()
         self._bar_closed = True
@@ -421,7 +448,8 @@ class Graphband(Generic[T]):
         assert self._workflow is not None
         new = [NewTask(t.id, t.dependencies, tuple(t.requirements), t.max_parallel_workers)
                for t in tasks]
-        known = tx.task_numbers(self._workflow.id)
+        wanted = {t.key for t in new} | {d for t in new for d in t.dependencies}
+        known = tx.task_numbers(self._workflow.id, wanted)
         numbers = tx.register_keyed(self._workflow, new, known)
         if any(numbers[dep] >= numbers[t.key] for t in new for dep in t.dependencies):
             # Only a dependency on a later (or the same) task can close a cycle.

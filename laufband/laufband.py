@@ -107,7 +107,7 @@ class Laufband(Graphband[T]):
                        f" {self._workflow.name!r}: keys must be unique")
                 raise TaskGraphError(msg)
             seen[key] = index
-        known = tx.task_numbers(self._workflow.id)
+        known = tx.task_numbers(self._workflow.id, keys)
         numbers = tx.register_keyed(self._workflow, [NewTask(k) for k in keys], known)
         self._index_of = {numbers[key]: index for key, index in seen.items()}
         return self._keep_scope(tx, list(self._index_of), len(numbers))

@@ -73,6 +73,9 @@ CREATE TABLE workers(
     host TEXT, pid INTEGER, token TEXT, rank INTEGER, labels TEXT,
     state TEXT NOT NULL, beat INTEGER NOT NULL DEFAULT 0, seen REAL,
     started REAL, done INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE results(
+    wf INTEGER NOT NULL, seq INTEGER NOT NULL, value BLOB, error INTEGER NOT NULL,
+    in_file INTEGER NOT NULL, PRIMARY KEY (wf, seq)) WITHOUT ROWID;
 CREATE TABLE events(
     id INTEGER PRIMARY KEY, wf INTEGER, seq INTEGER, worker INTEGER,
     state TEXT NOT NULL, time REAL NOT NULL, error TEXT);
@@ -191,9 +194,16 @@ class Transaction:
             "UPDATE workflows SET total = max(total, ?) WHERE id = ?", (total, wf)
         )
 
-    def task_numbers(self, wf: int) -> dict[str, int]:
-        """Map every stored task key of a keyed workflow to its number."""
-        return dict(self._db.execute("SELECT key, seq FROM tasks WHERE wf = ?", (wf,)))
+    def task_numbers(self, wf: int, keys: Iterable[str]) -> dict[str, int]:
+        """Map those of ``keys`` that a keyed workflow already has to their numbers."""
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted(key TEXT PRIMARY KEY)")
+        self._db.execute("DELETE FROM temp.wanted")
+        self._db.executemany(
+            "INSERT OR IGNORE INTO temp.wanted VALUES (?)", ((k,) for k in keys))
+        return dict(self._db.execute(
+            "SELECT t.key, t.seq FROM temp.wanted w JOIN tasks t ON t.wf = ? AND t.key = w.key",
+            (wf,),
+        ))
 
     def register_keyed(
         self, workflow: Workflow, tasks: Sequence[NewTask], known: dict[str, int]
@@ -612,6 +622,39 @@ class Transaction:
             "SELECT materialized, total FROM workflows WHERE id = ?", (wf,)).fetchone()
         states.update((str(seq), "pending") for seq in range(materialized, total))
         return states
+
+    def store_results(self, wf: int, rows: Iterable[tuple[int, bytes | None, bool, bool]]) -> None:
+        """Keep ``(task number, pickled value, is an error, value is in a file)`` rows."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO results(wf, seq, value, error, in_file)"
+            " VALUES (?, ?, ?, ?, ?)",
+            ((wf, seq, value, int(error), int(in_file)) for seq, value, error, in_file in rows),
+        )
+
+    def retry_unfinished(self, wf: int) -> int:
+        """Make failed and killed tasks of temp.mine pending again (a new pmap call)."""
+        rows = self._db.execute(
+            "UPDATE tasks SET state = 'pending', failures = 0, kills = 0 WHERE wf = ?"
+            " AND state IN ('failed', 'killed') AND seq IN (SELECT seq FROM temp.mine)"
+            " RETURNING seq",
+            (wf,),
+        ).fetchall()
+        if rows:
+            self._lower_floor(wf, min(seq for (seq,) in rows))
+            self._db.execute("DELETE FROM results WHERE wf = ? AND error = 1"
+                             " AND seq IN (SELECT seq FROM temp.mine)", (wf,))
+        return len(rows)
+
+    def outcomes(self, wf: int) -> dict[int, tuple[str, bytes | None, bool, bool]]:
+        """Task number -> (state, stored value, is an error, in a file) for temp.mine."""
+        rows = self._db.execute(
+            "SELECT t.seq, t.state, r.value, coalesce(r.error, 0), coalesce(r.in_file, 0)"
+            " FROM tasks t LEFT JOIN results r ON r.wf = t.wf AND r.seq = t.seq"
+            " WHERE t.wf = ? AND t.seq IN (SELECT seq FROM temp.mine)",
+            (wf,),
+        )
+        return {seq: (state, value, bool(error), bool(in_file))
+                for seq, state, value, error, in_file in rows}
 
     def events(self, wf: int) -> list[tuple[str, str, str | None]]:
         """Task id, state and error text of every event of a workflow, oldest first."""

@@ -1,0 +1,54 @@
+"""Call pmap over range(N) with a function that logs every computation.
+
+Each computation appends the item to LOGS/<pid>.done. Options:
+  --sleep S            seconds each item takes
+  --kill-helper        the first helper (not the caller) to get an item SIGKILLs itself
+  --n N                workers
+Prints the result list as JSON on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from laufband import pmap
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("state")
+    parser.add_argument("logs")
+    parser.add_argument("--items", type=int, default=20)
+    parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--kill-helper", action="store_true")
+    parser.add_argument("--n", type=int, default=2)
+    parser.add_argument("--start-method", default=None)
+    args = parser.parse_args()
+    logs = Path(args.logs)
+    logs.mkdir(exist_ok=True)
+    caller = os.getpid()
+
+    def square(x: int) -> int:
+        marker = logs / "killed-once"
+        if args.kill_helper and os.getpid() != caller and not marker.exists():
+            marker.write_text(str(x))
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(args.sleep)
+        with open(logs / f"{os.getpid()}.done", "a") as log:
+            log.write(f"{x}\n")
+        return x * x
+
+    results = pmap(square, range(args.items), n=args.n, path=args.state, name="squares",
+                   progress=False, start_method=args.start_method)
+    print(json.dumps(results))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""pmap: ordered, memoized, shared between callers, robust to killed workers."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import signal
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from laufband import PmapResults, RemoteTraceback, TaskFailedError, pmap
+from tests.helpers.procs import HELPERS, Processes, completions, read_log, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+SQUARES = [x * x for x in range(20)]
+
+
+def caller(procs: Processes, state: Path, logs: Path, *args: object):
+    return procs.start(HELPERS / "pmap_caller.py", state, logs, *map(str, args))
+
+
+def squares_from(result: tuple[int, str, str]) -> list[int]:
+    code, out, err = result
+    assert code == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_ordered_results_with_a_lambda(state: Path) -> None:
+    assert pmap(lambda x: x * 3, range(10), n=2, path=state, progress=False) == [
+        x * 3 for x in range(10)]
+
+
+@pytest.mark.parametrize("start_method", ["loky", "fork"])
+def test_start_methods(state: Path, start_method: str) -> None:
+    offset = 7
+    result = pmap(lambda x: x + offset, list(range(30)), n=3, path=state, progress=False,
+                  start_method=start_method)
+    assert result == [x + 7 for x in range(30)]
+
+
+def test_changed_closure_is_not_served_stale(state: Path) -> None:
+    results = []
+    for factor in (2, 3):
+        # Used at once, inside the loop: binding the current factor is the point.
+        results.append(pmap(lambda x: x * factor, range(4), n=1, path=state,  # noqa: B023
+                            progress=False))
+    assert results == [[0, 2, 4, 6], [0, 3, 6, 9]]
+
+
+def test_equal_items_are_computed_once(state: Path, tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+
+    def record(x: str) -> str:
+        with calls.open("a") as log:
+            log.write(x + "\n")
+        return x.upper()
+
+    assert pmap(record, ["a", "b", "a", "a"], n=1, path=state, progress=False) == [
+        "A", "B", "A", "A"]
+    assert sorted(calls.read_text().split()) == ["a", "b"]
+
+
+def test_rerun_computes_only_new_items(state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    assert squares_from(procs.wait_all([caller(procs, state, logs, "--items", 20)])[0]) \
+        == SQUARES
+    assert completions(logs) == Counter({str(i): 1 for i in range(20)})
+    assert squares_from(procs.wait_all([caller(procs, state, logs, "--items", 20)])[0]) \
+        == SQUARES
+    assert sum(completions(logs).values()) == 20  # nothing computed again
+    longer = procs.wait_all([caller(procs, state, logs, "--items", 25)])[0]
+    assert squares_from(longer) == [x * x for x in range(25)]
+    assert completions(logs) == Counter({str(i): 1 for i in range(25)})
+
+
+def test_two_concurrent_callers_share_the_work(state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    both = [caller(procs, state, logs, "--items", 40, "--sleep", 0.05) for _ in range(2)]
+    results = procs.wait_all(both)
+    assert [squares_from(r) for r in results] == [[x * x for x in range(40)]] * 2
+    assert completions(logs) == Counter({str(i): 1 for i in range(40)})
+    assert len([log for log in logs.glob("*.done") if log.read_text()]) >= 3
+
+
+def test_killed_helper_still_gives_complete_results(state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    result = procs.wait_all([caller(procs, state, logs, "--items", 60, "--sleep", 0.05,
+                                    "--kill-helper", "--n", 3)])[0]
+    assert squares_from(result) == [x * x for x in range(60)]
+    killed_on = (logs / "killed-once").read_text()  # a helper did die mid-task
+    done = completions(logs)
+    assert set(done) == {str(i) for i in range(60)} and done[killed_on] == 1
+
+
+def test_killed_caller_then_next_call_finishes(state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    first = caller(procs, state, logs, "--items", 40, "--sleep", 0.05, "--n", 1)
+    wait_for(lambda: sum(completions(logs).values()) >= 5, what="some items done")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = procs.wait_all([caller(procs, state, logs, "--items", 40, "--n", 2)])[0]
+    assert squares_from(second) == [x * x for x in range(40)]
+    done = completions(logs)
+    assert set(done) == {str(i) for i in range(40)}
+    assert sum(done.values()) - 40 <= 2  # at most the unflushed tail ran twice
+
+
+def failing(x: int) -> int:
+    if x % 3 == 1:
+        raise ValueError(f"bad {x}")
+    return x
+
+
+def test_on_error_raise_reraises_first_failure_with_remote_traceback(state: Path) -> None:
+    with pytest.raises(ValueError, match="bad 1") as info:
+        pmap(failing, range(6), n=2, path=state, progress=False)
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "in failing" in info.value.__cause__.text
+    assert "item 1" in "".join(getattr(info.value, "__notes__", ["item 1"]))
+
+
+def test_on_error_skip_and_return(state: Path) -> None:
+    skipped = pmap(failing, range(6), n=2, path=state, progress=False, on_error="skip")
+    assert isinstance(skipped, PmapResults)
+    assert skipped == [0, 2, 3, 5]
+    assert [(index, str(error)) for index, error in skipped.failures] == [
+        (1, "bad 1"), (4, "bad 4")]
+    returned = pmap(failing, range(6), n=2, path=state, progress=False, on_error="return")
+    assert [str(x) if isinstance(x, Exception) else x for x in returned] == [
+        0, "bad 1", 2, 3, "bad 4", 5]
+
+
+def test_failed_items_are_retried_by_the_next_call(state: Path, tmp_path: Path) -> None:
+    flag = tmp_path / "fixed"
+
+    def flaky(x: int) -> int:
+        if x == 2 and not flag.exists():
+            raise RuntimeError("not yet")
+        return x
+
+    assert pmap(flaky, range(4), n=1, path=state, progress=False, on_error="return",
+                name="flaky")[2].args == ("not yet",)
+    flag.touch()
+    assert pmap(flaky, range(4), n=1, path=state, progress=False, name="flaky") == [0, 1, 2, 3]
+
+
+def test_large_results_are_files(state: Path) -> None:
+    big = pmap(lambda x: bytes(2_000_000) + bytes([x]), range(3), n=1, path=state,
+               progress=False, name="big")
+    assert [len(b) for b in big] == [2_000_001] * 3 and big[2][-1] == 2
+    files = list((state / "results").rglob("*"))
+    assert len([f for f in files if f.is_file()]) == 3
+    assert pmap(lambda x: 0, range(3), n=1, path=state, progress=False, name="big") == big
+
+
+def test_key_names_items_and_stays_inside_the_state_directory(state: Path) -> None:
+    data = ["../../escape", "a/b", "plain"]
+    out = pmap(lambda s: bytes(2_000_000), data, n=1, key=str, path=state, progress=False)
+    assert len(out) == 3
+    written = [f for f in state.parent.rglob("*") if f.is_file() and "results" in f.parts]
+    assert written and all(state in f.parents for f in written)
+
+
+# The crash table: where a pmap can break, and what the caller sees.
+
+def test_crash_unpicklable_function(state: Path) -> None:
+    lock = threading.Lock()
+    with pytest.raises(ValueError, match=r"pmap cannot send .* to worker processes .*"
+                       r"start_method='fork'"):
+        pmap(lambda x: (lock, x)[1], range(4), n=2, path=state, progress=False)
+
+
+def test_crash_unpicklable_item(state: Path) -> None:
+    with pytest.raises(ValueError, match=r"item 1 \(lock\) cannot be pickled to compute its "
+                       r"key .*: pass key="):
+        pmap(str, [1, threading.Lock()], n=1, path=state, progress=False)
+
+
+def test_crash_inside_func(state: Path) -> None:
+    with pytest.raises(ZeroDivisionError) as info:
+        pmap(lambda x: 1 / x, [1, 0, 2], n=2, path=state, progress=False)
+    assert "item 1" in "".join(getattr(info.value, "__notes__", ["item 1"]))
+
+
+def test_crash_unpicklable_result(state: Path) -> None:
+    with pytest.raises(TypeError, match="cannot pickle") as info:
+        pmap(lambda x: threading.Lock(), [1], n=1, path=state, progress=False)
+    assert "item 0" in "".join(getattr(info.value, "__notes__", ["item 0"]))
+
+
+def test_item_killed_twice_is_reported(state: Path) -> None:
+    from laufband.pmap import _collect, _register
+    from laufband.store import Scope, Store
+
+    numbers, missing = _register(state, "die", ["only"])
+    assert missing == {"only"}
+    store = Store(state)
+    with store.transaction() as tx:
+        wf = tx.open_workflow("die", keyed=True).id
+        for attempt in range(2):  # its worker dies twice while running it
+            number = tx.register_worker(f"w{attempt}", wf, "elsewhere", 1, "", None, [])
+            assert tx.claim(wf, number, 1, [], Scope()) == [0]
+            dead = next(w for w in tx.online_workers(exclude=-1) if w.id == number)
+            tx.reap(dead, max_killed_retries=1)
+    store.close()
+    with pytest.raises(TaskFailedError, match="'only' of workflow 'die' was not computed"
+                       r" \(killed: its worker died on it twice\); call pmap again"):
+        _collect(state, "die", ["only"], numbers, "raise")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"n": 0}, "n must be an integer >= 1"),
+    ({"n": 2.5}, "n must be an integer >= 1"),
+    ({"on_error": "ignore"}, "on_error must be one of"),
+    ({"start_method": "spawn"}, "start_method must be 'loky'"),
+])
+def test_invalid_arguments(state: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        pmap(str, [1], path=state, **kwargs)
+
+
+def test_results_and_errors_pickle_round_trip() -> None:
+    error = RemoteTraceback("Traceback ...")
+    assert pickle.loads(pickle.dumps(error)).text == "Traceback ..."
+    failed = TaskFailedError("x")
+    assert str(pickle.loads(pickle.dumps(failed))) == "x"
+    _ = read_log
