@@ -1,0 +1,188 @@
+"""The joblib backend "laufband": resumable, shareable ``joblib.Parallel``.
+
+::
+
+    Parallel ── configure: take every call at once (pre_dispatch="all", huge batches)
+       │
+       ├─ submit(batch) ─> queue ─> runner thread: drain the queue, pmap all calls
+       │                                (task key = function digest + args digest)
+       └─ callbacks <──────────────── results per batch, fired from the runner thread
+
+Each call is a laufband task, so a re-run computes nothing, and two processes (or
+MPI ranks) running the same Parallel share the calls and both get every result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from joblib import parallel_config, register_parallel_backend
+from joblib.parallel import ParallelBackendBase, SequentialBackend
+
+from laufband.pmap import _default_name, pmap
+
+Call = tuple[Any, tuple[Any, ...], dict[str, Any]]
+
+
+class LaufbandBackend(ParallelBackendBase):
+    """Run joblib calls as laufband tasks in a state directory.
+
+    Args:
+        path: State directory (default ``./.laufband``).
+        name: Workflow name (default ``joblib-`` and the first call's function name).
+        start_method: ``"loky"`` (default) or ``"fork"``, as for :func:`laufband.pmap`.
+        **options: Passed on to :func:`laufband.pmap` (and its workers).
+    """
+
+    supports_retrieve_callback = True
+    supports_timeout = False
+    uses_threads = False
+    supports_sharedmem = False
+
+    def __init__(self, nesting_level: int | None = None,
+                 inner_max_num_threads: int | None = None, **options: Any) -> None:
+        super().__init__(nesting_level=nesting_level,
+                         inner_max_num_threads=inner_max_num_threads)
+        self._options = options
+        self._workers = 1
+        self._queue: queue.Queue[tuple[Any, Future[list[Any]]] | None] = queue.Queue()
+        self._runner: threading.Thread | None = None
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        # joblib runs n_jobs == 1 itself, bypassing the backend: report at least 2 so
+        # that even one worker goes through laufband (and its memoisation).
+        return max(2, _workers(n_jobs))
+
+    def configure(self, n_jobs: int | None = 1, parallel: Any = None, prefer: Any = None,
+                  require: Any = None, **backend_kwargs: Any) -> int:
+        self.parallel = parallel
+        self._workers = _workers(n_jobs)
+        if parallel is not None:
+            # Our workers share calls by key, not by dispatch order: hand them all
+            # calls at once rather than 2 x n_jobs at a time.
+            parallel.pre_dispatch = "all"
+        return self.effective_n_jobs(n_jobs)
+
+    def compute_batch_size(self) -> int:
+        return 1 << 30  # joblib then splits all calls into n_jobs batches
+
+    def start_call(self) -> None:
+        self._runner = threading.Thread(target=self._run, name="laufband-joblib",
+                                        daemon=True)
+        self._runner.start()
+
+    def stop_call(self) -> None:
+        if self._runner is not None:
+            self._queue.put(None)
+            self._runner.join()
+            self._runner = None
+
+    def submit(self, func: Any, callback: Any = None) -> Future[list[Any]]:
+        future: Future[list[Any]] = Future()
+        if callback is not None:
+            # Called from the runner thread: never inside submit, where thousands
+            # of cached results would recurse through joblib's dispatch.
+            future.add_done_callback(callback)
+        self._queue.put((func, future))
+        return future
+
+    def retrieve_result_callback(self, future: Future[list[Any]]) -> list[Any]:
+        return future.result()
+
+    def get_nested_backend(self) -> tuple[ParallelBackendBase, None]:
+        level = (self.nesting_level or 0) + 1
+        return SequentialBackend(nesting_level=level), None
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batches = [first]
+            while True:  # everything joblib dispatched meanwhile goes into one pmap
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batches.append(more)
+            self._compute(batches)
+
+    def _compute(self, batches: list[tuple[Any, Future[list[Any]]]]) -> None:
+        calls: list[Call] = [call for batch, _ in batches for call in batch.items]
+        options = dict(self._options)
+        name = options.pop("name", None) or f"joblib-{_function_name(calls[0][0])}"
+        try:
+            results = pmap(_call, calls, n=self._workers, name=name, key=_call_key,
+                           on_error="return", progress=False, **options)
+        except BaseException as error:  # noqa: BLE001 - handed to joblib, which re-raises
+            for _, future in batches:
+                future.set_exception(error)
+            return
+        start = 0
+        for batch, future in batches:
+            outcome = results[start:start + len(batch.items)]
+            start += len(batch.items)
+            errors = [r for r in outcome if isinstance(r, BaseException)]
+            if errors:
+                future.set_exception(errors[0])
+            else:
+                future.set_result(outcome)
+
+
+def _workers(n_jobs: int | None) -> int:
+    """joblib's convention: None is 1, -1 all cores, -2 all but one."""
+    if n_jobs is None:
+        return 1
+    if n_jobs == 0:
+        msg = "n_jobs == 0 has no meaning for the laufband backend: use 1 or more, or -1"
+        raise ValueError(msg)
+    return n_jobs if n_jobs > 0 else max((os.cpu_count() or 1) + 1 + n_jobs, 1)
+
+
+def _call(call: Call) -> Any:
+    func, args, kwargs = call
+    with parallel_config(backend="sequential"):  # nested Parallel runs in this worker
+        return func(*args, **kwargs)
+
+
+_names: dict[Any, str] = {}
+
+
+def _function_name(func: Any) -> str:
+    """The function's name and code digest, computed once per function."""
+    try:
+        return _names[func]
+    except (KeyError, TypeError):
+        name = _default_name(func).removeprefix("pmap-")
+    try:
+        _names[func] = name
+    except TypeError:
+        pass
+    return name
+
+
+def _call_key(call: Call) -> str:
+    """A digest of the function (name and code) and the arguments of one call."""
+    func, args, kwargs = call
+    material = (_function_name(func), args, kwargs)
+    try:
+        payload = pickle.dumps(material, protocol=4)
+    except Exception:  # noqa: BLE001 - lambdas and closures among the arguments
+        import cloudpickle
+
+        payload = cloudpickle.dumps(material)
+    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+
+
+def register() -> None:
+    """Register the backend under the name ``"laufband"``."""
+    register_parallel_backend("laufband", LaufbandBackend)
