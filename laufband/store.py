@@ -18,8 +18,9 @@ Task life cycle and who writes each transition::
     pending --(a dependency failed or was killed for good)--> blocked
 
 Routine claims and completions are not logged; transitions off the happy path
-are rows in ``events``. ``workflows.completed`` counts completed tasks, so
-progress never scans the task table.
+are rows in ``events``. Every transition also moves a per-state counter in
+``workflows`` (``_shift``; pending = total minus the others), so progress and
+status never scan the task table.
 
 Positional tasks (a Laufband without ``key=``) get their row when first claimed:
 numbers from ``workflows.materialized`` up to ``total`` are pending without a row,
@@ -52,6 +53,8 @@ CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE workflows(
     id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, keyed INTEGER NOT NULL,
     total INTEGER NOT NULL DEFAULT 0, completed INTEGER NOT NULL DEFAULT 0,
+    running INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+    killed INTEGER NOT NULL DEFAULT 0, blocked INTEGER NOT NULL DEFAULT 0,
     floor INTEGER NOT NULL DEFAULT 0, simple INTEGER NOT NULL DEFAULT 1,
     materialized INTEGER NOT NULL DEFAULT 0,
     fingerprint TEXT, created REAL NOT NULL);
@@ -70,7 +73,7 @@ CREATE TABLE holders(
     done INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (wf, seq, worker)) WITHOUT ROWID;
 CREATE TABLE workers(
     id INTEGER PRIMARY KEY, identifier TEXT NOT NULL UNIQUE, wf INTEGER,
-    host TEXT, pid INTEGER, token TEXT, rank INTEGER, labels TEXT,
+    host TEXT, pid INTEGER, token TEXT, rank INTEGER, labels TEXT, current TEXT,
     state TEXT NOT NULL, beat INTEGER NOT NULL DEFAULT 0, seen REAL,
     started REAL, done INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE results(
@@ -141,6 +144,10 @@ class NewTask(NamedTuple):
     max_workers: int = 1
 
 
+STATES = ("pending", "running", "completed", "failed", "killed", "blocked")
+_COUNTED = frozenset(STATES[1:])  # columns of workflows; pending is what is left
+
+
 def _ranges(seqs: Sequence[int]) -> list[tuple[int, int]]:
     """Fold distinct task numbers into inclusive ``(lo, hi)`` runs: one statement per run."""
     if not seqs:
@@ -180,6 +187,10 @@ class Transaction:
             row[0], row[1], bool(row[2]), row[3], row[4], bool(row[5]),
             json.loads(row[6]) if row[6] else None,
         )
+
+    def workflow_names(self) -> list[str]:
+        """Names of every workflow, oldest first."""
+        return [name for (name,) in self._db.execute("SELECT name FROM workflows ORDER BY id")]
 
     def set_fingerprint(self, wf: int, fingerprint: dict[str, str]) -> None:
         """Store the item digests a later run checks its data against."""
@@ -329,11 +340,13 @@ class Transaction:
         ).fetchall()
         returned = 0
         for wf, first in in_flight:
-            returned += self._db.execute(
+            back = self._db.execute(
                 "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND seq > ?"
                 " AND worker = ? AND state = 'running' AND max_workers = 1",
                 (wf, first, dead.id),
             ).rowcount
+            self._shift(wf, back, "running", "pending")
+            returned += back
         multis = self._db.execute(
             "DELETE FROM holders WHERE worker = ? AND done = 0 RETURNING wf, seq", (dead.id,)
         ).fetchall()
@@ -350,14 +363,15 @@ class Transaction:
         if holders[1]:
             self._complete_multi(wf, seq)
             return
-        killed = self._db.execute(
+        row = self._db.execute(
             "UPDATE tasks SET kills = kills + 1, worker = NULL,"
             " state = CASE WHEN kills + 1 <= ? THEN 'pending' ELSE 'killed' END"
-            " WHERE wf = ? AND seq = ? AND state = 'running'",
+            " WHERE wf = ? AND seq = ? AND state = 'running' RETURNING state",
             (retries, wf, seq),
-        ).rowcount
-        if not killed:
+        ).fetchone()
+        if row is None:
             return
+        self._shift(wf, 1, "running", row[0])
         self._event(wf, seq, worker, "killed", now, error)
         self._lower_floor(wf, seq)
 
@@ -377,19 +391,21 @@ class Transaction:
             return self._claim_run(wf, worker, k, scope, floor)
         params = {"wf": wf, "me": worker, "labels": json.dumps(list(labels)),
                   "floor": floor, "k": k, "limit": scope.limit}
-        query = "SELECT t.seq, t.max_workers FROM tasks t WHERE" + _READY
+        query = "SELECT t.seq, t.max_workers, t.state FROM tasks t WHERE" + _READY
         rows = self._db.execute(
             query + (_MINE if restricted else "") + " ORDER BY t.seq LIMIT :k", params
         ).fetchall()
         self._db.executemany(
             "INSERT INTO holders(wf, seq, worker) VALUES (?, ?, ?)",
-            ((wf, seq, worker) for seq, max_workers in rows if max_workers > 1),
+            ((wf, seq, worker) for seq, max_workers, _ in rows if max_workers > 1),
         )
         self._db.executemany(
             "UPDATE tasks SET state = 'running', worker = ? WHERE wf = ? AND seq = ?",
-            ((worker, wf, seq) for seq, _ in rows),
+            ((worker, wf, seq) for seq, _, _ in rows),
         )
-        return [seq for seq, _ in rows]
+        self._shift(wf, sum(state == "pending" for _, _, state in rows), "pending", "running")
+        self._mark_current(worker, wf, [seq for seq, _, _ in rows])
+        return [seq for seq, _, _ in rows]
 
     def _claim_run(self, wf: int, worker: int, k: int, scope: Scope, floor: int) -> list[int]:
         """Claim the next run of pending tasks by number range: no per-row Python work."""
@@ -425,6 +441,8 @@ class Transaction:
             # claimed. Never past total: tasks registered later start there.
             self._db.execute(
                 "UPDATE workflows SET floor = min(?, total) WHERE id = ?", (hi + 1, wf))
+        self._shift(wf, len(claimed), "pending", "running")
+        self._mark_current(worker, wf, claimed)
         return claimed
 
     def _claim_fresh(
@@ -442,6 +460,8 @@ class Transaction:
         )
         self._db.execute(
             "UPDATE workflows SET materialized = ?, floor = ? WHERE id = ?", (hi + 1, hi + 1, wf))
+        self._shift(wf, hi - lo + 1, "pending", "running")
+        self._mark_current(worker, wf, [lo])
         return list(range(lo, hi + 1))
 
     def finish(self, wf: int, worker: int, seqs: Sequence[int]) -> int:
@@ -456,9 +476,7 @@ class Transaction:
             ((wf, lo, hi, worker) for lo, hi in runs),
         )
         completed = self._db.total_changes - before
-        self._db.execute(
-            "UPDATE workflows SET completed = completed + ? WHERE id = ?", (completed, wf)
-        )
+        self._shift(wf, completed, "running", "completed")
         if not self._is_simple(wf):
             completed += self._finish_multi(wf, worker, runs)
         self._db.execute(
@@ -493,8 +511,7 @@ class Transaction:
             " AND h.seq = tasks.seq AND h.done = 1)",
             (wf, seq),
         ).rowcount
-        self._db.execute(
-            "UPDATE workflows SET completed = completed + ? WHERE id = ?", (completed, wf))
+        self._shift(wf, completed, "running", "completed")
         return completed
 
     def fail(
@@ -514,6 +531,8 @@ class Transaction:
             (max_failed_retries, wf, seq, worker, held),
         ).fetchone()
         state = row[0] if row else "running"
+        if row:
+            self._shift(wf, 1, "running", state)
         self._event(wf, seq, worker, "failed", time.time(), error)
         if state == "pending":
             self._lower_floor(wf, seq)
@@ -524,11 +543,13 @@ class Transaction:
         runs = _ranges(seqs)
         if not runs:
             return
+        before = self._db.total_changes
         self._db.executemany(
             "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ?"
             " AND seq BETWEEN ? AND ? AND state = 'running' AND worker = ? AND max_workers = 1",
             ((wf, lo, hi, worker) for lo, hi in runs),
         )
+        self._shift(wf, self._db.total_changes - before, "running", "pending")
         if not self._is_simple(wf):
             for lo, hi in runs:
                 dropped = self._db.execute(
@@ -544,12 +565,13 @@ class Transaction:
         """After a holder left a multi-worker task: complete it, or make it pending again."""
         if self._complete_multi(wf, seq):
             return
-        self._db.execute(
+        returned = self._db.execute(
             "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND seq = ?"
-            " AND NOT EXISTS (SELECT 1 FROM holders h WHERE h.wf = tasks.wf"
-            " AND h.seq = tasks.seq)",
+            " AND state = 'running' AND NOT EXISTS (SELECT 1 FROM holders h"
+            " WHERE h.wf = tasks.wf AND h.seq = tasks.seq)",
             (wf, seq),
-        )
+        ).rowcount
+        self._shift(wf, returned, "running", "pending")
 
     def block_unreachable(self, wf: int) -> int:
         """Mark pending tasks whose dependency failed or was killed for good as blocked."""
@@ -566,6 +588,7 @@ class Transaction:
             if not rows:
                 return blocked
             blocked += len(rows)
+            self._shift(wf, len(rows), "pending", "blocked")
             self._db.executemany(
                 "INSERT INTO events(wf, seq, state, time, error) VALUES (?, ?, 'blocked', ?,"
                 " 'a dependency failed or was killed')",
@@ -633,17 +656,32 @@ class Transaction:
 
     def retry_unfinished(self, wf: int) -> int:
         """Make failed and killed tasks of temp.mine pending again (a new pmap call)."""
-        rows = self._db.execute(
-            "UPDATE tasks SET state = 'pending', failures = 0, kills = 0 WHERE wf = ?"
-            " AND state IN ('failed', 'killed') AND seq IN (SELECT seq FROM temp.mine)"
-            " RETURNING seq",
-            (wf,),
-        ).fetchall()
+        rows = self._retry(wf, ("failed", "killed"), " AND seq IN (SELECT seq FROM temp.mine)")
         if rows:
             self._lower_floor(wf, min(seq for (seq,) in rows))
             self._db.execute("DELETE FROM results WHERE wf = ? AND error = 1"
                              " AND seq IN (SELECT seq FROM temp.mine)", (wf,))
         return len(rows)
+
+    def _retry(self, wf: int, states: Sequence[str], where: str = "",
+               params: Sequence[object] = ()) -> list[tuple[int]]:
+        """Make tasks in ``states`` pending again with fresh retry counts."""
+        found = self._db.execute(
+            "SELECT state, count(*) FROM tasks WHERE wf = ? AND state IN"
+            f" ({', '.join('?' * len(states))}){where} GROUP BY state",
+            (wf, *states, *params),
+        ).fetchall()
+        for state, count in found:
+            self._shift(wf, count, state, "pending")
+        rows = self._db.execute(
+            "UPDATE tasks SET state = 'pending', failures = 0, kills = 0, worker = NULL"
+            f" WHERE wf = ? AND state IN ({', '.join('?' * len(states))}){where}"
+            " RETURNING seq",
+            (wf, *states, *params),
+        ).fetchall()
+        if rows:
+            self._lower_floor(wf, min(seq for (seq,) in rows))
+        return rows
 
     def outcomes(self, wf: int) -> dict[int, tuple[str, bytes | None, bool, bool]]:
         """Task number -> (state, stored value, is an error, in a file) for temp.mine."""
@@ -663,6 +701,39 @@ class Transaction:
             " JOIN tasks t ON t.wf = e.wf AND t.seq = e.seq WHERE e.wf = ? ORDER BY e.id",
             (wf,),
         ).fetchall()
+
+    def counts(self, wf: int) -> dict[str, int]:
+        """Tasks per state, from the maintained counters."""
+        row = self._db.execute(
+            "SELECT total, running, completed, failed, killed, blocked FROM workflows"
+            " WHERE id = ?", (wf,)).fetchone()
+        counted = dict(zip(STATES[1:], row[1:]))
+        return {"pending": row[0] - sum(counted.values()), **counted}
+
+    def scan_counts(self, wf: int) -> dict[str, int]:
+        """Tasks per state by scanning the task table (checks the counters in tests)."""
+        found = dict(self._db.execute(
+            "SELECT state, count(*) FROM tasks WHERE wf = ? GROUP BY state", (wf,)))
+        materialized, total = self._db.execute(
+            "SELECT materialized, total FROM workflows WHERE id = ?", (wf,)).fetchone()
+        found["pending"] = found.get("pending", 0) + total - materialized
+        return {state: found.get(state, 0) for state in STATES}
+
+    def _shift(self, wf: int, count: int, source: str, target: str) -> None:
+        """Move ``count`` tasks from one state's counter to another's."""
+        if not count or source == target:
+            return
+        sets = [f"{column} = {column} {sign} ?" for column, sign in ((source, "-"), (target, "+"))
+                if column in _COUNTED]  # names from a fixed set, never from input
+        self._db.execute(f"UPDATE workflows SET {', '.join(sets)} WHERE id = ?",
+                         (*[count] * len(sets), wf))
+
+    def _mark_current(self, worker: int, wf: int, seqs: Sequence[int]) -> None:
+        """Remember the first task of a worker's latest claim, for ``laufband watch``."""
+        if seqs:
+            self._db.execute(
+                "UPDATE workers SET current = (SELECT coalesce(key, CAST(seq AS TEXT))"
+                " FROM tasks WHERE wf = ? AND seq = ?) WHERE id = ?", (wf, seqs[0], worker))
 
     def _lower_floor(self, wf: int, seq: int) -> None:
         self._db.execute("UPDATE workflows SET floor = min(floor, ?) WHERE id = ?", (seq, wf))

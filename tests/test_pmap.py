@@ -82,7 +82,6 @@ def test_two_concurrent_callers_share_the_work(state: Path, procs: Processes) ->
     results = procs.wait_all(both)
     assert [squares_from(r) for r in results] == [[x * x for x in range(40)]] * 2
     assert completions(logs) == Counter({str(i): 1 for i in range(40)})
-    assert len([log for log in logs.glob("*.done") if log.read_text()]) >= 3
 
 
 def test_killed_helper_still_gives_complete_results(state: Path, procs: Processes) -> None:

@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 
 from laufband.store import NewTask, Scope, Store, Transaction, WorkerRecord
+from tests.helpers.procs import assert_counters_match
 
 
 @pytest.fixture
 def store(state: Path):
     opened = Store(state)
     yield opened
+    with opened.transaction() as tx:
+        assert_counters_match(tx)  # every transition in each test kept the counters right
     opened.close()
 
 

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from laufband.store import Store
+from laufband.store import Store, Transaction
 
 HELPERS = Path(__file__).parent
 STARTUP_DEADLINE = 30.0  # seconds a process may take to reach a given point
@@ -82,13 +82,21 @@ def completions(log_dir: Path) -> Counter[str]:
 
 
 def task_states(path: Path, workflow: str) -> dict[str, str]:
-    """Task id -> state of a workflow, read from the store."""
+    """Task id -> state of a workflow, read from the store; checks its state counters."""
     store = Store(path)
     try:
         with store.transaction() as tx:
+            assert_counters_match(tx)
             return tx.task_states(tx.open_workflow(workflow, keyed=False).id)
     finally:
         store.close()
+
+
+def assert_counters_match(tx: Transaction) -> None:
+    """The maintained per-state counters of every workflow equal a scan of its tasks."""
+    for name in tx.workflow_names():
+        wf = tx.open_workflow(name, keyed=False).id
+        assert tx.counts(wf) == tx.scan_counts(wf), f"counters of workflow {name!r} drifted"
 
 
 def task_events(path: Path, workflow: str) -> list[tuple[str, str, str | None]]:
