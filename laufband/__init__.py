@@ -13,6 +13,7 @@ from laufband.errors import (
 )
 from laufband.graphband import Graphband
 from laufband.laufband import Laufband
+from laufband.monitor import Monitor
 from laufband.pmap import PmapResults, pmap
 from laufband.task import Task
 
@@ -23,6 +24,7 @@ _joblib_hook.install()  # the joblib backend "laufband", without importing jobli
 __all__ = [
     "Graphband",
     "Laufband",
+    "Monitor",
     "PmapResults",
     "RemoteTraceback",
     "StateError",

@@ -1,16 +1,67 @@
-"""The ``laufband`` command."""
+"""The ``laufband`` command: watch, status, retry and reset (typer + rich)."""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
 
 import laufband
+from laufband.errors import StateError
+from laufband.monitor import Monitor, WorkflowStatus
+from laufband.store import STATES
+
+EXAMPLES = """
+Examples:
+
+  laufband watch                      live view of ./.laufband
+  laufband status --json              one snapshot, for scripts
+  laufband retry --failed -w main     run failed tasks of workflow 'main' again
+  laufband reset -w main --yes        forget workflow 'main'
+"""
 
 app = typer.Typer(
-    help="Embarrassingly parallel, embarrassingly simple: inspect laufband state directories.",
+    help="Watch and manage laufband state directories." + EXAMPLES,
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
+STATE_STYLES = {"pending": "white", "running": "cyan", "completed": "green",
+                "failed": "red", "killed": "magenta", "blocked": "yellow"}
+PathArgument = Annotated[Path | None, typer.Argument(
+    help="State directory, or a directory containing .laufband (default: LAUFBAND_PATH or .).")]
+PathOption = Annotated[Path | None, typer.Option("--path", help="State directory.")]
+WorkflowOption = Annotated[str | None, typer.Option("--workflow", "-w", help="The workflow.")]
+
+
+def _open(path: Path | None) -> Monitor:
+    try:
+        return Monitor(path)
+    except StateError as error:
+        _fail(str(error))
+        raise  # unreachable: _fail exits
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _status(monitor: Monitor, workflow: str | None) -> list[WorkflowStatus]:
+    try:
+        return monitor.status(workflow)
+    except StateError as error:
+        _fail(str(error))
+        raise
 
 
 def _show_version(value: bool) -> None:
@@ -21,8 +72,179 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(
-        False, "--version", callback=_show_version, is_eager=True, help="Show the version."
-    ),
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
 ) -> None:
-    """Embarrassingly parallel, embarrassingly simple."""
+    """Watch and manage laufband state directories."""
+
+
+@app.command()
+def status(
+    path: PathArgument = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (shape documented in"
+                                          " the README).")] = False,
+    workflow: WorkflowOption = None,
+) -> None:
+    """Show every workflow once: progress, tasks per state, workers, latest failures."""
+    monitor = _open(path)
+    found = _status(monitor, workflow)
+    if as_json:
+        typer.echo(json.dumps({"state": str(monitor.path),
+                               "workflows": [w.to_json() for w in found]}, indent=2))
+        return
+    Console().print(_render(monitor.path, found, {}))
+
+
+@app.command()
+def watch(
+    path: PathArgument = None,
+    workflow: WorkflowOption = None,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 0.5,
+) -> None:
+    """Follow all workers live (Ctrl-C to quit)."""
+    monitor = _open(path)
+    rates = _Rates()
+    if once:
+        Console().print(_render(monitor.path, _status(monitor, workflow), {}))
+        return
+    try:
+        with Live(auto_refresh=False, redirect_stdout=False) as live:
+            while True:
+                found = _status(monitor, workflow)
+                live.update(_render(monitor.path, found, rates.update(found)), refresh=True)
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def retry(
+    task_ids: Annotated[list[str] | None, typer.Argument(help="Only these task ids.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Retry failed tasks.")] = False,
+    killed: Annotated[bool, typer.Option("--killed", help="Retry killed tasks.")] = False,
+    workflow: WorkflowOption = None,
+    path: PathOption = None,
+) -> None:
+    """Put failed and/or killed tasks back to pending; the next run runs them."""
+    monitor = _open(path)
+    states = tuple(s for s, chosen in (("failed", failed), ("killed", killed)) if chosen)
+    name = _one_workflow(monitor, workflow)
+    try:
+        count = monitor.retry(name, states or ("failed", "killed"), tuple(task_ids or ()))
+    except StateError as error:
+        _fail(str(error))
+    typer.echo(f"{count} task(s) of workflow {name!r} are pending again")
+
+
+@app.command()
+def reset(
+    workflow: WorkflowOption = None,
+    path: PathOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first.")] = False,
+) -> None:
+    """Delete a workflow's state: the next run starts it from scratch."""
+    monitor = _open(path)
+    name = _one_workflow(monitor, workflow)
+    [found] = _status(monitor, name)
+    online = sum(w.state == "online" for w in found.workers)
+    warning = f" ({online} worker(s) still online)" if online else ""
+    if not yes and not typer.confirm(
+            f"Delete workflow {name!r} with {found.total} task(s){warning}?"):
+        raise typer.Exit(1)
+    monitor.reset(name)
+    typer.echo(f"workflow {name!r} deleted from {monitor.path}")
+
+
+def _one_workflow(monitor: Monitor, workflow: str | None) -> str:
+    names = monitor.workflows()
+    if workflow is not None:
+        if workflow not in names:
+            _fail(f"no workflow {workflow!r} in {monitor.path} (known:"
+                  f" {', '.join(map(repr, names)) or 'none'})")
+        return workflow
+    if len(names) != 1:
+        _fail(f"{monitor.path} holds {len(names)} workflows ({', '.join(map(repr, names))}):"
+              " choose one with --workflow")
+    return names[0]
+
+
+class _Rates:
+    """Completions per second per workflow, smoothed over successive frames."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int]] = {}
+        self._rates: dict[str, float] = {}
+
+    def update(self, found: list[WorkflowStatus]) -> dict[str, float]:
+        now = time.monotonic()
+        for flow in found:
+            done = flow.counts["completed"]
+            if flow.name in self._last:
+                then, before = self._last[flow.name]
+                rate = (done - before) / max(now - then, 1e-6)
+                old = self._rates.get(flow.name)
+                self._rates[flow.name] = rate if old is None else 0.7 * old + 0.3 * rate
+            self._last[flow.name] = (now, done)
+        return self._rates
+
+
+def _render(path: Path, found: list[WorkflowStatus], rates: dict[str, float]) -> Group:
+    if not found:
+        return Group(Text(f"{path}: no workflows yet"))
+    return Group(*(_panel(flow, rates.get(flow.name)) for flow in found))
+
+
+def _panel(flow: WorkflowStatus, rate: float | None) -> Panel:
+    done = flow.counts["completed"]
+    line = Table.grid(padding=(0, 1), expand=True)
+    line.add_column(ratio=1)
+    line.add_column(justify="right")
+    left = flow.total - flow.finished
+    eta = f"ETA {_duration(left / rate)}" if rate and rate > 0 and left else ""
+    speed = f"{rate:,.1f}/s" if rate is not None else ""
+    line.add_row(ProgressBar(total=max(flow.total, 1), completed=done),
+                 f"{done:,}/{flow.total:,} {speed} {eta}".rstrip())
+    counts = Text()
+    for state in STATES:
+        counts.append(f"{state} {flow.counts[state]:,}  ", style=STATE_STYLES[state])
+    parts: list = [line, counts]
+    if flow.workers:
+        parts.append(_workers_table(flow))
+    failures = [e for e in flow.events if e.state != "retried"]
+    for event in failures:
+        error = (event.error or "").strip().splitlines()
+        parts.append(Text(f"{event.state} {event.task}: {error[-1] if error else ''}",
+                          style=STATE_STYLES.get(event.state, "white"), overflow="ellipsis",
+                          no_wrap=True))
+    return Panel(Group(*parts), title=f"[bold]{flow.name}[/bold]", title_align="left")
+
+
+def _workers_table(flow: WorkflowStatus) -> Table:
+    table = Table(box=None, pad_edge=False, expand=True, header_style="bold")
+    for column, kwargs in (("worker", {"ratio": 3, "overflow": "ellipsis", "no_wrap": True}),
+                           ("host", {"ratio": 1, "overflow": "ellipsis", "no_wrap": True}),
+                           ("pid", {"justify": "right"}), ("rank", {"justify": "right"}),
+                           ("state", {}), ("task", {"overflow": "ellipsis", "no_wrap": True}),
+                           ("done", {"justify": "right"}), ("beat", {"justify": "right"})):
+        table.add_column(column, **kwargs)
+    online = [w for w in flow.workers if w.state == "online"]
+    shown = online + [w for w in flow.workers if w.state != "online"][: max(0, 4 - len(online))]
+    for w in shown:
+        label = w.identifier + (f" [{','.join(w.labels)}]" if w.labels else "")
+        table.add_row(label, w.host, str(w.pid), "" if w.rank is None else str(w.rank),
+                      Text(w.state, style="green" if w.state == "online" else "dim"),
+                      w.current or "", f"{w.done:,}", _duration(w.last_seen))
+    hidden = len(flow.workers) - len(shown)
+    if hidden:
+        table.add_row(f"... {hidden} more", *[""] * 7)
+    return table
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"

@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from filelock import FileLock
 
@@ -292,7 +292,7 @@ class Transaction:
             raise StateError(msg)
         self._db.execute(
             "UPDATE workers SET wf = ?, host = ?, pid = ?, token = ?, rank = ?, labels = ?,"
-            " seen = ?, state = 'online', beat = 0, done = 0 WHERE id = ?",
+            " seen = ?, state = 'online', beat = 0 WHERE id = ?",
             (*values, row[0]),
         )
         return int(row[0])
@@ -304,7 +304,8 @@ class Transaction:
     def set_offline(self, worker: int) -> None:
         """Mark a worker as gone cleanly."""
         self._db.execute(
-            "UPDATE workers SET state = 'offline', seen = ? WHERE id = ? AND state = 'online'",
+            "UPDATE workers SET state = 'offline', current = NULL, seen = ?"
+            " WHERE id = ? AND state = 'online'",
             (time.time(), worker),
         )
 
@@ -589,11 +590,8 @@ class Transaction:
                 return blocked
             blocked += len(rows)
             self._shift(wf, len(rows), "pending", "blocked")
-            self._db.executemany(
-                "INSERT INTO events(wf, seq, state, time, error) VALUES (?, ?, 'blocked', ?,"
-                " 'a dependency failed or was killed')",
-                ((wf, seq, now) for (seq,) in rows),
-            )
+            self._event_many(wf, [seq for (seq,) in rows], "blocked",
+                             "a dependency failed or was killed", now)
 
     def may_get_work(self, wf: int, worker: int, labels: Sequence[str], scope: Scope) -> bool:
         """Whether a task this worker could run is pending or running elsewhere."""
@@ -702,12 +700,53 @@ class Transaction:
             (wf,),
         ).fetchall()
 
+    def workers(self, wf: int) -> list[tuple[Any, ...]]:
+        """Workers of a workflow: identifier, host, pid, rank, labels, state, current
+        task, tasks done, last heartbeat (wall clock); online ones first."""
+        return self._db.execute(
+            "SELECT identifier, host, pid, rank, labels, state, current, done, seen"
+            " FROM workers WHERE wf = ? ORDER BY state != 'online', id DESC", (wf,)
+        ).fetchall()
+
+    def latest_events(self, wf: int, limit: int) -> list[tuple[Any, ...]]:
+        """The ``limit`` newest events: task id, state, error text, time, worker."""
+        return self._db.execute(
+            "SELECT coalesce(t.key, CAST(e.seq AS TEXT)), e.state, e.error, e.time,"
+            " w.identifier FROM events e JOIN tasks t ON t.wf = e.wf AND t.seq = e.seq"
+            " LEFT JOIN workers w ON w.id = e.worker WHERE e.wf = ?"
+            " ORDER BY e.id DESC LIMIT ?", (wf, limit)
+        ).fetchall()
+
+    def retry(self, wf: int, states: Sequence[str], task_ids: Sequence[str] = ()) -> int:
+        """Put tasks in ``states`` (only ``task_ids``, if given) back to pending, and
+        unblock tasks that were blocked by them; return how many were retried."""
+        where, params = "", ()
+        if task_ids:
+            where = f" AND coalesce(key, CAST(seq AS TEXT)) IN ({', '.join('?' * len(task_ids))})"
+            params = tuple(task_ids)
+        retried = self._retry(wf, states, where, params)
+        if retried:  # blocked tasks may be runnable now; they block again if not
+            self._retry(wf, ("blocked",))
+            self._event_many(wf, [seq for (seq,) in retried], "retried")
+        return len(retried)
+
+    def reset(self, wf: int) -> None:
+        """Delete a workflow and everything stored for it."""
+        for table in ("tasks", "deps", "holders", "results", "events", "workers"):
+            self._db.execute(f"DELETE FROM {table} WHERE wf = ?", (wf,))  # fixed names
+        self._db.execute("DELETE FROM workflows WHERE id = ?", (wf,))
+
+    def find_workflow(self, name: str) -> int | None:
+        """The number of workflow ``name``, or None."""
+        row = self._db.execute("SELECT id FROM workflows WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
     def counts(self, wf: int) -> dict[str, int]:
         """Tasks per state, from the maintained counters."""
         row = self._db.execute(
             "SELECT total, running, completed, failed, killed, blocked FROM workflows"
             " WHERE id = ?", (wf,)).fetchone()
-        counted = dict(zip(STATES[1:], row[1:]))
+        counted = dict(zip(STATES[1:], row[1:], strict=True))
         return {"pending": row[0] - sum(counted.values()), **counted}
 
     def scan_counts(self, wf: int) -> dict[str, int]:
@@ -737,6 +776,14 @@ class Transaction:
 
     def _lower_floor(self, wf: int, seq: int) -> None:
         self._db.execute("UPDATE workflows SET floor = min(floor, ?) WHERE id = ?", (seq, wf))
+
+    def _event_many(self, wf: int, seqs: Sequence[int], state: str, error: str | None = None,
+                    now: float | None = None) -> None:
+        stamp = time.time() if now is None else now
+        self._db.executemany(
+            "INSERT INTO events(wf, seq, state, time, error) VALUES (?, ?, ?, ?, ?)",
+            ((wf, seq, state, stamp, error) for seq in seqs),
+        )
 
     def _event(
         self, wf: int, seq: int, worker: int | None, state: str, now: float, error: str

@@ -1,0 +1,148 @@
+"""The laufband command, run for real in subprocesses (and watch in a pseudo-terminal)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.procs import Processes, completions, read_log, task_states, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+CLI = [sys.executable, "-m", "laufband"]
+
+
+def cli(*args: object, cwd: Path | None = None, input: str | None = None):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, input=input, timeout=60,
+                          env={**os.environ, "COLUMNS": "80"})
+
+
+def failing_run(procs: Processes, state: Path, logs: Path) -> None:
+    worker = procs.worker(state, logs, "--items", 10, "--fail-on", 2, 5)
+    assert procs.wait_all([worker])[0][0] == 0
+
+
+def test_status_json_counts_after_failures(state: Path, procs: Processes) -> None:
+    failing_run(procs, state, state.parent / "logs")
+    result = cli("status", state, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["state"] == str(state)
+    [flow] = data["workflows"]
+    assert flow["name"] == "work" and flow["total"] == 10
+    assert flow["counts"] == {"pending": 0, "running": 0, "completed": 8, "failed": 2,
+                              "killed": 0, "blocked": 0}
+    assert {e["task"] for e in flow["events"]} == {"2", "5"}
+    assert all("RuntimeError: item" in e["error"] or "left by" in e["error"]
+               for e in flow["events"])
+    [worker] = flow["workers"]
+    assert worker["state"] == "offline" and worker["done"] == 8
+
+
+def test_status_finds_dot_laufband_in_a_directory(tmp_path: Path, procs: Processes) -> None:
+    failing_run(procs, tmp_path / ".laufband", tmp_path / "logs")
+    result = cli("status", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "work" in result.stdout and "completed 8" in result.stdout
+
+
+def test_retry_failed_then_a_run_runs_exactly_those(state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    failing_run(procs, state, logs)
+    result = cli("retry", "--failed", "--path", state)
+    assert result.returncode == 0, result.stderr
+    assert "2 task(s) of workflow 'work' are pending again" in result.stdout
+    again = procs.worker(state, logs, "--items", 10)
+    assert procs.wait_all([again])[0][0] == 0
+    assert Counter(read_log(logs / f"{again.pid}.start")) == {"2": 1, "5": 1}
+    assert set(task_states(state, "work").values()) == {"completed"}
+    assert completions(logs) == Counter({str(i): 1 for i in range(10)})
+
+
+def test_retry_single_task_id(state: Path, procs: Processes) -> None:
+    failing_run(procs, state, state.parent / "logs")
+    assert cli("retry", "5", "-w", "work", "--path", state).returncode == 0
+    assert task_states(state, "work")["5"] == "pending"
+    assert task_states(state, "work")["2"] == "failed"
+
+
+def test_reset_asks_and_deletes(state: Path, procs: Processes) -> None:
+    failing_run(procs, state, state.parent / "logs")
+    refused = cli("reset", "--path", state, input="n\n")
+    assert refused.returncode == 1 and "Delete workflow 'work' with 10 task(s)?" in refused.stdout
+    assert cli("status", state, "--json").stdout.count('"name": "work"') == 1
+    done = cli("reset", "--path", state, "--yes")
+    assert done.returncode == 0 and "workflow 'work' deleted" in done.stdout
+    assert json.loads(cli("status", state, "--json").stdout)["workflows"] == []
+
+
+def test_watch_once_prints_a_frame(state: Path, procs: Processes) -> None:
+    failing_run(procs, state, state.parent / "logs")
+    result = cli("watch", state, "--once")
+    assert result.returncode == 0, result.stderr
+    assert "work" in result.stdout and "8/10" in result.stdout
+    assert "failed 5: RuntimeError: item 5 fails" in result.stdout or "failed 5" in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["status", "nowhere"], "no laufband state in"),
+    (["retry", "--path", "STATE", "-w", "nope"], "no workflow 'nope' in"),
+    (["status", "CORRUPT"], "state.db is not a laufband state database"),
+])
+def test_helpful_errors(tmp_path: Path, procs: Processes, args: list[str], message: str) -> None:
+    state = tmp_path / "state"
+    failing_run(procs, state, tmp_path / "logs")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "state.db").write_bytes(b"garbage" * 200)
+    args = [str(state) if a == "STATE" else str(corrupt) if a == "CORRUPT" else a for a in args]
+    result = cli(*args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+
+
+def test_watch_in_a_terminal_shows_workers_and_quits_on_ctrl_c(
+        state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    workers = [procs.worker(state, logs, "--items", 400, "--sleep", 0.05) for _ in range(2)]
+    wait_for(lambda: len(list(logs.glob("*.start"))) == 2, what="both workers to start")
+    main, child = pty.openpty()
+    os.set_inheritable(child, True)
+    env = {**os.environ, "COLUMNS": "80", "LINES": "40", "TERM": "xterm"}
+    watcher = subprocess.Popen([*CLI, "watch", str(state)], stdin=child, stdout=child,
+                               stderr=child, env=env, close_fds=True)
+    os.close(child)
+    screen = b""
+    deadline = time.monotonic() + 30
+    wanted = [str(w.pid).encode() for w in workers]
+    while time.monotonic() < deadline and not all(p in screen for p in wanted):
+        ready, _, _ = select.select([main], [], [], 0.5)
+        if ready:
+            screen += os.read(main, 65536)
+    watcher.send_signal(signal.SIGINT)
+    code = watcher.wait(timeout=20)
+    try:
+        while select.select([main], [], [], 0.2)[0]:
+            screen += os.read(main, 65536)
+    except OSError:
+        pass
+    os.close(main)
+    text = screen.decode(errors="replace")
+    assert all(p in screen for p in wanted), text[-2000:]
+    assert "work" in text and "online" in text
+    assert code == 0 and "Traceback" not in text
+    for worker in workers:  # the workers' own outcome is not what this test is about
+        worker.kill()
+        worker.wait()
