@@ -327,7 +327,9 @@ def scenario_tail(runner: Runner, workers: int, n: int) -> dict:
     once = total.count(1)
     missing = total.count(0)
     db = _db_summary(run_dir / "state")
+    status = _time_status(run_dir / "state")
     return {
+        "status_cli": status[0], "status_monitor": status[1],
         "n": n, "workers": workers, "wall": wall,
         "first_max": max(r["first_s"] for r in results if r["first_s"] is not None),
         "firsts": [r["first_s"] for r in results],
@@ -337,6 +339,23 @@ def scenario_tail(runner: Runner, workers: int, n: int) -> dict:
         "rss_before": [r["rss_before_mib"] for r in results],
         "once": once, "missing": missing, "dups": n - once - missing, "db": db,
     }
+
+
+def _time_status(state: Path) -> tuple[float, float]:
+    """Wall time of `laufband status --json` (a fresh process) and of Monitor.status()
+    on the state the tail run left behind (median of 3 each)."""
+    cli, monitor = [], []
+    code = ("import time, laufband; m = laufband.Monitor(%r); t = time.perf_counter();"
+            " m.status(); print(time.perf_counter() - t)" % str(state))
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "laufband", "status", str(state), "--json"],
+                       check=True, capture_output=True, env=clean_env())
+        cli.append(time.perf_counter() - start)
+        done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                              text=True, env=clean_env())
+        monitor.append(float(done.stdout))
+    return statistics.median(cli), statistics.median(monitor)
 
 
 def _db_summary(state: Path) -> str:
@@ -555,6 +574,10 @@ def report(res: dict, sizes: dict, total_s: float) -> str:
     rows.append(["3d  tasks run exactly once",
                  f"{o3['once']:,}/{o3['n']:,} once, {o3['dups']} dup, {o3['missing']} missing",
                  only, "-", "all once", met(ok3)])
+    rows.append([f"3e  `laufband status --json` on those {n3} tasks (whole command)",
+                 f"{o3['status_cli']:.2f} s", only, "-", "< 1 s", met(o3["status_cli"] < 1)])
+    rows.append(["3f  Monitor.status() on them (in process)",
+                 f"{o3['status_monitor'] * 1000:.1f} ms", only, "-", "-", "-"])
     rows.append(["--"])
 
     # 4. import cost
