@@ -345,8 +345,8 @@ def _time_status(state: Path) -> tuple[float, float]:
     """Wall time of `laufband status --json` (a fresh process) and of Monitor.status()
     on the state the tail run left behind (median of 3 each)."""
     cli, monitor = [], []
-    code = ("import time, laufband; m = laufband.Monitor(%r); t = time.perf_counter();"
-            " m.status(); print(time.perf_counter() - t)" % str(state))
+    code = (f"import time, laufband; m = laufband.Monitor({str(state)!r});"
+            " t = time.perf_counter(); m.status(); print(time.perf_counter() - t)")
     for _ in range(3):
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "laufband", "status", str(state), "--json"],
