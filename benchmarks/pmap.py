@@ -142,7 +142,7 @@ def worker_main(cfg: dict) -> None:
     expected = [EXPECTED[kind](x) for x in data]
     out["correct"] = isinstance(results, list) and list(results) == expected
     if not out["correct"]:
-        wrong = [i for i, (a, b) in enumerate(zip(results, expected)) if a != b]
+        wrong = [i for i, (a, b) in enumerate(zip(results, expected, strict=False)) if a != b]
         out["wrong"] = (f"len {len(results)} vs {len(expected)}, {len(wrong)} differ"
                         + (f", first at {wrong[0]}" if wrong else ""))
     if impl == "pmap-fork":  # (loky's reusable executor stays alive by design)
@@ -399,7 +399,7 @@ def report(res: dict, workloads: dict, repeats: int, total_s: float, quick: bool
                     cell += f" ({r['live_children']} children alive after return)"
                 cells.append(cell)
             lines.append(f"  {kind:6} {LABELS[impl]:24} " + ", ".join(cells)
-                         + f"; subprocess wall "
+                         + "; subprocess wall "
                          + ", ".join(fmt_s(r.get("wall_s")) for r in runs))
     noisy = sorted({(k, m) for (k, m), v in res.items() for r in v
                     if r.get("stderr") and "error" not in r})

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import signal
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from laufband import mpi
 from laufband.batching import BatchSizer
+from laufband.errors import StateError
 from laufband.liveness import HOST, DeadWorkerDetector, Heartbeat, process_token
 from laufband.options import (
     check_count,
@@ -137,7 +139,7 @@ class Graphband(Generic[T]):
         self._consumer: Any = None
         self._finished: list[int] = []
         # Outcomes a loop body reported (pmap): stored with the next flush.
-        self._results: list[tuple[int, bytes | None, bool, bool]] = []
+        self._results: list[tuple[int, int, bytes | None, bool, bool]] = []
         self._failures: list[tuple[int, str]] = []
         self._sizer = BatchSizer()
         self._detector = DeadWorkerDetector(self.heartbeat_timeout)
@@ -159,7 +161,8 @@ class Graphband(Generic[T]):
                 self._user_lock = threading.RLock()
             else:
                 self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self._user_lock = FileLock(self.path / "user.lock", is_singleton=True)
+                self._user_lock = FileLock(self.path / "user.lock", mode=0o600,
+                                           is_singleton=True)
         return self._user_lock
 
     @property
@@ -218,10 +221,15 @@ class Graphband(Generic[T]):
             self._abandon_current()
             raise
         except BaseException as error:
-            self._abandon_current(error)
+            with contextlib.suppress(StateError):  # the original error matters more
+                self._abandon_current(error)
             raise
         finally:
-            self._stop()
+            if sys.exc_info()[1] is None:
+                self._stop()
+            else:
+                with contextlib.suppress(StateError):
+                    self._stop()
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -306,7 +314,7 @@ class Graphband(Generic[T]):
             return counts
         wf = self._workflow.id
         if counts[1]:
-            tx.store_results(wf, self._results[: counts[1]])
+            tx.store_results(self._results[: counts[1]])
         for seq, text in self._failures[: counts[2]]:  # before finish: not completed
             tx.fail(wf, self._worker, seq, text, self.max_failed_retries)
         if counts[0]:
@@ -321,13 +329,13 @@ class Graphband(Generic[T]):
 
     def _record_result(self, value: bytes | None, in_file: bool = False) -> None:
         """Keep the current task's pickled result (``None`` when it is in a file)."""
-        assert self._current is not None
-        self._results.append((self._current, value, False, in_file))
+        assert self._current is not None and self._workflow is not None
+        self._results.append((self._workflow.id, self._current, value, False, in_file))
 
     def _record_failure(self, text: str, error: bytes) -> None:
         """Fail the current task without leaving the loop; keep the pickled exception."""
-        assert self._current is not None
-        self._results.append((self._current, error, True, False))
+        assert self._current is not None and self._workflow is not None
+        self._results.append((self._workflow.id, self._current, error, True, False))
         self._failures.append((self._current, text))
 
     def _flush(self) -> None:
@@ -417,11 +425,15 @@ class Graphband(Generic[T]):
         _live.discard(self)
 
     def _watch_interrupts(self) -> None:
-        """Note when Ctrl-C arrives, so the task it interrupts goes back to pending."""
+        """Hand the interrupted task back on Ctrl-C and on SIGTERM (SLURM's time limit,
+        which would otherwise end the process with no cleanup at all). Handlers the
+        program installed itself are left alone."""
         if threading.current_thread() is not threading.main_thread():
             return
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, _on_interrupt)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_terminate)
 
     # -- what subclasses change ---------------------------------------------------------
 
@@ -493,6 +505,12 @@ def _on_interrupt(signum: int, frame: Any) -> None:
     for worker in list(_live):
         worker._interrupted = worker._current
     raise KeyboardInterrupt
+
+
+def _on_terminate(signum: int, frame: Any) -> None:
+    for worker in list(_live):
+        worker._interrupted = worker._current
+    raise SystemExit(128 + signum)  # unwinds the loop: cleanup runs, exit status 143
 
 
 def _describe(failure: tuple[Store, int, int, int, Any], text: str) -> None:

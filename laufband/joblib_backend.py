@@ -36,7 +36,7 @@ class LaufbandBackend(ParallelBackendBase):
     Args:
         path: State directory (default ``./.laufband``).
         name: Workflow name (default ``joblib-`` and the first call's function name).
-        start_method: ``"loky"`` (default) or ``"fork"``, as for :func:`laufband.pmap`.
+        start_method: How helper processes start, as for :func:`laufband.pmap`.
         **options: Passed on to :func:`laufband.pmap` (and its workers).
     """
 
@@ -183,6 +183,4 @@ def _call_key(call: Call) -> str:
     return hashlib.blake2b(payload, digest_size=16).hexdigest()
 
 
-def register() -> None:
-    """Register the backend under the name ``"laufband"``."""
-    register_parallel_backend("laufband", LaufbandBackend)
+register_parallel_backend("laufband", LaufbandBackend)

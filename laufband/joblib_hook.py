@@ -14,10 +14,14 @@ from typing import Any
 
 
 def register() -> None:
-    """Make ``"laufband"`` known to joblib (imports joblib)."""
-    from laufband import joblib_backend
+    """Make ``"laufband"`` known to joblib (imports joblib).
 
-    joblib_backend.register()
+    The backend module registers itself when its import completes; importing it
+    here is enough, and harmless when its own ``import joblib`` brought us here.
+    """
+    import importlib
+
+    importlib.import_module("laufband.joblib_backend")
 
 
 class _JoblibWatcher:

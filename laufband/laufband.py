@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from laufband.errors import TaskGraphError, WorkflowMismatchError
 from laufband.graphband import Graphband
-from laufband.store import NewTask, Scope, Transaction
+from laufband.store import Scope, Transaction
 
 T = TypeVar("T")
 
@@ -108,7 +108,7 @@ class Laufband(Graphband[T]):
                 raise TaskGraphError(msg)
             seen[key] = index
         known = tx.task_numbers(self._workflow.id, keys)
-        numbers = tx.register_keyed(self._workflow, [NewTask(k) for k in keys], known)
+        numbers = tx.register_keys(self._workflow, keys, known)
         self._index_of = {numbers[key]: index for key, index in seen.items()}
         return self._keep_scope(tx, list(self._index_of), len(numbers))
 

@@ -5,7 +5,7 @@
     caller: key each item (content hash) ─> register missing tasks, retry failed
             (one transaction; all cached? read results, done)
               │
-              ├─> start n-1 helpers (loky, or fork) ─┐  every helper and the caller
+              ├─> start n-1 helper processes ─────────┐  every helper and the caller
               └─> run the worker loop itself ─────────┤  run the same laufband loop:
                                                       │  claim, func(item), pickle,
             read results in input order <─────────────┘  store result with the finish
@@ -18,9 +18,12 @@ a digest of its code, each task after a digest of its item.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable, Iterable
 from operator import itemgetter
@@ -31,13 +34,13 @@ from laufband import mpi
 from laufband.errors import RemoteTraceback, TaskFailedError
 from laufband.laufband import Laufband
 from laufband.options import resolve
-from laufband.store import NewTask, Store
+from laufband.store import Scope, Store, Transaction
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 ON_ERROR = ("raise", "skip", "return")
-START_METHODS = ("loky", "fork")
+START_METHODS = ("spawn", "fork")
 LARGE_RESULT = 1 << 20  # bytes: larger pickled results go to files, not the database
 _first = itemgetter(0)
 
@@ -83,9 +86,10 @@ def pmap(
             ``__cause__``), ``"skip"`` failed items (see ``PmapResults.failures``), or
             ``"return"`` each exception in its item's place.
         progress: Show a progress bar.
-        start_method: ``"loky"`` (default, safe with threads, CUDA and OpenMP) or
-            ``"fork"`` (POSIX; starts in milliseconds, but unsafe if the caller uses
-            threads or GPU libraries). ``LAUFBAND_START_METHOD`` sets it too.
+        start_method: How helpers start: ``"spawn"`` (default: fresh interpreters,
+            safe with threads, CUDA and OpenMP in the caller, no ``__main__`` guard
+            needed) or ``"fork"`` (POSIX; starts in milliseconds, but unsafe if the
+            caller uses threads or GPU libraries). ``LAUFBAND_START_METHOD`` too.
         **options: Passed to the workers' :class:`Laufband` (``max_failed_retries``,
             ``tqdm_kwargs``, ...).
 
@@ -106,29 +110,31 @@ def pmap(
     if on_error not in ON_ERROR:
         msg = f"on_error must be one of {ON_ERROR}, got {on_error!r}"
         raise ValueError(msg)
-    method = resolve("start_method", start_method, "loky", str)
+    method = resolve("start_method", start_method, "spawn", str)
     if method not in START_METHODS or (method == "fork" and not hasattr(os, "fork")):
-        msg = f"start_method must be 'loky' or, on POSIX, 'fork'; got {method!r}"
+        msg = f"start_method must be 'spawn' or, on POSIX, 'fork'; got {method!r}"
         raise ValueError(msg)
     items = list(data)
     keys = [_item_key(item, index, key) for index, item in enumerate(items)]
     state = Path(resolve("path", path, ".laufband", str)).absolute()
     workflow = name or _default_name(func)
-    numbers, missing = _register(state, workflow, keys)
+    numbers, missing, whole = _register(state, workflow, keys)
     if missing:
         todo = sorted((k, items[i]) for k, i in _first_indices(keys).items() if k in missing)
-        job = _Job(func, todo, str(state), workflow, progress, options)
+        mine = {k: numbers[k] for k in missing}
+        job = _Job(func, todo, mine, str(state), workflow, progress, options)
         _compute(job, workers, method)
-    return _collect(state, workflow, keys, numbers, on_error)
+    return _collect(state, workflow, keys, numbers, on_error, whole)
 
 
 class _Job:
-    """Everything a worker needs: picklable when ``func`` is (cloudpickle for loky)."""
+    """Everything a worker needs: picklable with cloudpickle when ``func`` is."""
 
-    def __init__(self, func: Callable[[Any], Any], todo: list[tuple[str, Any]], path: str,
-                 name: str, progress: bool, options: dict[str, Any]) -> None:
-        self.func, self.todo, self.path, self.name = func, todo, path, name
-        self.progress, self.options = progress, options
+    def __init__(self, func: Callable[[Any], Any], todo: list[tuple[str, Any]],
+                 numbers: dict[str, int], path: str, name: str, progress: bool,
+                 options: dict[str, Any]) -> None:
+        self.func, self.todo, self.numbers, self.path = func, todo, numbers, path
+        self.name, self.progress, self.options = name, progress, options
 
     def run(self, show_progress: bool) -> None:
         """Run the laufband worker loop until nothing is left that it could run."""
@@ -136,8 +142,8 @@ class _Job:
         tqdm_kwargs = dict(options.pop("tqdm_kwargs", None) or {})
         tqdm_kwargs.setdefault("disable", not show_progress)
         tqdm_kwargs.setdefault("desc", f"pmap {self.name}")
-        worker = Laufband(self.todo, key=_first, path=self.path, name=self.name,
-                          tqdm_kwargs=tqdm_kwargs, **options)
+        worker = _Worker(self.todo, self.numbers, path=self.path, name=self.name,
+                         tqdm_kwargs=tqdm_kwargs, **options)
         for task_key, item in worker:
             try:
                 value = pickle.dumps(self.func(item), protocol=pickle.HIGHEST_PROTOCOL)
@@ -150,6 +156,20 @@ class _Job:
                 worker._record_result(None, in_file=True)
             else:
                 worker._record_result(value)
+
+
+class _Worker(Laufband[tuple[str, Any]]):
+    """A Laufband over ``(key, item)`` pairs whose tasks the caller has registered."""
+
+    def __init__(self, todo: list[tuple[str, Any]], numbers: dict[str, int],
+                 **options: Any) -> None:
+        super().__init__(todo, key=_first, **options)
+        self._numbers = numbers
+
+    def _register_keys(self, tx: Transaction) -> Scope:
+        assert self._workflow is not None
+        self._index_of = {self._numbers[key]: i for i, (key, _) in enumerate(self.data)}
+        return self._keep_scope(tx, list(self._index_of), self._workflow.total)
 
 
 def _compute(job: _Job, workers: int, method: str) -> None:
@@ -166,75 +186,115 @@ def _compute(job: _Job, workers: int, method: str) -> None:
 
 
 def _start_helpers(job: _Job, count: int, method: str) -> Callable[[], None]:
-    """Start ``count`` helper workers; return a function that waits for them."""
+    """Start ``count`` independent helper processes; return a function that joins them.
+
+    Plain processes rather than a pool: a helper that dies takes no other helper with
+    it (a pool that kills its other workers would count kills against their innocent
+    tasks), and the caller's own loop takes over whatever it held. "spawn" helpers are
+    fresh interpreters fed the cloudpickled job on stdin: unlike multiprocessing's
+    spawn and forkserver they never re-run the caller's script, so no
+    ``if __name__ == "__main__":`` guard is needed.
+    """
     if count < 1:
         return lambda: None
-    if method == "fork":
+    if method == "fork":  # the helpers inherit everything: nothing to pickle
         import multiprocessing
 
         context = multiprocessing.get_context("fork")
-        procs = [context.Process(target=job.run, args=(False,), daemon=True)
-                 for _ in range(count)]
-        for proc in procs:
+        forked = [context.Process(target=job.run, args=(False,), daemon=True)
+                  for _ in range(count)]
+        for proc in forked:
             proc.start()
-
-        def join() -> None:
-            for proc in procs:
-                proc.join(timeout=5)
-                if proc.is_alive():
-                    proc.terminate()
-        return join
-    import cloudpickle
-    from joblib.externals.loky import get_reusable_executor
+        return lambda: _join(forked)
+    import cloudpickle  # lambdas, closures and __main__ functions travel by value
 
     try:
-        payload = cloudpickle.dumps(job)
+        payload = cloudpickle.dumps((list(sys.path), job))
     except Exception as error:
         msg = (f"pmap cannot send {job.func!r} to worker processes ({error}): make it"
                " picklable, or pass start_method='fork'")
         raise ValueError(msg) from None
-    executor = get_reusable_executor(max_workers=count)
-    futures = [executor.submit(_run_helper, payload) for _ in range(count)]
-
-    def wait() -> None:
-        # The caller's loop ended, so every task is final: helpers are leaving too.
-        for future in futures:
-            future.exception()  # a crashed helper is recovered by the caller's loop
-    return wait
-
-
-def _run_helper(payload: bytes) -> None:
-    pickle.loads(payload).run(show_progress=False)
+    spawned = []
+    for _ in range(count):
+        proc = subprocess.Popen([sys.executable, "-c", _HELPER], stdin=subprocess.PIPE)
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # a helper that died: we work on
+            proc.stdin.write(payload)
+            proc.stdin.close()
+        spawned.append(proc)
+    return lambda: _join(spawned)
 
 
-def _register(state: Path, workflow: str, keys: list[str]) -> tuple[dict[str, int], set[str]]:
+_HELPER = "from laufband.pmap import _helper_main; _helper_main()"
+
+
+def _helper_main() -> None:
+    """Entry point of a spawned helper: read (sys.path, job) from stdin and work."""
+    path, job = pickle.loads(sys.stdin.buffer.read())
+    sys.path[:] = path  # where the caller found the modules its function needs
+    job.run(show_progress=False)
+
+
+def _join(procs: list[Any]) -> None:
+    """Wait for helpers. The caller's loop has ended, so every task is final and they
+    leave within one poll (<= 1 s); one that does not is stuck in user code."""
+    for proc in procs:
+        if isinstance(proc, subprocess.Popen):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait()
+        else:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+
+
+def _register(state: Path, workflow: str,
+              keys: list[str]) -> tuple[dict[str, int], set[str], bool]:
     """Register this call's tasks (new ones in key order); retry its failed and killed
-    ones; return key -> number and the keys whose results are still missing."""
+    ones. Return key -> number, the keys whose results are missing, and whether this
+    call's tasks are the whole workflow."""
     unique = sorted(set(keys))  # number new tasks in key order: both B-trees append
     store = Store(state)
     try:
         with store.transaction() as tx:
             flow = tx.open_workflow(workflow, keyed=True)
-            known = tx.task_numbers(flow.id, unique) if flow.total else {}
-            numbers = tx.register_keyed(flow, [NewTask(k) for k in unique], known)
-            tx.restrict_to(numbers[k] for k in unique)
-            tx.retry_unfinished(flow.id)
-            outcomes = tx.outcomes(flow.id)
+            # Most calls repeat or extend the data of the last one: read every key then,
+            # rather than looking this call's keys up one by one.
+            if not flow.total:
+                known = {}
+            elif flow.total <= 2 * len(unique):
+                stored = tx.all_task_numbers(flow.id)
+                known = {k: stored[k] for k in unique if k in stored}
+            else:
+                known = tx.task_numbers(flow.id, unique)
+            numbers = tx.register_keys(flow, unique, known)
+            whole = tx.progress(flow.id)[0] == len(unique)
+            done: set[int] = set()
+            if known:  # an earlier call: what is done, and what failed and runs again
+                if not whole:
+                    tx.restrict_to(numbers[k] for k in unique)
+                tx.retry_unfinished(flow.id, mine_only=not whole)
+                unfinished = tx.unfinished(flow.id, mine_only=not whole)
+                done = {numbers[k] for k in known} - unfinished
     finally:
         store.close()
-    done = {seq for seq, (state_, *_) in outcomes.items() if state_ == "completed"}
-    return numbers, {k for k in unique if numbers[k] not in done}
+    return numbers, {k for k in unique if numbers[k] not in done}, whole
 
 
 def _collect(state: Path, workflow: str, keys: list[str], numbers: dict[str, int],
-             on_error: str) -> list[Any]:
+             on_error: str, whole: bool) -> list[Any]:
     """Read every item's outcome in one transaction and build the result list."""
     store = Store(state)
     try:
         with store.transaction() as tx:
             wf = tx.open_workflow(workflow, keyed=True).id
-            tx.restrict_to(set(numbers[k] for k in keys))
-            outcomes = tx.outcomes(wf)
+            if not whole:
+                tx.restrict_to(set(numbers.values()))
+            outcomes = tx.outcomes(wf, mine_only=not whole)
     finally:
         store.close()
     results = PmapResults()

@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -249,12 +250,28 @@ class Transaction:
             ),
         )
         simple = not any(t.dependencies or t.requirements or t.max_workers > 1 for t in fresh)
+        self._grow(workflow.id, len(fresh), simple)
+        return numbers
+
+    def register_keys(self, workflow: Workflow, keys: Sequence[str],
+                      known: dict[str, int]) -> dict[str, int]:
+        """Insert plain tasks (no dependencies or requirements) for the keys not in
+        ``known``; return key -> number for all. The fast path of ``register_keyed``."""
+        fresh = [key for key in keys if key not in known]
+        first = workflow.total
+        self._db.executemany(  # zip and repeat: the rows are built in C
+            "INSERT INTO tasks(wf, seq, key) VALUES (?, ?, ?)",
+            zip(repeat(workflow.id), range(first, first + len(fresh)), fresh),
+        )
+        self._grow(workflow.id, len(fresh), True)
+        return {**known, **dict(zip(fresh, range(first, first + len(fresh)), strict=True))}
+
+    def _grow(self, wf: int, count: int, simple: bool) -> None:
         self._db.execute(
             "UPDATE workflows SET total = total + ?, materialized = total + ?,"
             " simple = simple AND ? WHERE id = ?",
-            (len(fresh), len(fresh), int(simple), workflow.id),
+            (count, count, int(simple), wf),
         )
-        return numbers
 
     def dependency_edges(self, wf: int) -> list[tuple[int, int]]:
         """All ``(task, dependency)`` pairs of a workflow, by task number."""
@@ -644,21 +661,22 @@ class Transaction:
         states.update((str(seq), "pending") for seq in range(materialized, total))
         return states
 
-    def store_results(self, wf: int, rows: Iterable[tuple[int, bytes | None, bool, bool]]) -> None:
-        """Keep ``(task number, pickled value, is an error, value is in a file)`` rows."""
+    def store_results(self, rows: Sequence[tuple[int, int, bytes | None, bool, bool]]) -> None:
+        """Keep ``(workflow, task number, pickled value, is an error, value is in a file)``
+        rows (a list of tuples: executemany walks it in C)."""
         self._db.executemany(
             "INSERT OR REPLACE INTO results(wf, seq, value, error, in_file)"
             " VALUES (?, ?, ?, ?, ?)",
-            ((wf, seq, value, int(error), int(in_file)) for seq, value, error, in_file in rows),
+            rows,
         )
 
-    def retry_unfinished(self, wf: int) -> int:
-        """Make failed and killed tasks of temp.mine pending again (a new pmap call)."""
-        rows = self._retry(wf, ("failed", "killed"), " AND seq IN (SELECT seq FROM temp.mine)")
-        if rows:
-            self._lower_floor(wf, min(seq for (seq,) in rows))
-            self._db.execute("DELETE FROM results WHERE wf = ? AND error = 1"
-                             " AND seq IN (SELECT seq FROM temp.mine)", (wf,))
+    def retry_unfinished(self, wf: int, mine_only: bool = True) -> int:
+        """Make failed and killed tasks (of temp.mine, or all) pending again (a new pmap
+        call), dropping their stored errors."""
+        mine = " AND seq IN (SELECT seq FROM temp.mine)" if mine_only else ""
+        rows = self._retry(wf, ("failed", "killed"), mine)
+        if rows:  # _retry lowered the floor already
+            self._db.execute("DELETE FROM results WHERE wf = ? AND error = 1" + mine, (wf,))
         return len(rows)
 
     def _retry(self, wf: int, states: Sequence[str], where: str = "",
@@ -681,16 +699,28 @@ class Transaction:
             self._lower_floor(wf, min(seq for (seq,) in rows))
         return rows
 
-    def outcomes(self, wf: int) -> dict[int, tuple[str, bytes | None, bool, bool]]:
-        """Task number -> (state, stored value, is an error, in a file) for temp.mine."""
+    def unfinished(self, wf: int, mine_only: bool) -> set[int]:
+        """Numbers of tasks (of temp.mine, or all) that are not completed."""
+        mine = " AND seq IN (SELECT seq FROM temp.mine)" if mine_only else ""
+        return {seq for (seq,) in self._db.execute(
+            "SELECT seq FROM tasks WHERE wf = ? AND state != 'completed'" + mine, (wf,))}
+
+    def all_task_numbers(self, wf: int) -> dict[str, int]:
+        """Key -> number for every task of a keyed workflow."""
+        return dict(self._db.execute("SELECT key, seq FROM tasks WHERE wf = ?", (wf,)).fetchall())
+
+    def outcomes(self, wf: int, mine_only: bool = True,
+                 ) -> dict[int, tuple[str, bytes | None, bool, bool]]:
+        """Task number -> (state, stored value, is an error, in a file), for temp.mine
+        or for the whole workflow."""
         rows = self._db.execute(
             "SELECT t.seq, t.state, r.value, coalesce(r.error, 0), coalesce(r.in_file, 0)"
             " FROM tasks t LEFT JOIN results r ON r.wf = t.wf AND r.seq = t.seq"
-            " WHERE t.wf = ? AND t.seq IN (SELECT seq FROM temp.mine)",
+            " WHERE t.wf = ?" + (" AND t.seq IN (SELECT seq FROM temp.mine)" if mine_only
+                                 else ""),
             (wf,),
-        )
-        return {seq: (state, value, bool(error), bool(in_file))
-                for seq, state, value, error, in_file in rows}
+        ).fetchall()
+        return {row[0]: row[1:] for row in rows}
 
     def events(self, wf: int) -> list[tuple[str, str, str | None]]:
         """Task id, state and error text of every event of a workflow, oldest first."""
@@ -740,6 +770,10 @@ class Transaction:
         """The number of workflow ``name``, or None."""
         row = self._db.execute("SELECT id FROM workflows WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
+
+    def integrity(self) -> str:
+        """SQLite's own check of the database file: "ok" when it is sound."""
+        return "; ".join(row[0] for row in self._db.execute("PRAGMA integrity_check"))
 
     def counts(self, wf: int) -> dict[str, int]:
         """Tasks per state, from the maintained counters."""
@@ -806,7 +840,8 @@ class Store:
             from filelock import SoftFileLock as lock_type  # type: ignore[assignment]
         # One lock instance per path and process (two on one path in one thread
         # deadlock); thread-local so the heartbeat thread excludes the main thread.
-        self._lock = lock_type(self.path / LOCK_NAME, is_singleton=True, thread_local=True)
+        self._lock = lock_type(self.path / LOCK_NAME, mode=0o600, is_singleton=True,
+                               thread_local=True)
         self._conns: dict[int, sqlite3.Connection] = {}
         with self.transaction():
             pass
@@ -860,11 +895,21 @@ class Store:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 yield Transaction(conn)
-            except BaseException:
+                conn.execute("COMMIT")
+            except BaseException as error:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if isinstance(error, (sqlite3.OperationalError, OSError)):
+                    raise self._write_error(error) from error
                 raise
-            conn.execute("COMMIT")
+
+    def _write_error(self, error: BaseException) -> StateError:
+        """A clear error for a state directory that stopped taking writes."""
+        full = "full" in str(error) or getattr(error, "errno", None) == 28  # ENOSPC
+        what = "the disk is full" if full else f"the state cannot be written ({error})"
+        msg = (f"{what} in {self.path}: free space or fix the directory, then run again;"
+               " tasks this worker had not yet recorded as finished will run again")
+        return StateError(msg)
 
     def close(self) -> None:
         """Close this thread's connection."""

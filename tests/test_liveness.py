@@ -103,3 +103,17 @@ def test_worker_on_another_host_is_dead_after_heartbeat_timeout(
     assert Counter(read_log(logs / f"{local.pid}.done")) == {"0": 1, "1": 1}
     events = task_events(state, "work")
     assert events == [("0", "killed", "worker remote (host another-host, pid 1) died")]
+
+
+def test_sigterm_hands_the_task_back_flushes_and_exits(state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    proc = procs.worker(state, logs, "--items", 50, "--sleep", 60, "--sleep-on", 3)
+    wait_for(lambda: started(logs, proc.pid, 3), what="item 3 to start")
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = procs.wait_all([proc], deadline=10)[0]
+    assert code == 143, err
+    states = task_states(state, "work")
+    assert [states[str(i)] for i in range(3)] == ["completed"] * 3  # flushed
+    assert states["3"] == "pending"  # handed back, not failed
+    assert task_events(state, "work") == []
+    assert online_workers(state) == 0

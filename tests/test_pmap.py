@@ -33,7 +33,7 @@ def test_ordered_results_with_a_lambda(state: Path) -> None:
         x * 3 for x in range(10)]
 
 
-@pytest.mark.parametrize("start_method", ["loky", "fork"])
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
 def test_start_methods(state: Path, start_method: str) -> None:
     offset = 7
     result = pmap(lambda x: x + offset, list(range(30)), n=3, path=state, progress=False,
@@ -194,7 +194,7 @@ def test_item_killed_twice_is_reported(state: Path) -> None:
     from laufband.pmap import _collect, _register
     from laufband.store import Scope, Store
 
-    numbers, missing = _register(state, "die", ["only"])
+    numbers, missing, whole = _register(state, "die", ["only"])
     assert missing == {"only"}
     store = Store(state)
     with store.transaction() as tx:
@@ -207,14 +207,14 @@ def test_item_killed_twice_is_reported(state: Path) -> None:
     store.close()
     with pytest.raises(TaskFailedError, match="'only' of workflow 'die' was not computed"
                        r" \(killed: its worker died on it twice\); call pmap again"):
-        _collect(state, "die", ["only"], numbers, "raise")
+        _collect(state, "die", ["only"], numbers, "raise", whole)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"n": 0}, "n must be an integer >= 1"),
     ({"n": 2.5}, "n must be an integer >= 1"),
     ({"on_error": "ignore"}, "on_error must be one of"),
-    ({"start_method": "spawn"}, "start_method must be 'loky'"),
+    ({"start_method": "loky"}, "start_method must be 'spawn' or, on POSIX, 'fork'"),
 ])
 def test_invalid_arguments(state: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -227,3 +227,17 @@ def test_results_and_errors_pickle_round_trip() -> None:
     failed = TaskFailedError("x")
     assert str(pickle.loads(pickle.dumps(failed))) == "x"
     _ = read_log
+
+
+def test_script_without_main_guard(tmp_path: Path, procs: Processes) -> None:
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "from laufband import pmap\n"
+        "offset = 5\n"
+        "def shifted(x):\n"
+        "    return x + offset\n"
+        "print(pmap(shifted, range(30), n=3, progress=False) == [x + 5 for x in range(30)])\n"
+    )
+    [(code, out, err)] = procs.wait_all([procs.start(script, cwd=tmp_path)])
+    assert code == 0, err
+    assert out.split() == ["True"]  # printed once: helpers never re-run the script
