@@ -362,7 +362,8 @@ def _result_file(state: Path, wf: int, task_key: str) -> Path:
 
 
 def _write_file(target: Path, value: bytes) -> None:
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for directory in (target.parent.parent, target.parent):  # mkdir(parents=) ignores mode
+        directory.mkdir(mode=0o700, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:

@@ -117,3 +117,13 @@ def online_workers(path: Path) -> int:
             return len(tx.online_workers(exclude=-1))
     finally:
         store.close()
+
+
+def integrity(path: Path) -> str:
+    """SQLite's integrity check of the state database ("ok" when sound)."""
+    store = Store(path)
+    try:
+        with store.transaction() as tx:
+            return tx.integrity()
+    finally:
+        store.close()

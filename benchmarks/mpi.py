@@ -1,0 +1,405 @@
+"""Benchmark a plain Laufband loop under MPICH's mpiexec, ours and the original 0.2.1.
+
+Run from anywhere::
+
+    .venv/bin/python benchmarks/mpi.py            # full run (~2-4 min)
+    .venv/bin/python benchmarks/mpi.py --quick    # smoke run with small sizes
+
+Every rank is started by ``mpiexec`` (the one beside the running python: the mpich
+wheel) and runs a plain ``for item in Laufband(...)`` loop whose body sleeps; the
+ranks find their rank in ``PMI_RANK`` themselves, this script has no MPI code. The
+original laufband 0.2.1 runs with the python of its throwaway venv (made and reused
+by ``loop.py``) under the same mpiexec: it knows nothing of MPI, each rank is just a
+process. Each rank logs every task's start and end wall-clock time to its own file;
+the logs are parsed afterwards. The script prints one plain-text table.
+
+See benchmarks/README.md for what each row means.
+"""
+
+from __future__ import annotations
+
+_T_SCRIPT = __import__("time").time()  # when this interpreter reached the script
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loop  # noqa: E402  (benchmarks/loop.py: venv of 0.2.1, Laufband construction, table)
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+
+# ======================================================================================
+# Worker side: one rank, with our python or the original's venv python.
+# ======================================================================================
+
+
+class _Probe:
+    """Ours only: time each store transaction from the outside of the package.
+
+    ``Store.transaction`` and ``Graphband._claim`` are wrapped at runtime in this
+    process (the package files are untouched). "wait" is from calling
+    ``transaction()`` to entering its body: the state file lock plus ``BEGIN
+    IMMEDIATE``; "hold" is the body plus ``COMMIT``. Two clock reads per transaction.
+    """
+
+    def __init__(self) -> None:
+        import threading
+        from contextlib import contextmanager
+
+        from laufband import store
+        from laufband.graphband import Graphband
+
+        self.claims: list[tuple[float, float, int]] = []  # (wait, hold, batch size)
+        self.other: list[tuple[float, float]] = []  # every other transaction, any thread
+        local = threading.local()  # the heartbeat thread runs transactions too
+        probe = self
+        original_tx = store.Store.transaction.__wrapped__  # the generator function
+        original_claim = Graphband._claim
+
+        @contextmanager
+        def transaction(store_self):
+            t0 = time.perf_counter()
+            local.claimed = None
+            with contextmanager(original_tx)(store_self) as tx:
+                t1 = time.perf_counter()
+                yield tx
+            t2 = time.perf_counter()
+            claimed, local.claimed = getattr(local, "claimed", None), None
+            if claimed is None:
+                probe.other.append((t1 - t0, t2 - t1))
+            else:
+                probe.claims.append((t1 - t0, t2 - t1, claimed))
+
+        def claim(band_self, tx):
+            batch = original_claim(band_self, tx)
+            local.claimed = (getattr(local, "claimed", None) or 0) + len(batch)
+            return batch
+
+        store.Store.transaction = transaction
+        Graphband._claim = claim
+
+    def summary(self) -> dict:
+        return {"claims": self.claims, "other": self.other}
+
+
+def worker_main(cfg: dict) -> None:
+    impl = cfg["impl"]
+    rank = int(os.environ.get("PMI_RANK", "-1"))  # only to name this rank's files
+    out: dict = {"rank": rank, "pid": os.getpid(), "script_at": _T_SCRIPT}
+    import laufband  # noqa: F401
+
+    out["imported_at"] = time.time()
+    out["module"] = loop._check_impl(impl)
+    probe = None
+    if impl == "ours":
+        try:
+            probe = _Probe()
+        except Exception as error:  # noqa: BLE001  (internals moved: report n/a)
+            out["probe_error"] = f"{type(error).__name__}: {error}"
+    deadline = cfg["launched"] + cfg["cap"]
+    run_dir = Path(cfg["run_dir"])
+    band = loop._make_band(impl, list(range(cfg["n"])), cfg["state"])
+    sleep = cfg["sleep"]
+    with open(run_dir / f"log-{rank}.txt", "w", buffering=1) as log:
+        for item in band:
+            if time.time() > deadline:
+                out["capped"] = True
+                break  # the original: stop at the time cap (this task is not logged)
+            start = time.time()
+            time.sleep(sleep)
+            end = time.time()
+            log.write(f"{item} {start!r} {end!r}\n")
+    out["done_at"] = time.time()
+    if probe is not None:
+        out["probe"] = probe.summary()
+    (run_dir / f"result-{rank}.json").write_text(json.dumps(out))
+
+
+# ======================================================================================
+# Driver side.
+# ======================================================================================
+
+
+def run_mpi(python: str, impl: str, workdir: Path, ranks: int, n: int, sleep: float,
+            cap: float) -> dict:
+    """Run ``ranks`` ranks of ``impl`` under mpiexec on a fresh state; parse the logs."""
+    run_dir = workdir / f"{impl}-{ranks}x{n}"
+    state = run_dir / "state"
+    state.mkdir(parents=True)
+    launched = time.time()
+    cfg = {"impl": impl, "n": n, "sleep": sleep, "cap": cap, "launched": launched,
+           "state": str(state), "run_dir": str(run_dir)}
+    cmd = [str(MPIEXEC), "-n", str(ranks), python, str(Path(__file__).resolve()),
+           "--worker", json.dumps(cfg)]
+    with open(run_dir / "mpiexec.out", "w") as out, open(run_dir / "mpiexec.err", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=run_dir,
+                                env=loop.clean_env(), start_new_session=True)
+        try:
+            proc.wait(cap + 120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # mpiexec and the ranks it started (our own group)
+            proc.wait()
+    wall = time.time() - launched
+    errors = (run_dir / "mpiexec.err").read_text().strip().splitlines()
+    results = {}
+    for path in run_dir.glob("result-*.json"):
+        res = json.loads(path.read_text())
+        results[res["rank"]] = res
+    if proc.returncode != 0 or len(results) != ranks:
+        tail = errors[-1] if errors else f"exit code {proc.returncode}"
+        raise RuntimeError(f"{impl}: mpiexec exit {proc.returncode}, {len(results)}/{ranks}"
+                           f" ranks reported; {tail}")
+    return analyse(results, run_dir, ranks, n, sleep, wall, launched,
+                   " | ".join(errors[-3:]))
+
+
+def analyse(results: dict, run_dir: Path, ranks: int, n: int, sleep: float, wall: float,
+            launched: float, stderr_tail: str) -> dict:
+    per_rank: dict[int, list[tuple[int, float, float]]] = {r: [] for r in range(ranks)}
+    for rank in range(ranks):
+        log = run_dir / f"log-{rank}.txt"
+        for line in log.read_text().splitlines() if log.exists() else []:
+            item, start, end = line.split()
+            per_rank[rank].append((int(item), float(start), float(end)))
+    counts: dict[int, int] = {}
+    for records in per_rank.values():
+        for item, _, _ in records:
+            counts[item] = counts.get(item, 0) + 1
+    active = {r: recs for r, recs in per_rank.items() if recs}
+    busy = {r: sum(e - s for _, s, e in recs) for r, recs in active.items()}
+    first = {r: min(s for _, s, _ in recs) for r, recs in active.items()}
+    last = {r: max(e for _, _, e in recs) for r, recs in active.items()}
+    window_eff = {r: busy[r] / (last[r] - first[r]) for r in active if last[r] > first[r]}
+    gaps = sorted(b[1] - a[2] for recs in active.values()
+                  for a, b in zip(sorted(recs, key=lambda x: x[1]),
+                                  sorted(recs, key=lambda x: x[1])[1:]))
+    g_first, g_last = (min(first.values()), max(last.values())) if active else (0.0, 0.0)
+    out = {
+        "ranks": ranks, "n": n, "sleep": sleep, "wall": wall,
+        "done": len(counts), "dups": sum(c - 1 for c in counts.values() if c > 1),
+        "missing": n - len(set(counts) & set(range(n))),
+        "unknown": len(set(counts) - set(range(n))),
+        "capped": any(r.get("capped") for r in results.values()),
+        "idle_ranks": ranks - len(active),
+        "tasks_per_rank": [len(per_rank[r]) for r in range(ranks)],
+        "eff_min": min(window_eff.values()) if window_eff else 0.0,
+        "eff_median": statistics.median(window_eff.values()) if window_eff else 0.0,
+        "eff_min_rank": min(window_eff, key=window_eff.get) if window_eff else None,
+        "spread": (max(last.values()) - min(last.values())) if active else 0.0,
+        "busy": sum(busy.values()),
+        "window": g_last - g_first,
+        "overall": sum(busy.values()) / (ranks * (g_last - g_first)) if active else 0.0,
+        "script_max": max(r["script_at"] for r in results.values()) - launched,
+        "imported_max": max(r["imported_at"] for r in results.values()) - launched,
+        "first_task_min": g_first - launched if active else None,
+        "first_task_max": max(first.values()) - launched if active else None,
+        "last_end": g_last - launched if active else None,
+        "gap_median": statistics.median(gaps) if gaps else None,
+        "gap_p99": gaps[int(0.99 * (len(gaps) - 1))] if gaps else None,
+        "gap_max": gaps[-1] if gaps else None,
+        "stderr_tail": stderr_tail,
+    }
+    probes = [r["probe"] for r in results.values() if "probe" in r]
+    if probes and len(probes) == len(results):
+        claims = [c for p in probes for c in p["claims"]]
+        other = [t for p in probes for t in p["other"]]
+        waits = sorted(c[0] for c in claims)
+        nonempty = [c[2] for c in claims if c[2]]
+        out["probe"] = {
+            "claims": len(claims), "nonempty": len(nonempty),
+            "batch_mean": statistics.mean(nonempty) if nonempty else 0.0,
+            "batch_max": max(nonempty) if nonempty else 0,
+            "wait_median": statistics.median(waits), "wait_mean": statistics.mean(waits),
+            "wait_p95": waits[int(0.95 * (len(waits) - 1))], "wait_max": waits[-1],
+            "hold_median": statistics.median(c[1] for c in claims),
+            "other": len(other),
+            "other_wait_median": statistics.median(t[0] for t in other) if other else 0.0,
+            "txns": len(claims) + len(other),
+            "lock_held_s": sum(c[1] for c in claims) + sum(t[1] for t in other),
+        }
+    else:
+        errors = {r.get("probe_error") for r in results.values()} - {None}
+        out["probe_na"] = next(iter(errors), "not measured")
+    return out
+
+
+# -- formatting ------------------------------------------------------------------------
+
+
+def pct(x: float) -> str:
+    return f"{x * 100:.1f} %"
+
+
+def once_cell(r: dict) -> str:
+    text = f"{r['done']:,}/{r['n']:,} once, {r['dups']} dup, {r['missing']} missing"
+    if r["unknown"]:
+        text += f", {r['unknown']} unknown"
+    return text + (" (time cap)" if r["capped"] else "")
+
+
+def wait_cell(r: dict) -> str:
+    p = r.get("probe")
+    if p is None:
+        return f"n/a ({r.get('probe_na', 'not measured')})"
+    return (f"{p['wait_median'] * 1e3:.1f} / {p['wait_p95'] * 1e3:.1f} / "
+            f"{p['wait_max'] * 1e3:.0f} ms")
+
+
+def txn_cell(r: dict) -> str:
+    p = r.get("probe")
+    if p is None:
+        return "n/a"
+    return f"{p['txns'] / r['window']:,.0f}/s ({p['txns']:,} in {r['window']:.1f} s)"
+
+
+def section(rows: list, tag: str, r: dict, g, ideal: float, with_targets: bool) -> None:
+    """Rows for one scenario; ``g`` is the original's result, a reason string, or None."""
+    gok = isinstance(g, dict)
+
+    def cell(fn) -> str:
+        if g is None:
+            return "- (not run)"
+        return fn(g) if gok else str(g)
+
+    def rat(a: float, b_key: str, higher: bool) -> str:
+        return loop.ratio(a, g[b_key] if gok else None, higher)
+
+    tgt = (lambda t: t) if with_targets else (lambda t: "-")
+    rows.append([f"{tag}1  tasks run exactly once (from the logs)", once_cell(r),
+                 cell(once_cell), "-", "all once",
+                 loop.met(r["done"] == r["n"] and not r["dups"] and not r["unknown"])])
+    eff = lambda x: f"{pct(x['eff_min'])} / {pct(x['eff_median'])}"  # noqa: E731
+    rows.append([f"{tag}2  efficiency in each rank's active window, min / median",
+                 eff(r), cell(eff), rat(r["eff_min"], "eff_min", True), tgt(">= 90 %"),
+                 loop.met(r["eff_min"] >= 0.9) if with_targets else "-"])
+    rows.append([f"{tag}3  spread of ranks' last task end (max - min)",
+                 f"{r['spread']:.2f} s", cell(lambda x: f"{x['spread']:.2f} s"),
+                 rat(r["spread"], "spread", False), tgt("<= 0.5 s"),
+                 loop.met(r["spread"] <= 0.5) if with_targets else "-"])
+    rows.append([f"{tag}4  overall efficiency, busy / ({r['ranks']} x first start..last end)",
+                 pct(r["overall"]), cell(lambda x: pct(x["overall"])),
+                 rat(r["overall"], "overall", True), "-", "-"])
+    rows.append([f"{tag}5  wall time of mpiexec (ideal work {ideal:.1f} s per rank)",
+                 f"{r['wall']:.1f} s", cell(lambda x: f"{x['wall']:.1f} s"),
+                 rat(r["wall"], "wall", False), "-", "-"])
+    rows.append([f"{tag}6  lock wait per claim, median / p95 / max", wait_cell(r),
+                 cell(wait_cell), "-", "-", "-"])
+    rows.append([f"{tag}7  store transactions per second, all ranks", txn_cell(r),
+                 cell(txn_cell), "-", "-", "-"])
+
+
+def details(tag: str, name: str, r: dict) -> list[str]:
+    lines = [
+        f"  {tag} {name}: ranks reached the script {r['script_max']:.1f} s, imported laufband"
+        f" {r['imported_max']:.1f} s after launch (last rank); first task {r['first_task_min']:.2f}"
+        f" s (first rank) / {r['first_task_max']:.2f} s (last rank), last task end"
+        f" {r['last_end']:.2f} s; busy {r['busy']:.1f} s",
+        f"     tasks per rank min/median/max {min(r['tasks_per_rank'])}/"
+        f"{statistics.median(r['tasks_per_rank']):.0f}/{max(r['tasks_per_rank'])},"
+        f" idle ranks {r['idle_ranks']}; lowest window efficiency: rank {r['eff_min_rank']};"
+        f" gap between a rank's tasks median {r['gap_median'] * 1e3:.1f} ms,"
+        f" p99 {r['gap_p99'] * 1e3:.1f} ms, max {r['gap_max'] * 1e3:.0f} ms",
+    ]
+    p = r.get("probe")
+    if p:
+        lines.append(
+            f"     claims {p['claims']:,} ({p['nonempty']:,} got tasks, mean batch"
+            f" {p['batch_mean']:.1f}, max {p['batch_max']}), claim wait mean"
+            f" {p['wait_mean'] * 1e3:.1f} ms, claim hold median {p['hold_median'] * 1e3:.2f} ms;"
+            f" {p['other']:,} other transactions (flushes, start/stop, heartbeats), wait median"
+            f" {p['other_wait_median'] * 1e3:.1f} ms; lock held {p['lock_held_s']:.1f} s in"
+            f" total")
+    if r["stderr_tail"]:
+        lines.append(f"     stderr: {r['stderr_tail'][:300]}")
+    return lines
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument("--no-original", action="store_true",
+                        help="skip laufband 0.2.1 (no venv is created)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    args = parser.parse_args()
+    q = args.quick
+    sizes = {"a_ranks": 16 if q else 64, "a_n": 800 if q else 6400,
+             "b_ranks": 8, "b_n": 160 if q else 800, "sleep": 0.05,
+             "orig_cap": 30.0 if q else 120.0}
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    if not MPIEXEC.exists():
+        raise SystemExit(f"no mpiexec beside {sys.executable}: pip install mpich")
+    t_start = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="laufband-bench-mpi-"))
+    orig_python, orig_reason = None, "skipped (--no-original)"
+    if not args.no_original:
+        try:
+            orig_python = loop.ensure_original_venv(log)
+        except loop.Unavailable as error:
+            orig_reason = f"not available: {error}"
+            log(orig_reason)
+    s = sizes["sleep"]
+    try:
+        log(f"ours: {sizes['a_ranks']} ranks x {sizes['a_n']:,} tasks x 50 ms ...")
+        a = run_mpi(sys.executable, "ours", workdir, sizes["a_ranks"], sizes["a_n"], s, 300.0)
+        log(f"ours: {sizes['b_ranks']} ranks x {sizes['b_n']} tasks x 50 ms ...")
+        b = run_mpi(sys.executable, "ours", workdir, sizes["b_ranks"], sizes["b_n"], s, 300.0)
+        g = orig_reason
+        if orig_python is not None:
+            log(f"original: {sizes['b_ranks']} ranks x {sizes['b_n']} tasks x 50 ms"
+                f" (cap {sizes['orig_cap']:.0f} s) ...")
+            try:
+                g = run_mpi(orig_python, "orig", workdir, sizes["b_ranks"], sizes["b_n"], s,
+                            sizes["orig_cap"])
+            except Exception as error:  # noqa: BLE001
+                g = f"not available: {error}"
+    finally:
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    rows: list[list[str]] = []
+    section(rows, "a", a, None, a["n"] * s / a["ranks"], True)
+    rows.append(["--"])
+    section(rows, "b", b, g, b["n"] * s / b["ranks"], False)
+    header = ["scenario", "laufband (ours)", f"laufband {loop.ORIGINAL_VERSION}", "ratio",
+              "target", "met?"]
+    lines = [
+        f"a: {a['ranks']} ranks x {a['n']:,} tasks x 50 ms time.sleep;"
+        f" b: {b['ranks']} ranks x {b['n']:,} tasks x 50 ms"
+        f" (0.2.1 capped at {sizes['orig_cap']:.0f} s after launch)", "",
+        loop.table(rows, header), "",
+        "ratio: how many times better ours is. Lock wait (ours only): time from entering a",
+        "claiming store transaction to its body (state file lock + BEGIN), measured by",
+        "wrapping Store.transaction in the benchmark's rank processes.",
+        "details (times relative to the start of mpiexec):",
+        *details("a", "ours", a), *details("b", "ours", b),
+    ]
+    if isinstance(g, dict):
+        lines += details("b", "0.2.1", g)
+    lines.append(f"total benchmark time {time.time() - t_start:.0f} s on {os.cpu_count()} CPUs"
+                 + (" (--quick sizes: targets are meant for the full sizes)" if q else ""))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        worker_main(json.loads(sys.argv[2]))
+    else:
+        sys.exit(main())
