@@ -28,11 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-IMPLS = ("pmap-loky", "pmap-fork", "joblib", "pool", "mpire")
-LABELS = {"pmap-loky": "pmap (loky, default)", "pmap-fork": "pmap (fork)",
+IMPLS = ("pmap-spawn", "pmap-fork", "joblib", "pool", "mpire")
+LABELS = {"pmap-spawn": "pmap (spawn, default)", "pmap-fork": "pmap (fork)",
           "joblib": "joblib.Parallel (loky)", "pool": "mp.Pool (fork)",
           "mpire": "mpire.WorkerPool (fork)"}
-IMPORTS = {"pmap-loky": "laufband, cloudpickle, joblib.externals.loky",
+IMPORTS = {"pmap-spawn": "laufband, cloudpickle",
            "pmap-fork": "laufband, multiprocessing", "joblib": "joblib",
            "pool": "multiprocessing", "mpire": "mpire"}
 BUSY_S = 0.001
@@ -75,9 +75,8 @@ def _import(impl: str):
         from laufband import pmap
 
         method = impl.split("-")[1]
-        if method == "loky":  # pmap imports these lazily; import them before the clock
+        if method == "spawn":  # pmap imports it lazily; import it before the clock
             import cloudpickle  # noqa: F401
-            from joblib.externals.loky import get_reusable_executor  # noqa: F401
         else:
             import multiprocessing  # noqa: F401
 
@@ -145,13 +144,26 @@ def worker_main(cfg: dict) -> None:
         wrong = [i for i, (a, b) in enumerate(zip(results, expected, strict=False)) if a != b]
         out["wrong"] = (f"len {len(results)} vs {len(expected)}, {len(wrong)} differ"
                         + (f", first at {wrong[0]}" if wrong else ""))
-    if impl == "pmap-fork":  # (loky's reusable executor stays alive by design)
-        import multiprocessing
-
-        out["live_children"] = len(multiprocessing.active_children())
+    if impl.startswith("pmap"):  # pmap's helpers should be gone when it returns
+        out["live_children"] = _live_children()
     if kind == "cached":
         out["computed"] = len(computed)
     Path(cfg["result"]).write_text(json.dumps(out))
+
+
+def _live_children() -> int:
+    """Processes whose parent is this one (Linux /proc; 0 elsewhere)."""
+    me, count = os.getpid(), 0
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == me:
+            count += 1
+    return count
 
 
 # ======================================================================================
@@ -337,7 +349,7 @@ def report(res: dict, workloads: dict, repeats: int, total_s: float, quick: bool
     per_item = {"noop": 0.0, "busy": BUSY_S, "sleep": SLEEP_S}
     for kind, (n, workers) in workloads.items():
         title = titles[kind].format(n=n, w=workers, ideal=n * per_item[kind] / workers)
-        loky = median_time(res[(kind, "pmap-loky")])
+        spawn = median_time(res[(kind, "pmap-spawn")])
         fork = median_time(res[(kind, "pmap-fork")])
         for i, impl in enumerate(IMPLS):
             runs = res[(kind, impl)]
@@ -346,19 +358,19 @@ def report(res: dict, workloads: dict, repeats: int, total_s: float, quick: bool
             if impl == "joblib":
                 target = "pmap/joblib < 1"
                 met = ", ".join(f"{m} {_met(p, t, 1.0, strict=True)}"
-                                for m, p in (("loky", loky), ("fork", fork)))
+                                for m, p in (("spawn", spawn), ("fork", fork)))
             elif impl == "pool" and kind in ("busy", "sleep"):
                 target = "pmap/Pool <= 1.05"
                 met = ", ".join(f"{m} {_met(p, t, 1.05, strict=False)}"
-                                for m, p in (("loky", loky), ("fork", fork)))
+                                for m, p in (("spawn", spawn), ("fork", fork)))
             rows.append([title if i == 0 else "", LABELS[impl], fmt_s(t),
-                         "-" if impl == "pmap-loky" else fmt_ratio(loky, t),
+                         "-" if impl == "pmap-spawn" else fmt_ratio(spawn, t),
                          "-" if impl == "pmap-fork" else fmt_ratio(fork, t),
                          results_cell(runs), target, met])
         rows.append(["--"])
 
     n1 = workloads["noop"][0]
-    for i, impl in enumerate(("pmap-loky", "pmap-fork")):
+    for i, impl in enumerate(("pmap-spawn", "pmap-fork")):
         runs = res[("cached", impl)]
         rows.append([f"4  re-run of 1, all {n1:,} cached" if i == 0 else "",
                      f"{LABELS[impl]}, state of 1", fmt_s(median_time(runs)),
@@ -372,7 +384,7 @@ def report(res: dict, workloads: dict, repeats: int, total_s: float, quick: bool
                      LABELS[impl], fmt_s(statistics.median(imports) if imports else None),
                      "-", "-", IMPORTS[impl], "-", "-"])
 
-    header = ["workload", "implementation", f"median of {repeats}", "pmap loky / this",
+    header = ["workload", "implementation", f"median of {repeats}", "pmap spawn / this",
               "pmap fork / this", "results", "target", "met?"]
     lines = [table(rows, header), "",
              "time: inside a fresh subprocess, from just before creating the pool / calling"

@@ -2,7 +2,8 @@
 
 Every claim holds the state lock for about one store transaction, and the lock
 serialises all workers. A worker therefore claims enough tasks that its share of
-lock time stays small (``LOCK_SHARE``) given how many workers compete, and
+lock time stays small (``LOCK_SHARE``) given how many workers compete, flushes
+finished work less often when many workers compete (``flush_interval``), and
 shrinks batches toward the end (at most remaining / (2 x workers), as in guided
 scheduling) so workers finish together. Tasks that run long are claimed one by
 one, so their state in the store is exact.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 LOCK_SHARE = 0.05  # fraction of its time a worker may spend holding the lock
 MAX_BATCH = 16384
+MIN_FLUSH = 0.05  # seconds: finished work is written at most this often
 
 
 class BatchSizer:
@@ -21,6 +23,7 @@ class BatchSizer:
         self.size = 1
         self._task_time = 0.0  # moving average of one task's duration, seconds
         self._txn_time = 0.0015  # moving average of one store transaction, seconds
+        self._workers = 1
 
     def observe_tasks(self, count: int, seconds: float) -> None:
         """Record that ``count`` tasks took ``seconds`` of loop time."""
@@ -33,7 +36,7 @@ class BatchSizer:
 
     def next_size(self, remaining: int, workers: int) -> int:
         """Batch size for the next claim, given tasks left and live workers."""
-        workers = max(workers, 1)
+        workers = self._workers = max(workers, 1)
         if self._task_time <= 0:
             wanted = self.size * 2
         else:
@@ -43,6 +46,12 @@ class BatchSizer:
         guided = remaining // (2 * workers)
         self.size = max(1, min(wanted, guided))
         return self.size
+
+
+    def flush_interval(self) -> float:
+        """Seconds between mid-batch flushes: ~50 ms, longer when many workers share the
+        lock, so that flushes alone never keep it more than half busy."""
+        return max(MIN_FLUSH, 2 * self._workers * self._txn_time)
 
 
 def _blend(old: float, new: float) -> float:

@@ -47,7 +47,6 @@ from laufband.task import Task, check_cycles, check_unique
 
 T = TypeVar("T")
 
-FLUSH_INTERVAL = 0.05  # seconds between flushes of finished tasks
 MAX_WAIT = 1.0  # longest sleep while waiting for work running elsewhere
 _identifiers = itertools.count()
 _live: weakref.WeakSet[Graphband[Any]] = weakref.WeakSet()
@@ -238,6 +237,7 @@ class Graphband(Generic[T]):
         # _batch and _position always tell _stop() which claimed tasks have not run.
         item = self._item_getter()
         finished = self._finished
+        flush_every = self._sizer.flush_interval()
         started = last_flush = time.monotonic()
         for position, seq in enumerate(batch):
             self._position = position
@@ -248,7 +248,7 @@ class Graphband(Generic[T]):
             self._current = None
             finished.append(seq)
             now = time.monotonic()
-            if now - last_flush >= FLUSH_INTERVAL:
+            if now - last_flush >= flush_every:
                 self._flush()
                 last_flush = now
         self._batch = []

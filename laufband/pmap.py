@@ -24,6 +24,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from operator import itemgetter
@@ -42,6 +43,8 @@ R = TypeVar("R")
 ON_ERROR = ("raise", "skip", "return")
 START_METHODS = ("spawn", "fork")
 LARGE_RESULT = 1 << 20  # bytes: larger pickled results go to files, not the database
+PROBE = 0.01  # seconds of work the caller does before deciding whether to start helpers
+HELPER_START = 0.3  # seconds: start helpers only when more work than this is left
 _first = itemgetter(0)
 
 
@@ -69,8 +72,10 @@ def pmap(
 
     Results are kept in the state directory: a later call computes only items it has
     not seen, and a call made while another is running (another script, host, or MPI
-    rank) shares the work with it. The calling process is one of the ``n`` workers;
-    under ``mpirun`` every rank is a worker and no processes are started.
+    rank) shares the work with it. The calling process is one of the ``n`` workers
+    and starts the other ``n - 1`` once it has seen that the work outlasts their
+    start-up (~10 ms of measuring); under ``mpirun`` every rank is a worker and no
+    processes are started.
 
     Args:
         func: The function; lambdas and closures work.
@@ -136,15 +141,24 @@ class _Job:
         self.func, self.todo, self.numbers, self.path = func, todo, numbers, path
         self.name, self.progress, self.options = name, progress, options
 
-    def run(self, show_progress: bool) -> None:
-        """Run the laufband worker loop until nothing is left that it could run."""
+    def run(self, show_progress: bool,
+            on_progress: Callable[[int, float], bool] | None = None) -> None:
+        """Run the laufband worker loop until nothing is left that it could run.
+
+        ``on_progress(done, seconds)`` is called after each task until it returns True.
+        """
         options = dict(self.options)
         tqdm_kwargs = dict(options.pop("tqdm_kwargs", None) or {})
         tqdm_kwargs.setdefault("disable", not show_progress)
         tqdm_kwargs.setdefault("desc", f"pmap {self.name}")
         worker = _Worker(self.todo, self.numbers, path=self.path, name=self.name,
                          tqdm_kwargs=tqdm_kwargs, **options)
+        started, done = time.monotonic(), 0
         for task_key, item in worker:
+            if on_progress is not None:
+                if on_progress(done, time.monotonic() - started):
+                    on_progress = None
+                done += 1
             try:
                 value = pickle.dumps(self.func(item), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as error:  # noqa: BLE001 - reported to the caller
@@ -178,15 +192,33 @@ def _compute(job: _Job, workers: int, method: str) -> None:
     if found is not None and found[1] > 1:  # every rank is a worker already
         job.run(show_progress=job.progress and found[0] == 0)
         return
-    helpers = _start_helpers(job, workers - 1, method)
-    try:
+    if workers == 1:
         job.run(show_progress=job.progress)
+        return
+    start = _prepare_helpers(job, workers - 1, method)  # unpicklable: fails here, at once
+    joins: list[Callable[[], None]] = []
+
+    def start_when_worth_it(done: int, seconds: float) -> bool:
+        # Helpers cost ~0.1 s each to start and then compete for the state lock: for
+        # work the caller finishes sooner alone (many tiny tasks), start none.
+        if seconds < PROBE:
+            return False
+        left = (len(job.todo) - done) * seconds / max(done, 1)
+        if left > HELPER_START:
+            joins.append(start())
+        return True
+
+    try:
+        job.run(show_progress=job.progress, on_progress=start_when_worth_it)
     finally:
-        helpers()
+        for join in joins:
+            join()
 
 
-def _start_helpers(job: _Job, count: int, method: str) -> Callable[[], None]:
-    """Start ``count`` independent helper processes; return a function that joins them.
+def _prepare_helpers(job: _Job, count: int,
+                     method: str) -> Callable[[], Callable[[], None]]:
+    """Return a function that starts ``count`` independent helper processes and
+    returns a function that joins them; the job is pickled here, before any work.
 
     Plain processes rather than a pool: a helper that dies takes no other helper with
     it (a pool that kills its other workers would count kills against their innocent
@@ -195,17 +227,8 @@ def _start_helpers(job: _Job, count: int, method: str) -> Callable[[], None]:
     spawn and forkserver they never re-run the caller's script, so no
     ``if __name__ == "__main__":`` guard is needed.
     """
-    if count < 1:
-        return lambda: None
     if method == "fork":  # the helpers inherit everything: nothing to pickle
-        import multiprocessing
-
-        context = multiprocessing.get_context("fork")
-        forked = [context.Process(target=job.run, args=(False,), daemon=True)
-                  for _ in range(count)]
-        for proc in forked:
-            proc.start()
-        return lambda: _join(forked)
+        return lambda: _fork_helpers(job, count)
     import cloudpickle  # lambdas, closures and __main__ functions travel by value
 
     try:
@@ -214,6 +237,21 @@ def _start_helpers(job: _Job, count: int, method: str) -> Callable[[], None]:
         msg = (f"pmap cannot send {job.func!r} to worker processes ({error}): make it"
                " picklable, or pass start_method='fork'")
         raise ValueError(msg) from None
+    return lambda: _spawn_helpers(payload, count)
+
+
+def _fork_helpers(job: _Job, count: int) -> Callable[[], None]:
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    forked = [context.Process(target=job.run, args=(False,), daemon=True)
+              for _ in range(count)]
+    for proc in forked:
+        proc.start()
+    return lambda: _join(forked)
+
+
+def _spawn_helpers(payload: bytes, count: int) -> Callable[[], None]:
     spawned = []
     for _ in range(count):
         proc = subprocess.Popen([sys.executable, "-c", _HELPER], stdin=subprocess.PIPE)

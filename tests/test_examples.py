@@ -55,7 +55,8 @@ def test_graph_pipeline_with_and_without_gpu(tmp_path: Path, procs: Processes) -
     ("pmap_example.py", "200 results; primes below 3990: 550"),
     ("joblib_example.py", "500 norms, the largest 866.03"),
 ])
-def test_cached_examples_compute_once(tmp_path: Path, name: str, expected: str) -> None:
+def test_memoizing_examples_give_the_same_output_twice(
+        tmp_path: Path, name: str, expected: str) -> None:
     script = copy(name, tmp_path)
     for _ in range(2):  # the second run reads every result from .laufband
         done = subprocess.run([sys.executable, script], cwd=tmp_path, capture_output=True,

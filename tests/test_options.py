@@ -223,7 +223,7 @@ def test_interrupt_during_a_flush_keeps_the_finished_task(
         state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import laufband.graphband as graphband
 
-    monkeypatch.setattr(graphband, "FLUSH_INTERVAL", 0.0)
+    monkeypatch.setattr(BatchSizer, "flush_interval", lambda self: 0.0)
     original = graphband.Graphband._flush
 
     def interrupted_flush(self) -> None:

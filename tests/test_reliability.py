@@ -15,7 +15,7 @@ import pytest
 from filelock import FileLock
 
 from laufband import Laufband, Monitor, pmap
-from laufband.graphband import FLUSH_INTERVAL
+from laufband.batching import MIN_FLUSH
 from tests.helpers.procs import (
     HELPERS,
     Processes,
@@ -28,8 +28,9 @@ CHAOS_ITEMS = 2000
 KILL_EVERY = 0.25  # seconds between kills
 KILLS = 20
 MIN_TASK = 0.001  # seconds: the shortest chaos task
-# A kill loses at most the tasks finished since the last flush, plus the one in flight.
-PER_KILL = int(FLUSH_INTERVAL / MIN_TASK) + 1
+# A kill loses at most the tasks finished since the last flush (every 50 ms with four
+# workers), plus the one in flight.
+PER_KILL = int(MIN_FLUSH / MIN_TASK) + 1
 
 
 def chaos_worker(procs: Processes, state: Path, logs: Path):
