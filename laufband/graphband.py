@@ -384,7 +384,9 @@ class Graphband(Generic[T]):
         self._store = Store(self.path, soft_lock=self._soft_lock)
         tasks = self._collect()
         with self._store.transaction() as tx:
-            self._reap(tx)  # a dead worker may still hold our identifier
+            # Only the record holding our identifier matters now: reaping everyone
+            # here would make 64 ranks starting at once each check 64 processes.
+            self._detector.reap_identifier(tx, self.identifier, self.max_killed_retries)
             self._workflow = tx.open_workflow(self.name, keyed=self._keyed)
             self._scope = self._register(tx, tasks)
             self._worker = tx.register_worker(

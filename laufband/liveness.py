@@ -84,6 +84,12 @@ class DeadWorkerDetector:
             return False
         return now - since >= self.timeout
 
+    def reap_identifier(self, tx: Transaction, identifier: str, max_killed_retries: int) -> None:
+        """Reap the worker holding ``identifier`` if it is dead (before taking it over)."""
+        holder = tx.online_worker(identifier)
+        if holder is not None and self.is_dead(holder):
+            tx.reap(holder, max_killed_retries)
+
     def reap(self, tx: Transaction, me: int, max_killed_retries: int) -> int:
         """Reap every dead worker other than ``me``; return how many tasks came back."""
         returned = 0

@@ -334,6 +334,13 @@ class Transaction:
             "UPDATE workers SET beat = beat + 1, seen = ? WHERE id = ?", (time.time(), worker)
         )
 
+    def online_worker(self, identifier: str) -> WorkerRecord | None:
+        """The online worker named ``identifier``, if any."""
+        row = self._db.execute(
+            "SELECT id, identifier, host, pid, token, beat FROM workers"
+            " WHERE identifier = ? AND state = 'online'", (identifier,)).fetchone()
+        return WorkerRecord(*row) if row else None
+
     def online_workers(self, exclude: int) -> list[WorkerRecord]:
         """Every online worker except ``exclude``."""
         rows = self._db.execute(

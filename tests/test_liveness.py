@@ -117,3 +117,16 @@ def test_sigterm_hands_the_task_back_flushes_and_exits(state: Path, procs: Proce
     assert states["3"] == "pending"  # handed back, not failed
     assert task_events(state, "work") == []
     assert online_workers(state) == 0
+
+
+def test_restart_with_the_identifier_of_a_killed_worker(state: Path, procs: Processes) -> None:
+    logs = state.parent / "logs"
+    env = {"LAUFBAND_IDENTIFIER": "node-7"}
+    first = procs.worker(state, logs, "--items", 5, "--sleep", 60, "--sleep-on", 2, env=env)
+    wait_for(lambda: started(logs, first.pid, 2), what="item 2 to start")
+    first.kill()
+    first.wait()
+    again = procs.worker(state, logs, "--items", 5, env=env)
+    assert procs.wait_all([again])[0][0] == 0
+    assert set(task_states(state, "work").values()) == {"completed"}
+    assert [(task, event) for task, event, _ in task_events(state, "work")] == [("2", "killed")]
