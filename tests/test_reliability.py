@@ -112,7 +112,13 @@ def test_chaos_pmap_helpers_killed(state: Path, tmp_path: Path) -> None:
     thread.join(timeout=5)
     assert result == [-x for x in range(1500)]
     done = completions(logs)
+    [flow] = Monitor(state).status("chaos")
+    print(f"\npmap chaos: runs 1, kills {len(killer_log)}, tasks lost {1500 - len(done)},"
+          f" double completions {flow.counts['completed'] - 1500}, re-executions"
+          f" {sum(done.values()) - len(done)}, integrity {integrity(state)}")
+    assert killer_log  # helpers were started and killed
     assert set(done) == {str(x) for x in range(1500)}
+    assert flow.counts["completed"] == 1500
     assert sum(done.values()) - 1500 <= len(killer_log) * PER_KILL
     assert integrity(state) == "ok"
 
