@@ -610,7 +610,8 @@ def report(res: dict, sizes: dict, total_s: float) -> str:
         lines.append(f"     original: busy {g2['busy']:.2f} s, tasks per worker "
                      f"{g2['per_worker']}")
     lines += [
-        "  3  time to first task per worker: " + ", ".join(f"{x:.2f} s" for x in o3["firsts"])
+        "  3  time to first task per worker: " + ", ".join(
+            "no task" if x is None else f"{x:.2f} s" for x in o3["firsts"])
         + "; loop end per worker: " + ", ".join(f"{x:.2f} s" for x in o3["ends"]),
         f"     tasks per worker {o3['per_worker']}; peak RSS "
         + ", ".join(f"{x:.1f}" for x in o3["rss"]) + " MiB (before Laufband: "
