@@ -20,16 +20,17 @@ from tests.helpers.procs import HELPERS, Processes, completions, read_log, task_
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(workers=st.integers(1, 4), items=st.integers(1, 60), data=st.data())
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("lock", ["file", "soft"])  # LAUFBAND_LOCK: flock, or lock files
 def test_every_task_runs_exactly_once(
     tmp_path_factory: pytest.TempPathFactory, procs: Processes, workers: int, items: int,
-    data: st.DataObject,
+    data: st.DataObject, lock: str,
 ) -> None:
     fail_on = data.draw(st.sets(st.integers(0, items - 1), max_size=3), label="fail_on")
     root = tmp_path_factory.mktemp("run")
     state, logs = root / "state", root / "logs"
     fail_args = ["--fail-on", *map(str, sorted(fail_on))] if fail_on else []
-    started = [procs.worker(state, logs, "--items", items, "--sleep", 0.002, *fail_args)
-               for _ in range(workers)]
+    started = [procs.worker(state, logs, "--items", items, "--sleep", 0.002, *fail_args,
+                            env={"LAUFBAND_LOCK": lock}) for _ in range(workers)]
     results = procs.wait_all(started)
     assert [code for code, _, _ in results] == [0] * workers, results
 

@@ -28,14 +28,16 @@ def started(logs: Path, proc_pid: int, item: int) -> bool:
     return str(item) in read_log(logs / f"{proc_pid}.start")
 
 
+@pytest.mark.parametrize("lock", ["file", "soft"])  # LAUFBAND_LOCK
 def test_waiting_worker_takes_over_killed_task_within_two_seconds(
-        state: Path, procs: Processes) -> None:
+        state: Path, procs: Processes, lock: str) -> None:
     logs = state.parent / "logs"
     args = ("--items", 2, "--sleep", 60, "--sleep-on", 1)
-    first = procs.worker(state, logs, *args)
+    first = procs.worker(state, logs, *args, env={"LAUFBAND_LOCK": lock})
     wait_for(lambda: started(logs, first.pid, 1), what="first worker to start item 1")
-    second = procs.worker(state, logs, "--items", 2)
-    wait_for(lambda: online_workers(state) == 2, what="second worker to register and wait")
+    second = procs.worker(state, logs, "--items", 2, env={"LAUFBAND_LOCK": lock})
+    wait_for(lambda: online_workers(state, lock) == 2,
+             what="second worker to register and wait")
     assert second.poll() is None  # it waits: item 1 runs on a live worker
 
     first.send_signal(signal.SIGKILL)  # left a zombie on purpose: still counts as dead

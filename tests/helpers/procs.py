@@ -109,9 +109,9 @@ def task_events(path: Path, workflow: str) -> list[tuple[str, str, str | None]]:
         store.close()
 
 
-def online_workers(path: Path) -> int:
-    """How many workers the store lists as online."""
-    store = Store(path)
+def online_workers(path: Path, lock: str = "file") -> int:
+    """How many workers the store lists as online (taking the lock kind they use)."""
+    store = Store(path, soft_lock=lock == "soft")
     try:
         with store.transaction() as tx:
             return len(tx.online_workers(exclude=-1))
