@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loop  # noqa: E402  (benchmarks/loop.py: the table layout)
+
 WORKER = r"""
 import json, sys, time
 cfg = json.loads(sys.argv[1])
@@ -108,10 +111,8 @@ def main() -> None:
                      f"{cached:.2f} s", f"{statistics.median(loky_noop):.2f} s (cold 1)",
                      f"{cached / statistics.median(loky_noop):.2f}", "<= 0.10",
                      "yes" if speedup >= 10 else "NO", f"{speedup:.1f}x faster than loky cold"))
-    header = ("workload", "laufband", "loky", "laufband/loky", "target", "met?", "notes")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print(" | ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
+    header = ["workload", "laufband", "loky", "laufband/loky", "target", "met?", "notes"]
+    print(loop.table([list(row) for row in rows], header))
     print(f"\nmedian of {args.repeats} runs each, fresh subprocess per run, "
           f"{time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores")
 

@@ -28,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loop  # noqa: E402  (benchmarks/loop.py: the table layout)
+
 IMPLS = ("pmap-spawn", "pmap-fork", "joblib", "pool", "mpire")
 LABELS = {"pmap-spawn": "pmap (spawn, default)", "pmap-fork": "pmap (fork)",
           "joblib": "joblib.Parallel (loky)", "pool": "mp.Pool (fork)",
@@ -232,17 +235,7 @@ def _session_alive(pgid: int, wait: float) -> bool:
 # -- formatting ------------------------------------------------------------------------
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
-    body = [r for r in rows if r != ["--"]]
-    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
-    line = "-+-".join("-" * w for w in widths)
-    out = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), line]
-    for row in rows:
-        if row == ["--"]:
-            out.append(line)
-            continue
-        out.append(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
-    return "\n".join(out)
+table = loop.table  # one table layout for every benchmark
 
 
 def median_time(runs: list[dict]) -> float | None:
