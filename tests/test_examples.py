@@ -44,7 +44,9 @@ def test_graph_pipeline_with_and_without_gpu(tmp_path: Path, procs: Processes) -
     log = [json.loads(line) for line in (tmp_path / "pipeline/log.jsonl").read_text().splitlines()]
     order = [entry["task"] for entry in log]
     assert all(entry["labels"] == ["gpu"] for entry in log if entry["task"].startswith("train"))
-    assert Counter(order) - Counter({"benchmark": 1}) == Counter(
+    counts = Counter(order)
+    assert 1 <= counts.pop("benchmark") <= 2  # max_parallel_workers=2: one or both workers
+    assert counts == Counter(
         ["prepare", "report"] + [f"{step}-{m}" for step in ("train", "evaluate")
                                  for m in ("small", "medium", "large")])
     assert order.index("prepare") < order.index("train-small") < order.index("evaluate-small")
