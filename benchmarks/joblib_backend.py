@@ -64,9 +64,8 @@ WORKLOADS = [  # (label, function, items, n_jobs)
 
 
 def run(cfg: dict) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("LAUFBAND_") and k != "PYTHONDONTWRITEBYTECODE"}
-    done = subprocess.run([sys.executable, "-c", WORKER, json.dumps(cfg)], env=env,
+    done = subprocess.run([sys.executable, "-c", WORKER, json.dumps(cfg)],
+                          env=loop.clean_env(),
                           capture_output=True, text=True, timeout=600,
                           cwd=cfg.get("cwd", tempfile.gettempdir()))
     if done.returncode != 0:

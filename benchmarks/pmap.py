@@ -174,13 +174,7 @@ def _live_children() -> int:
 # ======================================================================================
 
 
-def clean_env() -> dict:
-    env = dict(os.environ)
-    for key in list(env):
-        if key.startswith("LAUFBAND_") or key in (
-                "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE"):
-            del env[key]
-    return env
+clean_env = loop.clean_env
 
 
 class Runner:

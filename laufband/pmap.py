@@ -300,15 +300,7 @@ def _register(state: Path, workflow: str,
     try:
         with store.transaction() as tx:
             flow = tx.open_workflow(workflow, keyed=True)
-            # Most calls repeat or extend the data of the last one: read every key then,
-            # rather than looking this call's keys up one by one.
-            if not flow.total:
-                known = {}
-            elif flow.total <= 2 * len(unique):
-                stored = tx.all_task_numbers(flow.id)
-                known = {k: stored[k] for k in unique if k in stored}
-            else:
-                known = tx.task_numbers(flow.id, unique)
+            known = tx.task_numbers(flow.id, unique)
             numbers = tx.register_keys(flow, unique, known)
             whole = tx.progress(flow.id)[0] == len(unique)
             done: set[int] = set()

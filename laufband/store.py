@@ -36,7 +36,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import repeat
 from pathlib import Path
@@ -209,8 +209,16 @@ class Transaction:
             "UPDATE workflows SET total = max(total, ?) WHERE id = ?", (total, wf)
         )
 
-    def task_numbers(self, wf: int, keys: Iterable[str]) -> dict[str, int]:
+    def task_numbers(self, wf: int, keys: Collection[str]) -> dict[str, int]:
         """Map those of ``keys`` that a keyed workflow already has to their numbers."""
+        total = self._db.execute("SELECT total FROM workflows WHERE id = ?", (wf,)).fetchone()[0]
+        if not total:
+            return {}
+        if total <= 2 * len(keys):
+            # Most runs repeat or extend the last one: read every key rather than
+            # looking these up one by one through a temporary table.
+            stored = self.all_task_numbers(wf)
+            return {k: stored[k] for k in keys if k in stored}
         self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted(key TEXT PRIMARY KEY)")
         self._db.execute("DELETE FROM temp.wanted")
         self._db.executemany(
