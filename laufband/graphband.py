@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import itertools
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -137,8 +138,11 @@ class Graphband(Generic[T]):
         self._interrupted: int | None = None  # the task Ctrl-C arrived during
         self._consumer: Any = None
         self._finished: list[int] = []
-        # Outcomes a loop body reported (pmap): stored with the next flush.
-        self._results: list[tuple[int, int, bytes | None, bool, bool]] = []
+        # Outcomes a loop body reported (pmap) as (task, ...) tuples, packed into
+        # (lowest task, highest task, bytes) chunks outside the lock and stored in
+        # the transaction that completes their tasks.
+        self._outcomes: list[tuple[Any, ...]] = []
+        self._chunks: list[tuple[int, int, bytes]] = []
         self._failures: list[tuple[int, str]] = []
         self._sizer = BatchSizer()
         self._detector = DeadWorkerDetector(self.heartbeat_timeout)
@@ -261,6 +265,7 @@ class Graphband(Generic[T]):
         wait = 0.01
         while True:
             began = time.monotonic()
+            self._pack_outcomes()
             with self._store.transaction() as tx:
                 flushed = self._finish(tx)
                 if began - self._last_reap >= self.heartbeat_interval:
@@ -309,12 +314,12 @@ class Graphband(Generic[T]):
     def _finish(self, tx: Transaction) -> tuple[int, int, int]:
         """Record finished tasks, results and failures; return how many of each, to drop
         from memory once the transaction has committed (see ``_drop``)."""
-        counts = (len(self._finished), len(self._results), len(self._failures))
+        counts = (len(self._finished), len(self._chunks), len(self._failures))
         if self._workflow is None:
             return counts
         wf = self._workflow.id
-        if counts[1]:
-            tx.store_results(self._results[: counts[1]])
+        for lo, hi, packed in self._chunks[: counts[1]]:
+            tx.store_result_chunk(wf, lo, hi, packed)
         for seq, text in self._failures[: counts[2]]:  # before finish: not completed
             tx.fail(wf, self._worker, seq, text, self.max_failed_retries)
         if counts[0]:
@@ -324,22 +329,36 @@ class Graphband(Generic[T]):
     def _drop(self, counts: tuple[int, int, int]) -> None:
         # The same list objects: the running batch appends to them.
         del self._finished[: counts[0]]
-        del self._results[: counts[1]]
+        del self._chunks[: counts[1]]
         del self._failures[: counts[2]]
 
-    def _record_result(self, value: bytes | None, in_file: bool = False) -> None:
-        """Keep the current task's pickled result (``None`` when it is in a file)."""
-        assert self._current is not None and self._workflow is not None
-        self._results.append((self._workflow.id, self._current, value, False, in_file))
+    def _pack_outcomes(self) -> None:
+        """Pack the recorded outcomes into a chunk; called before every transaction
+        that finishes tasks, never under the lock (pickling may run user code)."""
+        if self._outcomes:
+            outcomes = self._outcomes[:]
+            self._outcomes.clear()  # the same list: the loop body may hold it
+            self._chunks.append(self._pack(outcomes))
 
-    def _record_failure(self, text: str, error: bytes) -> None:
-        """Fail the current task without leaving the loop; keep the pickled exception."""
-        assert self._current is not None and self._workflow is not None
-        self._results.append((self._workflow.id, self._current, error, True, False))
+    def _pack(self, outcomes: list[tuple[Any, ...]]) -> tuple[int, int, bytes]:
+        seqs = [outcome[0] for outcome in outcomes]
+        return min(seqs), max(seqs), pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _record_outcome(self, *outcome: Any) -> None:
+        """Keep an outcome of the current task (pmap: its pickled result), stored in the
+        transaction that completes the task."""
+        assert self._current is not None
+        self._outcomes.append((self._current, *outcome))
+
+    def _record_failure(self, text: str, *outcome: Any) -> None:
+        """Fail the current task without leaving the loop; keep its outcome."""
+        assert self._current is not None
+        self._record_outcome(*outcome)
         self._failures.append((self._current, text))
 
     def _flush(self) -> None:
         assert self._store is not None and self._workflow is not None
+        self._pack_outcomes()
         with self._store.transaction() as tx:
             flushed = self._finish(tx)
             total, completed = tx.progress(self._workflow.id)
@@ -414,6 +433,7 @@ class Graphband(Generic[T]):
             unstarted.insert(0, self._current)
             self._current = None
         self._batch = []
+        self._pack_outcomes()
         with self._store.transaction() as tx:
             flushed = self._finish(tx)
             tx.release(self._workflow.id, self._worker, unstarted)

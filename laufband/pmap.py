@@ -19,6 +19,7 @@ a digest of its code, each task after a digest of its item.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 import pickle
@@ -27,13 +28,12 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from operator import itemgetter
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from laufband import mpi
 from laufband.errors import RemoteTraceback, TaskFailedError
-from laufband.laufband import Laufband
+from laufband.graphband import Graphband
 from laufband.options import resolve
 from laufband.store import Scope, Store, Transaction
 
@@ -41,11 +41,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 ON_ERROR = ("raise", "skip", "return")
+VALUE, ERROR, IN_FILE = 0, 1, 2  # kinds of stored outcome: pickled value, (error, traceback), file
 START_METHODS = ("spawn", "fork")
 LARGE_RESULT = 1 << 20  # bytes: larger pickled results go to files, not the database
 PROBE = 0.01  # seconds of work the caller does before deciding whether to start helpers
 HELPER_START = 0.3  # seconds: start helpers only when more work than this is left
-_first = itemgetter(0)
 
 
 class PmapResults(list):  # type: ignore[type-arg]
@@ -120,26 +120,70 @@ def pmap(
         msg = f"start_method must be 'spawn' or, on POSIX, 'fork'; got {method!r}"
         raise ValueError(msg)
     items = list(data)
-    keys = [_item_key(item, index, key) for index, item in enumerate(items)]
+    keys = _item_keys(items, key)
+    first = _first_indices(keys)
+    if not first:
+        return _results([], {}, {}, on_error, "")
     state = Path(resolve("path", path, ".laufband", str)).absolute()
     workflow = name or _default_name(func)
-    numbers, missing, whole = _register(state, workflow, keys)
-    if missing:
-        todo = sorted((k, items[i]) for k, i in _first_indices(keys).items() if k in missing)
-        mine = {k: numbers[k] for k in missing}
-        job = _Job(func, todo, mine, str(state), workflow, progress, options)
+    plan = _register(state, workflow, list(first))
+    if plan.todo:
+        if plan.scope.restricted:  # data only for the tasks still to run
+            seqs = sorted(plan.todo)
+        else:  # a solid range of task numbers, all ours
+            seqs = list(range(plan.scope.start, plan.scope.limit))
+        todo = _items_of(seqs, plan.numbers, first, items)
+        job = _Job(func, seqs, todo, plan.scope.restricted, str(state), workflow, progress,
+                   options)
+        job.left = len(plan.todo)
         _compute(job, workers, method)
-    return _collect(state, workflow, keys, numbers, on_error, whole)
+    outcomes = _read_outcomes(state, plan)
+    return _results(keys, plan.numbers, outcomes, on_error, workflow)
+
+
+def _items_of(seqs: list[int], numbers: dict[Any, int], first: dict[Any, int],
+              items: list[Any]) -> list[Any]:
+    """The item of each task number in ``seqs``."""
+    if len(seqs) == len(numbers) and list(numbers.values()) == seqs:  # keys in task order
+        return [items[index] for index in first.values()]
+    key_of = {seq: task_key for task_key, seq in numbers.items()}
+    return [items[first[key_of[seq]]] for seq in seqs]
+
+
+class _Plan(NamedTuple):
+    """What one call needs from its workflow: the task number of each of its keys,
+    the scope holding them, and the numbers not completed when it registered."""
+
+    wf: int
+    numbers: dict[Any, int]
+    scope: Scope
+    todo: dict[int, str]
 
 
 class _Job:
-    """Everything a worker needs: picklable with cloudpickle when ``func`` is."""
+    """Everything a worker needs: picklable with cloudpickle when ``func`` is.
 
-    def __init__(self, func: Callable[[Any], Any], todo: list[tuple[str, Any]],
-                 numbers: dict[str, int], path: str, name: str, progress: bool,
+    ``items[i]`` is the item of task ``seqs[i]``; the numbers are either one solid
+    range or, when ``restricted``, the only tasks this job may claim.
+    """
+
+    def __init__(self, func: Callable[[Any], Any], seqs: list[int], items: list[Any],
+                 restricted: bool, path: str, name: str, progress: bool,
                  options: dict[str, Any]) -> None:
-        self.func, self.todo, self.numbers, self.path = func, todo, numbers, path
-        self.name, self.progress, self.options = name, progress, options
+        self.func, self.seqs, self.items, self.restricted = func, seqs, items, restricted
+        self.path, self.name, self.progress, self.options = path, name, progress, options
+        self.left = len(items)  # tasks not completed when the job was made
+
+    @property
+    def scope(self) -> Scope:
+        return Scope(start=self.seqs[0], limit=self.seqs[-1] + 1, restricted=self.restricted)
+
+    def item_at(self) -> Callable[[int], Any]:
+        """Return a function mapping a task number to its item."""
+        if self.restricted:
+            return dict(zip(self.seqs, self.items, strict=True)).__getitem__
+        items, start = self.items, self.seqs[0]
+        return lambda seq: items[seq - start]
 
     def run(self, show_progress: bool,
             on_progress: Callable[[int, float], bool] | None = None) -> None:
@@ -151,39 +195,72 @@ class _Job:
         tqdm_kwargs = dict(options.pop("tqdm_kwargs", None) or {})
         tqdm_kwargs.setdefault("disable", not show_progress)
         tqdm_kwargs.setdefault("desc", f"pmap {self.name}")
-        worker = _Worker(self.todo, self.numbers, path=self.path, name=self.name,
-                         tqdm_kwargs=tqdm_kwargs, **options)
+        worker = _Worker(self, path=self.path, name=self.name, tqdm_kwargs=tqdm_kwargs,
+                         **options)
+        func, outcomes = self.func, worker._outcomes
         started, done = time.monotonic(), 0
-        for task_key, item in worker:
+        for item in worker:
             if on_progress is not None:
                 if on_progress(done, time.monotonic() - started):
                     on_progress = None
                 done += 1
             try:
-                value = pickle.dumps(self.func(item), protocol=pickle.HIGHEST_PROTOCOL)
+                value = func(item)
             except Exception as error:  # noqa: BLE001 - reported to the caller
-                worker._record_failure(traceback.format_exc(), _pickle_error(error))
+                worker._record_failure(traceback.format_exc(), ERROR, _pickle_error(error))
                 continue
-            if len(value) > LARGE_RESULT:  # written outside the lock, renamed into place
-                assert worker._workflow is not None
-                _write_file(_result_file(Path(self.path), worker._workflow.id, task_key), value)
-                worker._record_result(None, in_file=True)
-            else:
-                worker._record_result(value)
+            outcomes.append((worker._current, VALUE, value))  # pickled in _Worker._pack
 
 
-class _Worker(Laufband[tuple[str, Any]]):
-    """A Laufband over ``(key, item)`` pairs whose tasks the caller has registered."""
+class _Worker(Graphband[Any]):
+    """A laufband worker over the tasks of a job, which the caller has registered."""
 
-    def __init__(self, todo: list[tuple[str, Any]], numbers: dict[str, int],
-                 **options: Any) -> None:
-        super().__init__(todo, key=_first, **options)
-        self._numbers = numbers
+    def __init__(self, job: _Job, **options: Any) -> None:
+        super().__init__((), **options)
+        self._job = job
 
-    def _register_keys(self, tx: Transaction) -> Scope:
+    def _collect(self) -> list[Any]:
+        return []
+
+    def _register(self, tx: Transaction, tasks: list[Any]) -> Scope:
+        if self._job.restricted:
+            tx.restrict_to(self._job.seqs)
+        return self._job.scope
+
+    def _item_getter(self) -> Callable[[int], Any]:
+        return self._job.item_at()
+
+    def _planned_total(self) -> int:
+        return self._workflow.total if self._workflow is not None else len(self._job.seqs)
+
+    def _plain_items(self) -> Iterable[Any]:
+        return self._job.items
+
+    def _pack(self, outcomes: list[tuple[Any, ...]]) -> tuple[int, int, bytes]:
+        """Pickle outcomes in one go; if that fails or is large, look at each value:
+        an unpicklable one fails its task, a large one goes to a file."""
+        try:
+            packed = super()._pack(outcomes)
+        except Exception:  # noqa: BLE001 - found and reported item by item below
+            packed = None
+        if packed is None or len(packed[2]) > LARGE_RESULT:
+            packed = super()._pack([self._checked(outcome) for outcome in outcomes])
+        return packed
+
+    def _checked(self, outcome: tuple[Any, ...]) -> tuple[Any, ...]:
+        seq, kind, value = outcome
+        if kind != VALUE:
+            return outcome
+        try:
+            pickled = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:  # noqa: BLE001 - reported to the caller
+            self._failures.append((seq, traceback.format_exc()))  # failed before finished
+            return seq, ERROR, _pickle_error(error)
+        if len(pickled) <= LARGE_RESULT:
+            return outcome
         assert self._workflow is not None
-        self._index_of = {self._numbers[key]: i for i, (key, _) in enumerate(self.data)}
-        return self._keep_scope(tx, list(self._index_of), self._workflow.total)
+        _write_file(_result_file(Path(self._job.path), self._workflow.id, seq), pickled)
+        return seq, IN_FILE, None
 
 
 def _compute(job: _Job, workers: int, method: str) -> None:
@@ -203,7 +280,7 @@ def _compute(job: _Job, workers: int, method: str) -> None:
         # work the caller finishes sooner alone (many tiny tasks), start none.
         if seconds < PROBE:
             return False
-        left = (len(job.todo) - done) * seconds / max(done, 1)
+        left = (job.left - done) * seconds / max(done, 1)
         if left > HELPER_START:
             joins.append(start())
         return True
@@ -290,91 +367,122 @@ def _join(procs: list[Any]) -> None:
                 proc.join()
 
 
-def _register(state: Path, workflow: str,
-              keys: list[str]) -> tuple[dict[str, int], set[str], bool]:
-    """Register this call's tasks (new ones in key order); retry its failed and killed
-    ones. Return key -> number, the keys whose results are missing, and whether this
-    call's tasks are the whole workflow."""
-    unique = sorted(set(keys))  # number new tasks in key order: both B-trees append
-    store = Store(state)
-    try:
-        with store.transaction() as tx:
-            flow = tx.open_workflow(workflow, keyed=True)
-            known = tx.task_numbers(flow.id, unique)
-            numbers = tx.register_keys(flow, unique, known)
-            whole = tx.progress(flow.id)[0] == len(unique)
-            done: set[int] = set()
-            if known:  # an earlier call: what is done, and what failed and runs again
-                if not whole:
-                    tx.restrict_to(numbers[k] for k in unique)
-                tx.retry_unfinished(flow.id, mine_only=not whole)
-                unfinished = tx.unfinished(flow.id, mine_only=not whole)
-                done = {numbers[k] for k in known} - unfinished
-    finally:
-        store.close()
-    return numbers, {k for k in unique if numbers[k] not in done}, whole
-
-
-def _collect(state: Path, workflow: str, keys: list[str], numbers: dict[str, int],
-             on_error: str, whole: bool) -> list[Any]:
-    """Read every item's outcome in one transaction and build the result list."""
+def _register(state: Path, workflow: str, unique: list[Any]) -> _Plan:
+    """Give this call's new keys task numbers (one block, appended), retry its failed
+    and killed tasks, and find what is not completed yet; all in one transaction."""
     store = Store(state)
     try:
         with store.transaction() as tx:
             wf = tx.open_workflow(workflow, keyed=True).id
-            if not whole:
-                tx.restrict_to(set(numbers.values()))
-            outcomes = tx.outcomes(wf, mine_only=not whole)
+            numbers = _known_numbers(tx.key_blocks(wf), unique)
+            missing = [k for k in unique if k not in numbers]
+            if missing:
+                packed = pickle.dumps(missing, protocol=pickle.HIGHEST_PROTOCOL)
+                start = tx.add_key_block(wf, packed, len(missing))
+                numbers.update(zip(missing, range(start, start + len(missing)), strict=True))
+            scope = _scope_of(tx, wf, numbers.values())
+            if len(missing) == len(unique):  # all new: all pending
+                todo = dict.fromkeys(numbers.values(), "pending")
+            else:
+                tx.retry_unfinished(wf, scope)
+                todo = tx.unfinished(wf, scope)
     finally:
         store.close()
-    results = PmapResults()
+    return _Plan(wf, numbers, scope, todo)
+
+
+def _known_numbers(blocks: list[tuple[int, bytes]], wanted: list[Any]) -> dict[Any, int]:
+    """Task numbers of those ``wanted`` keys that the workflow's key blocks hold."""
+    found: dict[Any, int] = {}
+    wanted_set = set(wanted)
+    for start, packed in blocks:
+        block = pickle.loads(packed)
+        if len(found) == len(wanted_set):
+            break
+        for seq, task_key in enumerate(block, start):
+            if task_key in wanted_set:
+                found[task_key] = seq
+    return found
+
+
+def _scope_of(tx: Transaction, wf: int, numbers: Iterable[int]) -> Scope:
+    """The scope of these task numbers: a range if they are solid, else restricted to them."""
+    seqs = sorted(numbers)
+    solid = seqs[-1] - seqs[0] + 1 == len(seqs)
+    if not solid:
+        tx.materialize(wf, seqs[-1] + 1)  # restricted claims see rows only
+        tx.restrict_to(seqs)
+    return Scope(start=seqs[0], limit=seqs[-1] + 1, restricted=not solid)
+
+
+def _read_outcomes(state: Path, plan: _Plan) -> dict[int, Any]:
+    """Task number -> result (or ``_Failure``) for every task of this call."""
+    store = Store(state)
+    try:
+        with store.transaction() as tx:
+            scope = _scope_of(tx, plan.wf, plan.numbers.values())
+            states = tx.unfinished(plan.wf, scope)
+            chunks = tx.result_chunks(plan.wf, scope.start, scope.limit - 1)
+    finally:
+        store.close()
+    latest: dict[int, tuple[Any, ...]] = {}
+    for packed in chunks:  # oldest first: a retry's outcome replaces the failure
+        for row in pickle.loads(packed):
+            latest[row[0]] = row
+    outcomes: dict[int, Any] = {}
+    for seq in plan.numbers.values():
+        row = latest.get(seq)
+        task_state = states.get(seq, "completed")
+        if task_state == "completed" and row is not None and row[1] == VALUE:
+            outcomes[seq] = row[2]
+        elif task_state == "completed" and row is not None and row[1] == IN_FILE:
+            outcomes[seq] = pickle.loads(_result_file(state, plan.wf, seq).read_bytes())
+        elif task_state == "failed" and row is not None and row[1] == ERROR:
+            outcomes[seq] = _Failure(*pickle.loads(row[2]))
+        else:
+            reason = {"killed": "its worker died on it twice",
+                      "completed": "its result is missing"}.get(task_state, "it was reset")
+            msg = f"item not computed ({task_state}: {reason}); call pmap again to retry it"
+            outcomes[seq] = _Failure(TaskFailedError(msg), "")
+    return outcomes
+
+
+def _results(keys: list[Any], numbers: dict[Any, int], outcomes: dict[int, Any],
+             on_error: str, workflow: str) -> PmapResults:
+    """The result list in input order, failures handled as ``on_error`` says."""
+    results = PmapResults(outcomes[numbers[k]] for k in keys)
     results.failures = []
-    loaded: dict[str, Any] = {}
-    for index, task_key in enumerate(keys):
-        if task_key not in loaded:
-            loaded[task_key] = _load(outcomes[numbers[task_key]], state, wf, workflow, task_key)
-        value = loaded[task_key]
+    if not any(isinstance(value, _Failure) for value in outcomes.values()):
+        return results
+    kept = PmapResults()
+    kept.failures = []
+    for index, value in enumerate(results):
         if not isinstance(value, _Failure):
-            results.append(value)
+            kept.append(value)
             continue
         error = value.exception(index, workflow)
         if on_error == "raise":
             raise error
         if on_error == "return":
-            results.append(error)
+            kept.append(error)
         else:
-            results.failures.append((index, error))
-    return results
+            kept.failures.append((index, error))
+    return kept
 
 
 class _Failure:
-    """An item's failure as stored: the pickled exception and the remote traceback."""
+    """An item's failure as stored: the exception and the remote traceback text."""
 
     def __init__(self, error: BaseException, remote: str) -> None:
         self.error, self.remote = error, remote
 
     def exception(self, index: int, workflow: str) -> BaseException:
-        error = self.error
+        error = copy.copy(self.error)  # equal items share one stored failure
         if self.remote:
             error.__cause__ = RemoteTraceback(self.remote)
         if hasattr(error, "add_note"):
             error.add_note(f"pmap: raised by item {index} of workflow {workflow!r}")
         return error
-
-
-def _load(outcome: tuple[str, bytes | None, bool, bool], state: Path, wf: int,
-          workflow: str, task_key: str) -> Any:
-    task_state, value, is_error, in_file = outcome
-    if is_error and value is not None:
-        error, remote = pickle.loads(value)
-        return _Failure(error, remote)
-    if task_state != "completed":
-        msg = (f"item {task_key!r} of workflow {workflow!r} was not computed ({task_state}:"
-               " its worker died on it twice); call pmap again to retry it")
-        return _Failure(TaskFailedError(msg), "")
-    if in_file:
-        value = _result_file(state, wf, task_key).read_bytes()
-    return pickle.loads(value)  # type: ignore[arg-type]
 
 
 def _pickle_error(error: BaseException) -> bytes:
@@ -386,9 +494,9 @@ def _pickle_error(error: BaseException) -> bytes:
         return pickle.dumps((RuntimeError(f"{type(error).__name__}: {error}"), remote))
 
 
-def _result_file(state: Path, wf: int, task_key: str) -> Path:
-    """Where a large result lives: by workflow number, so names never reach the path."""
-    return state / "results" / str(wf) / task_key
+def _result_file(state: Path, wf: int, seq: int) -> Path:
+    """Where a large result lives: by workflow and task number, so no name reaches the path."""
+    return state / "results" / str(wf) / str(seq)
 
 
 def _write_file(target: Path, value: bytes) -> None:
@@ -410,34 +518,39 @@ def _check_workers(n: int | None) -> int:
     return n
 
 
-def _first_indices(keys: list[str]) -> dict[str, int]:
-    first: dict[str, int] = {}
+def _first_indices(keys: list[Any]) -> dict[Any, int]:
+    """Key -> index of its first item, in input order."""
+    first: dict[Any, int] = {}
     for index, task_key in enumerate(keys):
         first.setdefault(task_key, index)
     return first
 
 
-def _item_key(item: Any, index: int, key: Callable[[Any], str] | None) -> str:
+def _item_keys(items: list[Any], key: Callable[[Any], str] | None) -> list[Any]:
+    """Each item's task key: ``key(item)``, the item itself if it is an int or a
+    short str (of those types exactly: ``True`` and ``1.0`` are not ``1``), or a 16-byte
+    digest (bytes) of the pickled item. The kinds never compare equal to each other."""
     if key is not None:
-        value = key(item)
-        if not isinstance(value, str):
-            msg = f"key() must return a string, got {value!r} for item {index}"
-            raise TypeError(msg)
-        return _safe_name(value)
-    try:
-        payload = pickle.dumps(item, protocol=4)
-    except Exception as error:
-        msg = (f"item {index} ({type(item).__name__}) cannot be pickled to compute its key"
-               f" ({error}): pass key= to name items")
-        raise ValueError(msg) from None
-    return hashlib.blake2b(payload, digest_size=16).hexdigest()
-
-
-def _safe_name(value: str) -> str:
-    """Keys become file names for large results: keep them inside the state directory."""
-    if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
-        return "k-" + hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
-    return value
+        keys = [key(item) for item in items]
+        for index, value in enumerate(keys):
+            if not isinstance(value, str):
+                msg = f"key() must return a string, got {value!r} for item {index}"
+                raise TypeError(msg)
+        return keys
+    blake2b, dumps = hashlib.blake2b, pickle.dumps
+    try:  # small ints and strings are their own keys: no pickling, no hashing
+        return [item if type(item) is int or (type(item) is str and len(item) <= 64)
+                else blake2b(dumps(item, protocol=4), digest_size=16).digest()
+                for item in items]
+    except Exception:  # noqa: BLE001 - find the item to name it
+        for index, item in enumerate(items):
+            try:
+                dumps(item, protocol=4)
+            except Exception as error:  # noqa: BLE001
+                msg = (f"item {index} ({type(item).__name__}) cannot be pickled to compute its"
+                       f" key ({error}): pass key= to name items")
+                raise ValueError(msg) from None
+        raise
 
 
 def _default_name(func: Callable[..., Any]) -> str:

@@ -46,7 +46,7 @@ from filelock import FileLock, Timeout
 
 from laufband.errors import StateError, TaskGraphError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 POLL_FIRST, POLL_LAST = 0.001, 0.02  # seconds between attempts to take the state lock
 DB_NAME = "state.db"
 LOCK_NAME = "state.lock"
@@ -80,9 +80,13 @@ CREATE TABLE workers(
     host TEXT, pid INTEGER, token TEXT, rank INTEGER, labels TEXT, current TEXT,
     state TEXT NOT NULL, beat INTEGER NOT NULL DEFAULT 0, seen REAL,
     started REAL, done INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE results(
-    wf INTEGER NOT NULL, seq INTEGER NOT NULL, value BLOB, error INTEGER NOT NULL,
-    in_file INTEGER NOT NULL, PRIMARY KEY (wf, seq)) WITHOUT ROWID;
+CREATE TABLE key_blocks(
+    wf INTEGER NOT NULL, first INTEGER NOT NULL, keys BLOB NOT NULL,
+    PRIMARY KEY (wf, first)) WITHOUT ROWID;
+CREATE TABLE result_chunks(
+    id INTEGER PRIMARY KEY, wf INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
+    payload BLOB NOT NULL);
+CREATE INDEX result_chunks_by_wf ON result_chunks(wf, lo);
 CREATE TABLE events(
     id INTEGER PRIMARY KEY, wf INTEGER, seq INTEGER, worker INTEGER,
     state TEXT NOT NULL, time REAL NOT NULL, error TEXT);
@@ -132,11 +136,12 @@ class WorkerRecord(NamedTuple):
 
 
 class Scope(NamedTuple):
-    """The tasks a worker has data for: numbers below ``limit``, and only its own
-    (``Transaction.restrict_to``) when ``restricted``."""
+    """The tasks a worker has data for: numbers from ``start`` to below ``limit``, and
+    only its own (``Transaction.restrict_to``) when ``restricted``."""
 
     limit: int = 2**62
     restricted: bool = False
+    start: int = 0
 
 
 class NewTask(NamedTuple):
@@ -150,6 +155,12 @@ class NewTask(NamedTuple):
 
 STATES = ("pending", "running", "completed", "failed", "killed", "blocked")
 _COUNTED = frozenset(STATES[1:])  # columns of workflows; pending is what is left
+
+
+def _within(scope: Scope) -> tuple[str, tuple[int, ...]]:
+    """SQL condition and parameters for the tasks (``seq``) within a scope."""
+    mine = " AND seq IN (SELECT seq FROM temp.mine)" if scope.restricted else ""
+    return " AND seq >= ? AND seq < ?" + mine, (scope.start, scope.limit)
 
 
 def _ranges(seqs: Sequence[int]) -> list[tuple[int, int]]:
@@ -421,10 +432,11 @@ class Transaction:
             "SELECT simple, floor FROM workflows WHERE id = ?", (wf,)
         ).fetchone()
         restricted = scope.restricted
-        if restricted:
-            floor = 0  # the shared floor only speaks for unrestricted claims
+        # The shared floor only speaks for unrestricted claims from task 0 on.
+        shared = not restricted and floor >= scope.start
+        floor = max(floor, scope.start) if not restricted else scope.start
         if simple:
-            return self._claim_run(wf, worker, k, scope, floor)
+            return self._claim_run(wf, worker, k, scope, floor, shared)
         params = {"wf": wf, "me": worker, "labels": json.dumps(list(labels)),
                   "floor": floor, "k": k, "limit": scope.limit}
         query = "SELECT t.seq, t.max_workers, t.state FROM tasks t WHERE" + _READY
@@ -443,7 +455,8 @@ class Transaction:
         self._mark_current(worker, wf, [seq for seq, _, _ in rows])
         return [seq for seq, _, _ in rows]
 
-    def _claim_run(self, wf: int, worker: int, k: int, scope: Scope, floor: int) -> list[int]:
+    def _claim_run(self, wf: int, worker: int, k: int, scope: Scope, floor: int,
+                   shared: bool) -> list[int]:
         """Claim the next run of pending tasks by number range: no per-row Python work."""
         mine = _MINE if scope.restricted else ""
         total, materialized = self._db.execute(
@@ -454,7 +467,7 @@ class Transaction:
             (wf, floor, scope.limit),
         ).fetchone()
         if row is None:
-            return self._claim_fresh(wf, worker, k, scope, materialized, total)
+            return self._claim_fresh(wf, worker, k, scope, materialized, total, shared)
         lo = row[0]
         hi = min(lo + k, scope.limit, materialized) - 1
         pending = self._db.execute(
@@ -472,7 +485,7 @@ class Transaction:
         else:  # holes (tasks running elsewhere, done, or not ours): read back what we took
             rows = self._db.execute(claim + " RETURNING seq", (worker, wf, lo, hi)).fetchall()
             claimed = sorted(seq for (seq,) in rows)
-        if not scope.restricted:
+        if shared:
             # lo was the first pending task and every pending task up to hi is now
             # claimed. Never past total: tasks registered later start there.
             self._db.execute(
@@ -481,21 +494,18 @@ class Transaction:
         self._mark_current(worker, wf, claimed)
         return claimed
 
-    def _claim_fresh(
-        self, wf: int, worker: int, k: int, scope: Scope, materialized: int, total: int
-    ) -> list[int]:
-        """Claim positional tasks that have no row yet: insert them as running."""
-        lo, hi = materialized, min(materialized + k, scope.limit, total) - 1
+    def _claim_fresh(self, wf: int, worker: int, k: int, scope: Scope, materialized: int,
+                     total: int, shared: bool) -> list[int]:
+        """Claim tasks that have no row yet: insert them as running."""
+        lo = max(materialized, scope.start)
+        hi = min(lo + k, scope.limit, total) - 1
         if hi < lo:
             return []
-        # A recursive CTE inserts in C: ~1 us per task, no Python loop.
-        self._db.execute(
-            "WITH RECURSIVE s(x) AS (SELECT ? UNION ALL SELECT x + 1 FROM s WHERE x < ?)"
-            " INSERT INTO tasks(wf, seq, state, worker) SELECT ?, x, 'running', ? FROM s",
-            (lo, hi, wf, worker),
-        )
-        self._db.execute(
-            "UPDATE workflows SET materialized = ?, floor = ? WHERE id = ?", (hi + 1, hi + 1, wf))
+        self.materialize(wf, lo)  # tasks below our scope stay pending, now with rows
+        self._insert_rows(wf, lo, hi, "running", worker)
+        self._db.execute("UPDATE workflows SET materialized = ? WHERE id = ?", (hi + 1, wf))
+        if shared and lo == materialized:
+            self._db.execute("UPDATE workflows SET floor = ? WHERE id = ?", (hi + 1, wf))
         self._shift(wf, hi - lo + 1, "pending", "running")
         self._mark_current(worker, wf, [lo])
         return list(range(lo, hi + 1))
@@ -631,7 +641,7 @@ class Transaction:
     def may_get_work(self, wf: int, worker: int, labels: Sequence[str], scope: Scope) -> bool:
         """Whether a task this worker could run is pending or running elsewhere."""
         query = (
-            "SELECT 1 FROM tasks t WHERE t.wf = :wf AND t.seq < :limit"
+            "SELECT 1 FROM tasks t WHERE t.wf = :wf AND t.seq >= :start AND t.seq < :limit"
             " AND t.state IN ('pending', 'running')"
             " AND NOT (t.state = 'running' AND t.worker = :me AND t.max_workers = 1)"
             " AND NOT EXISTS (SELECT 1 FROM holders h WHERE h.wf = t.wf AND h.seq = t.seq"
@@ -640,15 +650,15 @@ class Transaction:
             " r WHERE r.value NOT IN (SELECT value FROM json_each(:labels))))"
         )
         params = {"wf": wf, "me": worker, "labels": json.dumps(list(labels)),
-                  "limit": scope.limit}
+                  "start": scope.start, "limit": scope.limit}
         row = self._db.execute(
             query + (_MINE if scope.restricted else "") + " LIMIT 1", params
         ).fetchone()
         if row is not None:
             return True
         return self._db.execute(
-            "SELECT materialized < min(total, ?) FROM workflows WHERE id = ?",
-            (scope.limit, wf)).fetchone()[0] == 1
+            "SELECT max(materialized, ?) < min(total, ?) FROM workflows WHERE id = ?",
+            (scope.start, scope.limit, wf)).fetchone()[0] == 1
 
     def online_count(self, wf: int) -> int:
         """How many workers are online on a workflow."""
@@ -679,23 +689,68 @@ class Transaction:
         states.update((str(seq), "pending") for seq in range(materialized, total))
         return states
 
-    def store_results(self, rows: Sequence[tuple[int, int, bytes | None, bool, bool]]) -> None:
-        """Keep ``(workflow, task number, pickled value, is an error, value is in a file)``
-        rows (a list of tuples: executemany walks it in C)."""
-        self._db.executemany(
-            "INSERT OR REPLACE INTO results(wf, seq, value, error, in_file)"
-            " VALUES (?, ?, ?, ?, ?)",
-            rows,
+    # -- key blocks and result chunks (pmap) ---------------------------------------
+
+    def key_blocks(self, wf: int) -> list[tuple[int, bytes]]:
+        """``(first task number, packed keys)`` of every key block of a workflow."""
+        return self._db.execute(
+            "SELECT first, keys FROM key_blocks WHERE wf = ? ORDER BY first", (wf,)).fetchall()
+
+    def add_key_block(self, wf: int, keys: bytes, count: int) -> int:
+        """Append ``count`` plain pending tasks whose ids are packed in ``keys``: one row
+        for the block, task rows only when claimed. Return the first task's number."""
+        first = self._db.execute("SELECT total FROM workflows WHERE id = ?", (wf,)).fetchone()[0]
+        self._db.execute("INSERT INTO key_blocks(wf, first, keys) VALUES (?, ?, ?)",
+                         (wf, first, keys))
+        self._db.execute("UPDATE workflows SET total = total + ? WHERE id = ?", (count, wf))
+        return first
+
+    def materialize(self, wf: int, upto: int) -> None:
+        """Give tasks below ``upto`` that have no row yet a pending row (restricted
+        claims and claims above the next unclaimed task look at rows only)."""
+        materialized = self._db.execute(
+            "SELECT materialized FROM workflows WHERE id = ?", (wf,)).fetchone()[0]
+        if upto > materialized:
+            self._insert_rows(wf, materialized, upto - 1, "pending", None)
+            self._db.execute("UPDATE workflows SET materialized = ? WHERE id = ?", (upto, wf))
+
+    def _insert_rows(self, wf: int, lo: int, hi: int, state: str, worker: int | None) -> None:
+        # A recursive CTE inserts in C: ~1 us per task, no Python loop.
+        self._db.execute(
+            "WITH RECURSIVE s(x) AS (SELECT ? UNION ALL SELECT x + 1 FROM s WHERE x < ?)"
+            " INSERT INTO tasks(wf, seq, state, worker) SELECT ?, x, ?, ? FROM s",
+            (lo, hi, wf, state, worker),
         )
 
-    def retry_unfinished(self, wf: int, mine_only: bool = True) -> int:
-        """Make failed and killed tasks (of temp.mine, or all) pending again (a new pmap
-        call), dropping their stored errors."""
-        mine = " AND seq IN (SELECT seq FROM temp.mine)" if mine_only else ""
-        rows = self._retry(wf, ("failed", "killed"), mine)
-        if rows:  # _retry lowered the floor already
-            self._db.execute("DELETE FROM results WHERE wf = ? AND error = 1" + mine, (wf,))
-        return len(rows)
+    def store_result_chunk(self, wf: int, lo: int, hi: int, payload: bytes) -> None:
+        """Keep the packed outcomes of tasks ``lo .. hi`` (some of them) of one flush."""
+        self._db.execute(
+            "INSERT INTO result_chunks(wf, lo, hi, payload) VALUES (?, ?, ?, ?)",
+            (wf, lo, hi, payload))
+
+    def result_chunks(self, wf: int, lo: int, hi: int) -> list[bytes]:
+        """Packed outcomes that may cover tasks ``lo .. hi``, oldest first."""
+        return [payload for (payload,) in self._db.execute(
+            "SELECT payload FROM result_chunks WHERE wf = ? AND lo <= ? AND hi >= ?"
+            " ORDER BY id", (wf, hi, lo))]
+
+    def retry_unfinished(self, wf: int, scope: Scope) -> int:
+        """Make failed and killed tasks within ``scope`` pending again (a new pmap call)."""
+        where, params = _within(scope)
+        return len(self._retry(wf, ("failed", "killed"), where, params))
+
+    def unfinished(self, wf: int, scope: Scope) -> dict[int, str]:
+        """Number -> state of the tasks within ``scope`` that are not completed."""
+        where, params = _within(scope)
+        states = dict(self._db.execute(
+            "SELECT seq, state FROM tasks WHERE wf = ? AND state != 'completed'" + where,
+            (wf, *params)))
+        materialized, total = self._db.execute(
+            "SELECT materialized, total FROM workflows WHERE id = ?", (wf,)).fetchone()
+        if not scope.restricted:  # restricted scopes are materialized (pmap does)
+            lazy = range(max(materialized, scope.start), min(total, scope.limit))
+            states.update(zip(lazy, repeat("pending")))
+        return states
 
     def _retry(self, wf: int, states: Sequence[str], where: str = "",
                params: Sequence[object] = ()) -> list[tuple[int]]:
@@ -717,28 +772,9 @@ class Transaction:
             self._lower_floor(wf, min(seq for (seq,) in rows))
         return rows
 
-    def unfinished(self, wf: int, mine_only: bool) -> set[int]:
-        """Numbers of tasks (of temp.mine, or all) that are not completed."""
-        mine = " AND seq IN (SELECT seq FROM temp.mine)" if mine_only else ""
-        return {seq for (seq,) in self._db.execute(
-            "SELECT seq FROM tasks WHERE wf = ? AND state != 'completed'" + mine, (wf,))}
-
     def all_task_numbers(self, wf: int) -> dict[str, int]:
         """Key -> number for every task of a keyed workflow."""
         return dict(self._db.execute("SELECT key, seq FROM tasks WHERE wf = ?", (wf,)).fetchall())
-
-    def outcomes(self, wf: int, mine_only: bool = True,
-                 ) -> dict[int, tuple[str, bytes | None, bool, bool]]:
-        """Task number -> (state, stored value, is an error, in a file), for temp.mine
-        or for the whole workflow."""
-        rows = self._db.execute(
-            "SELECT t.seq, t.state, r.value, coalesce(r.error, 0), coalesce(r.in_file, 0)"
-            " FROM tasks t LEFT JOIN results r ON r.wf = t.wf AND r.seq = t.seq"
-            " WHERE t.wf = ?" + (" AND t.seq IN (SELECT seq FROM temp.mine)" if mine_only
-                                 else ""),
-            (wf,),
-        ).fetchall()
-        return {row[0]: row[1:] for row in rows}
 
     def events(self, wf: int) -> list[tuple[str, str, str | None]]:
         """Task id, state and error text of every event of a workflow, oldest first."""
@@ -780,7 +816,8 @@ class Transaction:
 
     def reset(self, wf: int) -> None:
         """Delete a workflow and everything stored for it."""
-        for table in ("tasks", "deps", "holders", "results", "events", "workers"):
+        for table in ("tasks", "deps", "holders", "key_blocks", "result_chunks", "events",
+                      "workers"):
             self._db.execute(f"DELETE FROM {table} WHERE wf = ?", (wf,))  # fixed names
         self._db.execute("DELETE FROM workflows WHERE id = ?", (wf,))
 

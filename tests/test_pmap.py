@@ -84,6 +84,23 @@ def test_two_concurrent_callers_share_the_work(state: Path, procs: Processes) ->
     assert completions(logs) == Counter({str(i): 1 for i in range(40)})
 
 
+@pytest.mark.parametrize("step", [1, 2], ids=["overlapping-range", "scattered"])
+def test_callers_with_overlapping_items_compute_each_once(
+        state: Path, procs: Processes, step: int) -> None:
+    # The second caller's known items are a range of the first caller's tasks (step 1)
+    # or every other one of them (step 2); its new items get a block of their own.
+    logs = state.parent / "logs"
+    first = caller(procs, state, logs, "--items", 40, "--sleep", 0.05)
+    wait_for(lambda: sum(completions(logs).values()) >= 2, what="the first caller started")
+    second = caller(procs, state, logs, "--items", 30, "--first", 20, "--step", step,
+                    "--sleep", 0.05)
+    one, two = procs.wait_all([first, second])
+    assert squares_from(one) == [x * x for x in range(40)]
+    wanted = range(20, 20 + 30 * step, step)
+    assert squares_from(two) == [x * x for x in wanted]
+    assert completions(logs) == Counter({str(i): 1 for i in set(range(40)) | set(wanted)})
+
+
 def test_killed_helper_still_gives_complete_results(state: Path, procs: Processes) -> None:
     logs = state.parent / "logs"
     result = procs.wait_all([caller(procs, state, logs, "--items", 60, "--sleep", 0.05,
@@ -191,23 +208,23 @@ def test_crash_unpicklable_result(state: Path) -> None:
 
 
 def test_item_killed_twice_is_reported(state: Path) -> None:
-    from laufband.pmap import _collect, _register
+    from laufband.pmap import _read_outcomes, _register, _results
     from laufband.store import Scope, Store
 
-    numbers, missing, whole = _register(state, "die", ["only"])
-    assert missing == {"only"}
+    plan = _register(state, "die", ["only"])
+    assert plan.todo == {0: "pending"}
     store = Store(state)
     with store.transaction() as tx:
-        wf = tx.open_workflow("die", keyed=True).id
         for attempt in range(2):  # its worker dies twice while running it
-            number = tx.register_worker(f"w{attempt}", wf, "elsewhere", 1, "", None, [])
-            assert tx.claim(wf, number, 1, [], Scope()) == [0]
+            number = tx.register_worker(f"w{attempt}", plan.wf, "elsewhere", 1, "", None, [])
+            assert tx.claim(plan.wf, number, 1, [], Scope()) == [0]
             dead = next(w for w in tx.online_workers(exclude=-1) if w.id == number)
             tx.reap(dead, max_killed_retries=1)
     store.close()
-    with pytest.raises(TaskFailedError, match="'only' of workflow 'die' was not computed"
-                       r" \(killed: its worker died on it twice\); call pmap again"):
-        _collect(state, "die", ["only"], numbers, "raise", whole)
+    with pytest.raises(TaskFailedError, match=r"item not computed \(killed: its worker died"
+                       r" on it twice\); call pmap again") as info:
+        _results(["only"], plan.numbers, _read_outcomes(state, plan), "raise", "die")
+    assert "item 0 of workflow 'die'" in "".join(info.value.__notes__)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -49,6 +49,35 @@ def test_claims_stay_below_the_scope_limit(store: Store) -> None:
         assert tx.claim(wf, long, 100, [], Scope(limit=20)) == list(range(10, 20))
 
 
+def test_claims_from_a_scope_start_leave_lower_tasks_to_others(store: Store) -> None:
+    with store.transaction() as tx:
+        wf = tx.open_workflow("w", keyed=True).id
+        assert tx.add_key_block(wf, b"first", 10) == 0  # tasks 0-9: no rows yet
+        assert tx.add_key_block(wf, b"second", 10) == 10  # tasks 10-19
+        late = worker(tx, "late", wf)
+        assert tx.claim(wf, late, 4, [], Scope(start=10, limit=20)) == [10, 11, 12, 13]
+        assert tx.unfinished(wf, Scope(limit=10)) == dict.fromkeys(range(10), "pending")
+        early = worker(tx, "early", wf)
+        assert tx.claim(wf, early, 100, [], Scope(limit=10)) == list(range(10))
+        assert tx.claim(wf, early, 100, [], Scope()) == list(range(14, 20))
+        assert [first for first, _ in tx.key_blocks(wf)] == [0, 10]
+
+
+def test_restricted_claims_take_only_their_tasks(store: Store) -> None:
+    with store.transaction() as tx:
+        wf = tx.open_workflow("w", keyed=True).id
+        tx.add_key_block(wf, b"keys", 10)
+        tx.materialize(wf, 10)
+        tx.restrict_to([2, 5, 7])
+        a = worker(tx, "a", wf)
+        assert tx.claim(wf, a, 100, [], Scope(start=2, limit=8, restricted=True)) == [2, 5, 7]
+        tx.finish(wf, a, [2, 5])
+        tx.fail(wf, a, 7, "boom", max_failed_retries=0)
+        assert tx.unfinished(wf, Scope(start=2, limit=8, restricted=True)) == {7: "failed"}
+        assert tx.retry_unfinished(wf, Scope(start=2, limit=8, restricted=True)) == 1
+        assert tx.claim(wf, a, 100, [], Scope(start=2, limit=8, restricted=True)) == [7]
+
+
 def test_returned_task_lowers_the_floor(store: Store) -> None:
     with store.transaction() as tx:
         wf = tx.open_workflow("w", keyed=False).id

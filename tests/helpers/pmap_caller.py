@@ -1,6 +1,7 @@
-"""Call pmap over range(N) with a function that logs every computation.
+"""Call pmap over range(FIRST, FIRST + N, STEP) with a function that logs every computation.
 
 Each computation appends the item to LOGS/<pid>.done. Options:
+  --items N, --first FIRST, --step STEP   the items (default range(20))
   --sleep S            seconds each item takes
   --kill-helper        the first helper (not the caller) to get an item SIGKILLs itself
   --n N                workers
@@ -25,6 +26,8 @@ def main() -> None:
     parser.add_argument("state")
     parser.add_argument("logs")
     parser.add_argument("--items", type=int, default=20)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--step", type=int, default=1)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--kill-helper", action="store_true")
     parser.add_argument("--n", type=int, default=2)
@@ -44,7 +47,8 @@ def main() -> None:
             log.write(f"{x}\n")
         return x * x
 
-    results = pmap(square, range(args.items), n=args.n, path=args.state, name="squares",
+    items = range(args.first, args.first + args.items * args.step, args.step)
+    results = pmap(square, items, n=args.n, path=args.state, name="squares",
                    progress=False, start_method=args.start_method)
     print(json.dumps(results))
     sys.stdout.flush()
