@@ -14,6 +14,7 @@ from __future__ import annotations
 LOCK_SHARE = 0.05  # fraction of its time a worker may spend holding the lock
 MAX_BATCH = 16384
 MIN_FLUSH = 0.05  # seconds: finished work is written at most this often
+MIN_WAIT = 0.005  # seconds: shortest sleep while waiting for tasks running elsewhere
 
 
 class BatchSizer:
@@ -47,6 +48,12 @@ class BatchSizer:
         self.size = max(1, min(wanted, guided))
         return self.size
 
+    def longest_wait(self, limit: float) -> float:
+        """Longest sleep while tasks run elsewhere: about half a task, as they end
+        soon, but no more often than lets waiting workers keep the lock half busy."""
+        if self._task_time <= 0:
+            return limit
+        return min(limit, max(MIN_WAIT, self._task_time / 2, 2 * self._workers * self._txn_time))
 
     def flush_interval(self) -> float:
         """Seconds between mid-batch flushes: ~50 ms, longer when many workers share the

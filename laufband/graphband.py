@@ -284,7 +284,7 @@ class Graphband(Generic[T]):
             if batch or not more:
                 return batch
             time.sleep(wait)
-            wait = min(wait * 2, MAX_WAIT)
+            wait = min(wait * 2, self._sizer.longest_wait(MAX_WAIT))
 
     def _claim(self, tx: Transaction) -> list[int]:
         assert self._workflow is not None

@@ -25,6 +25,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -91,10 +92,13 @@ def pmap(
             ``__cause__``), ``"skip"`` failed items (see ``PmapResults.failures``), or
             ``"return"`` each exception in its item's place.
         progress: Show a progress bar.
-        start_method: How helpers start: ``"spawn"`` (default: fresh interpreters,
-            safe with threads, CUDA and OpenMP in the caller, no ``__main__`` guard
-            needed) or ``"fork"`` (POSIX; starts in milliseconds, but unsafe if the
-            caller uses threads or GPU libraries). ``LAUFBAND_START_METHOD`` too.
+        start_method: How helpers start: ``"fork"`` (POSIX; all of them at once, in
+            milliseconds; unsafe once the caller runs threads or has initialised a GPU)
+            or ``"spawn"`` (fresh interpreters fed the pickled function, started only
+            once ~10 ms of work shows they pay off; safe with threads and CUDA). Default
+            (``LAUFBAND_START_METHOD``): ``"fork"`` on Linux while the caller has a
+            single thread, else ``"spawn"``. Neither re-runs the caller's script, so no
+            ``if __name__ == "__main__":`` guard is needed.
         **options: Passed to the workers' :class:`Laufband` (``max_failed_retries``,
             ``tqdm_kwargs``, ...).
 
@@ -115,7 +119,7 @@ def pmap(
     if on_error not in ON_ERROR:
         msg = f"on_error must be one of {ON_ERROR}, got {on_error!r}"
         raise ValueError(msg)
-    method = resolve("start_method", start_method, "spawn", str)
+    method = resolve("start_method", start_method, None, str) or _default_start_method()
     if method not in START_METHODS or (method == "fork" and not hasattr(os, "fork")):
         msg = f"start_method must be 'spawn' or, on POSIX, 'fork'; got {method!r}"
         raise ValueError(msg)
@@ -269,10 +273,20 @@ def _compute(job: _Job, workers: int, method: str) -> None:
     if found is not None and found[1] > 1:  # every rank is a worker already
         job.run(show_progress=job.progress and found[0] == 0)
         return
-    if workers == 1:
+    helpers = min(workers, job.left) - 1
+    if helpers <= 0:
         job.run(show_progress=job.progress)
         return
-    start = _prepare_helpers(job, workers - 1, method)  # unpicklable: fails here, at once
+    start = _prepare_helpers(job, helpers, method)  # unpicklable: fails here, at once
+    if method == "fork":
+        # Forking costs milliseconds: start all helpers now, while this process has
+        # no thread of ours (a fork copies no threads, only their locks).
+        join = start()
+        try:
+            job.run(show_progress=job.progress)
+        finally:
+            join()
+        return
     joins: list[Callable[[], None]] = []
 
     def start_when_worth_it(done: int, seconds: float) -> bool:
@@ -290,6 +304,14 @@ def _compute(job: _Job, workers: int, method: str) -> None:
     finally:
         for join in joins:
             join()
+
+
+def _default_start_method() -> str:
+    """Fork where it is fast and safe (Linux, one thread); elsewhere spawn (macOS
+    frameworks and threads do not survive a fork)."""
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
 
 
 def _prepare_helpers(job: _Job, count: int,
