@@ -26,6 +26,11 @@ class BatchSizer:
         self._txn_time = 0.0015  # moving average of one store transaction, seconds
         self._workers = 1
 
+    @property
+    def task_time(self) -> float:
+        """Moving average of one task's duration in seconds (0 before any was timed)."""
+        return self._task_time
+
     def observe_tasks(self, count: int, seconds: float) -> None:
         """Record that ``count`` tasks took ``seconds`` of loop time."""
         if count:
@@ -38,22 +43,21 @@ class BatchSizer:
     def next_size(self, remaining: int, workers: int) -> int:
         """Batch size for the next claim, given tasks left and live workers."""
         workers = self._workers = max(workers, 1)
-        if self._task_time <= 0:
+        if self._task_time <= 0:  # double until a task has been timed, then go straight
             wanted = self.size * 2
         else:
             wanted = int(workers * self._txn_time / (LOCK_SHARE * self._task_time)) + 1
-        # Grow by doubling (a warm-up can mislead), shrink at once.
-        wanted = min(wanted, self.size * 2, MAX_BATCH)
+        wanted = min(wanted, MAX_BATCH)
         guided = remaining // (2 * workers)
         self.size = max(1, min(wanted, guided))
         return self.size
 
     def longest_wait(self, limit: float) -> float:
         """Longest sleep while tasks run elsewhere: about half a task, as they end
-        soon, but no more often than lets waiting workers keep the lock half busy."""
+        soon, but not so often that waiting workers alone could keep the lock busy."""
         if self._task_time <= 0:
             return limit
-        return min(limit, max(MIN_WAIT, self._task_time / 2, 2 * self._workers * self._txn_time))
+        return min(limit, max(MIN_WAIT, self._task_time / 2, self._workers * self._txn_time))
 
     def flush_interval(self) -> float:
         """Seconds between mid-batch flushes: ~50 ms, longer when many workers share the

@@ -148,6 +148,8 @@ class Graphband(Generic[T]):
         self._detector = DeadWorkerDetector(self.heartbeat_timeout)
         self._heartbeat: Heartbeat | None = None
         self._last_reap = 0.0
+        self._waits = True  # wait for tasks running elsewhere (pmap helpers do not)
+        self._offline = False  # set offline by the transaction that found nothing left
 
     # -- public API ---------------------------------------------------------------------
 
@@ -213,13 +215,14 @@ class Graphband(Generic[T]):
             return
         self._closed = False
         self._consumer = sys._getframe(1).f_code  # the code running the for-loop
-        self._start()
         try:
+            batch = self._start(claim=True)
             while not self._closed:
-                batch = self._next_batch()
+                batch = batch or self._next_batch()
                 if not batch:
                     return
                 yield from self._run_batch(batch)
+                batch = []
         except GeneratorExit:
             self._abandon_current()
             raise
@@ -243,6 +246,8 @@ class Graphband(Generic[T]):
         finished = self._finished
         flush_every = self._sizer.flush_interval()
         started = last_flush = time.monotonic()
+        # A batch about to end is flushed by the claim that follows it, not twice.
+        expected_end = started + len(batch) * self._sizer.task_time
         for position, seq in enumerate(batch):
             self._position = position
             self._current = seq
@@ -252,7 +257,7 @@ class Graphband(Generic[T]):
             self._current = None
             finished.append(seq)
             now = time.monotonic()
-            if now - last_flush >= flush_every:
+            if now - last_flush >= flush_every and not 0 < expected_end - now <= flush_every:
                 self._flush()
                 last_flush = now
         self._batch = []
@@ -277,11 +282,14 @@ class Graphband(Generic[T]):
                 # batch in _stop() and hands it back.
                 self._batch, self._position = batch, -1
                 more = bool(batch) or self._may_get_work(tx)
+                if not batch and not (more and self._waits):
+                    tx.set_offline(self._worker)  # the loop ends: no other transaction for it
+                    self._offline = True
                 total, completed = tx.progress(wf)
             self._drop(flushed)
             self._sizer.observe_transaction(time.monotonic() - began)
             self._show_progress(completed, total)
-            if batch or not more:
+            if batch or not more or not self._waits:
                 return batch
             time.sleep(wait)
             wait = min(wait * 2, self._sizer.longest_wait(MAX_WAIT))
@@ -396,12 +404,16 @@ class Graphband(Generic[T]):
 
     # -- start and stop -----------------------------------------------------------------
 
-    def _start(self) -> None:
+    def _start(self, claim: bool = False) -> list[int]:
+        """Register the tasks and this worker; with ``claim``, also claim a first batch
+        in the same transaction (one lock turn per starting worker, not two)."""
         if self._running:
-            return
+            return []
         self._watch_interrupts()
         self._store = Store(self.path, soft_lock=self._soft_lock)
         tasks = self._collect()
+        batch: list[int] = []
+        began = time.monotonic()
         with self._store.transaction() as tx:
             # Only the record holding our identifier matters now: reaping everyone
             # here would make 64 ranks starting at once each check 64 processes.
@@ -412,13 +424,22 @@ class Graphband(Generic[T]):
                 self.identifier, self._workflow.id, HOST, os.getpid(), process_token(),
                 self._rank, self._label_list)
             self._workflow = tx.open_workflow(self.name, keyed=self._keyed)
-        self._running = True
+            if claim:
+                batch = self._claim(tx)
+                self._batch, self._position = batch, -1  # for _stop(), as in _next_batch
+            self._running = True  # from the commit on, _stop() hands the batch back
+            self._offline = False
+        # Dead workers are looked for when no task is left to claim, and every
+        # heartbeat interval: not by every worker as it starts.
+        self._last_reap = time.monotonic()
+        self._sizer.observe_transaction(self._last_reap - began)
         if self._bar_closed:  # a new iteration after an earlier one: a new bar
             self._bar, self._bar_closed = None, False
         _live.add(self)
         self._heartbeat = Heartbeat(self._store, self._worker, self.heartbeat_interval)
         self._heartbeat.start()
         self._show_progress(self._workflow.completed, self._workflow.total)
+        return batch
 
     def _stop(self) -> None:
         """Flush finished work, hand back unstarted tasks, go offline. Idempotent."""
@@ -434,13 +455,14 @@ class Graphband(Generic[T]):
             self._current = None
         self._batch = []
         self._pack_outcomes()
-        with self._store.transaction() as tx:
-            flushed = self._finish(tx)
-            tx.release(self._workflow.id, self._worker, unstarted)
-            tx.set_offline(self._worker)
-            total, completed = tx.progress(self._workflow.id)
-        self._drop(flushed)
-        self._show_progress(completed, total)
+        if unstarted or self._finished or self._chunks or self._failures or not self._offline:
+            with self._store.transaction() as tx:
+                flushed = self._finish(tx)
+                tx.release(self._workflow.id, self._worker, unstarted)
+                tx.set_offline(self._worker)
+                total, completed = tx.progress(self._workflow.id)
+            self._drop(flushed)
+            self._show_progress(completed, total)
         self.iterator.close()
         self._bar_closed = True
         self._store.close()

@@ -190,10 +190,13 @@ class _Job:
         return lambda seq: items[seq - start]
 
     def run(self, show_progress: bool,
-            on_progress: Callable[[int, float], bool] | None = None) -> None:
+            on_progress: Callable[[int, float], bool] | None = None,
+            helper: bool = False) -> None:
         """Run the laufband worker loop until nothing is left that it could run.
 
         ``on_progress(done, seconds)`` is called after each task until it returns True.
+        A ``helper`` leaves as soon as nothing is left to claim; the caller waits for
+        tasks running elsewhere (and takes over those of helpers that died).
         """
         options = dict(self.options)
         tqdm_kwargs = dict(options.pop("tqdm_kwargs", None) or {})
@@ -201,6 +204,7 @@ class _Job:
         tqdm_kwargs.setdefault("desc", f"pmap {self.name}")
         worker = _Worker(self, path=self.path, name=self.name, tqdm_kwargs=tqdm_kwargs,
                          **options)
+        worker._waits = not helper
         func, outcomes = self.func, worker._outcomes
         started, done = time.monotonic(), 0
         for item in worker:
@@ -343,7 +347,7 @@ def _fork_helpers(job: _Job, count: int) -> Callable[[], None]:
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
-    forked = [context.Process(target=job.run, args=(False,), daemon=True)
+    forked = [context.Process(target=job.run, args=(False, None, True), daemon=True)
               for _ in range(count)]
     for proc in forked:
         proc.start()
@@ -369,23 +373,27 @@ def _helper_main() -> None:
     """Entry point of a spawned helper: read (sys.path, job) from stdin and work."""
     path, job = pickle.loads(sys.stdin.buffer.read())
     sys.path[:] = path  # where the caller found the modules its function needs
-    job.run(show_progress=False)
+    job.run(show_progress=False, helper=True)
 
 
 def _join(procs: list[Any]) -> None:
-    """Wait for helpers. The caller's loop has ended, so every task is final and they
-    leave within one poll (<= 1 s); one that does not is stuck in user code."""
+    """End the helpers once the caller's loop is over: then no task in the job is
+    pending or running, so they only wait to notice. SIGTERM makes them hand back
+    anything claimed (after an interrupt) and go offline at once."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
     for proc in procs:
         if isinstance(proc, subprocess.Popen):
             try:
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
+            except subprocess.TimeoutExpired:  # stuck in user code that ignores SIGTERM
+                proc.kill()
                 proc.wait()
         else:
             proc.join(timeout=10)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()
                 proc.join()
 
 

@@ -900,9 +900,7 @@ class Store:
         # Waiters queue on a blocking flock (not with soft locks: no flock there).
         self._queue = (None if soft_lock or os.name != "posix"
                        else _WaitQueue(self.path / QUEUE_NAME))
-        self._conns: dict[int, sqlite3.Connection] = {}
-        with self.transaction():
-            pass
+        self._conns: dict[int, sqlite3.Connection] = {}  # the database opens lazily
 
     def _connection(self) -> sqlite3.Connection:
         key = threading.get_ident()
@@ -947,6 +945,8 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Run the enclosed operations atomically under the state lock."""
+        if self.db_path.exists():  # open (~1 ms) before taking the lock; a new one under it
+            self._connection()
         self._acquire()
         try:
             conn = self._connection()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import signal
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -236,6 +237,22 @@ def test_item_killed_twice_is_reported(state: Path) -> None:
 def test_invalid_arguments(state: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         pmap(str, [1], path=state, **kwargs)
+
+
+def test_default_start_method_forks_only_without_threads() -> None:
+    from laufband.pmap import _default_start_method
+
+    expected = "fork" if sys.platform.startswith("linux") else "spawn"
+    if threading.active_count() == 1:
+        assert _default_start_method() == expected
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait)
+    thread.start()
+    try:
+        assert _default_start_method() == "spawn"  # forking copies no threads
+    finally:
+        release.set()
+        thread.join()
 
 
 def test_results_and_errors_pickle_round_trip() -> None:
