@@ -11,9 +11,9 @@ one, so their state in the store is exact.
 
 from __future__ import annotations
 
-LOCK_SHARE = 0.05  # fraction of its time a worker may spend holding the lock
+LOCK_SHARE = 0.02  # fraction of its time a worker may spend holding the lock
 MAX_BATCH = 16384
-MIN_FLUSH = 0.05  # seconds: finished work is written at most this often
+MIN_FLUSH = 0.2  # seconds: finished work is written at most this often
 MIN_WAIT = 0.005  # seconds: shortest sleep while waiting for tasks running elsewhere
 
 
@@ -60,7 +60,7 @@ class BatchSizer:
         return min(limit, max(MIN_WAIT, self._task_time / 2, self._workers * self._txn_time))
 
     def flush_interval(self) -> float:
-        """Seconds between mid-batch flushes: ~50 ms, longer when many workers share the
+        """Seconds between mid-batch flushes: ~0.2 s, longer when many workers share the
         lock, so that flushes alone never keep it more than half busy."""
         return max(MIN_FLUSH, 2 * self._workers * self._txn_time)
 

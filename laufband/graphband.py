@@ -5,7 +5,7 @@
     register tasks + worker ──> claim a batch ──> yield task ──> (loop body runs,
           (one transaction)        ^    │            │            no lock held)
                                    │    │ nothing    └── finished in memory,
-                 finish + claim ───┘    │ ready          flushed every ~50 ms
+                 finish + claim ───┘    │ ready          flushed every ~0.2 s
                  (one transaction)      v
                                work running elsewhere? ── yes: reap dead workers,
                                         │ no                 wait (<= 1 s), retry
@@ -257,7 +257,7 @@ class Graphband(Generic[T]):
             self._current = None
             finished.append(seq)
             now = time.monotonic()
-            if now - last_flush >= flush_every and not 0 < expected_end - now <= flush_every:
+            if now - last_flush >= flush_every and not 0 < expected_end - now <= flush_every / 2:
                 self._flush()
                 last_flush = now
         self._batch = []

@@ -945,8 +945,6 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Run the enclosed operations atomically under the state lock."""
-        if self.db_path.exists():  # open (~1 ms) before taking the lock; a new one under it
-            self._connection()
         self._acquire()
         try:
             conn = self._connection()

@@ -158,3 +158,24 @@ def test_soft_lock_shares_work_between_processes(state: Path, procs: Processes) 
                             env={"LAUFBAND_LOCK": "soft"}) for _ in range(3)]
     assert [code for code, _, _ in procs.wait_all(started)] == [0, 0, 0]
     assert completions(logs) == Counter({str(i): 1 for i in range(60)})
+
+
+@pytest.mark.timeout(120)
+def test_processes_creating_the_state_at_once_all_start(tmp_path: Path, procs: Processes) -> None:
+    # Eight processes open a state directory that does not exist yet within a few
+    # milliseconds of each other: one creates the database, none may see it half made.
+    program = textwrap.dedent("""
+        import sys, time
+        from laufband import Laufband
+        start = float(sys.argv[2])
+        time.sleep(max(0.0, start - time.time()))
+        print(sum(Laufband(range(16), path=sys.argv[1], name="first")))
+    """)
+    for round_ in range(6):
+        state = tmp_path / f"state{round_}"
+        start = time.time() + 1.0  # after every interpreter has started
+        started = [procs.start("-c", program, state, start + 0.002 * i) for i in range(8)]
+        results = procs.wait_all(started)
+        assert [code for code, _, _ in results] == [0] * 8, [e for _, _, e in results]
+        assert sum(int(out) for _, out, _ in results) == sum(range(16))
+        assert set(task_states(state, "first").values()) == {"completed"}
