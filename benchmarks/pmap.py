@@ -31,12 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loop  # noqa: E402  (benchmarks/loop.py: the table layout)
 
-IMPLS = ("pmap-spawn", "pmap-fork", "joblib", "pool", "mpire")
-LABELS = {"pmap-spawn": "pmap (spawn, default)", "pmap-fork": "pmap (fork)",
+IMPLS = ("pmap", "pmap-spawn", "joblib", "pool", "mpire")
+LABELS = {"pmap": "pmap (default: fork here)", "pmap-spawn": "pmap (spawn)",
           "joblib": "joblib.Parallel (loky)", "pool": "mp.Pool (fork)",
           "mpire": "mpire.WorkerPool (fork)"}
 IMPORTS = {"pmap-spawn": "laufband, cloudpickle",
-           "pmap-fork": "laufband, multiprocessing", "joblib": "joblib",
+           "pmap": "laufband, multiprocessing", "joblib": "joblib",
            "pool": "multiprocessing", "mpire": "mpire"}
 BUSY_S = 0.001
 SLEEP_S = 0.02
@@ -77,7 +77,7 @@ def _import(impl: str):
     if impl.startswith("pmap"):
         from laufband import pmap
 
-        method = impl.split("-")[1]
+        method = impl.split("-")[1] if "-" in impl else None  # None: pmap's default
         if method == "spawn":  # pmap imports it lazily; import it before the clock
             import cloudpickle  # noqa: F401
         else:
@@ -336,8 +336,8 @@ def report(res: dict, workloads: dict, repeats: int, total_s: float, quick: bool
     per_item = {"noop": 0.0, "busy": BUSY_S, "sleep": SLEEP_S}
     for kind, (n, workers) in workloads.items():
         title = titles[kind].format(n=n, w=workers, ideal=n * per_item[kind] / workers)
+        default = median_time(res[(kind, "pmap")])
         spawn = median_time(res[(kind, "pmap-spawn")])
-        fork = median_time(res[(kind, "pmap-fork")])
         for i, impl in enumerate(IMPLS):
             runs = res[(kind, impl)]
             t = median_time(runs)
@@ -345,19 +345,19 @@ def report(res: dict, workloads: dict, repeats: int, total_s: float, quick: bool
             if impl == "joblib":
                 target = "pmap/joblib < 1"
                 met = ", ".join(f"{m} {_met(p, t, 1.0, strict=True)}"
-                                for m, p in (("spawn", spawn), ("fork", fork)))
+                                for m, p in (("default", default), ("spawn", spawn)))
             elif impl == "pool" and kind in ("busy", "sleep"):
                 target = "pmap/Pool <= 1.05"
                 met = ", ".join(f"{m} {_met(p, t, 1.05, strict=False)}"
-                                for m, p in (("spawn", spawn), ("fork", fork)))
+                                for m, p in (("default", default), ("spawn", spawn)))
             rows.append([title if i == 0 else "", LABELS[impl], fmt_s(t),
+                         "-" if impl == "pmap" else fmt_ratio(default, t),
                          "-" if impl == "pmap-spawn" else fmt_ratio(spawn, t),
-                         "-" if impl == "pmap-fork" else fmt_ratio(fork, t),
                          results_cell(runs), target, met])
         rows.append(["--"])
 
     n1 = workloads["noop"][0]
-    for i, impl in enumerate(("pmap-spawn", "pmap-fork")):
+    for i, impl in enumerate(("pmap", "pmap-spawn")):
         runs = res[("cached", impl)]
         rows.append([f"4  re-run of 1, all {n1:,} cached" if i == 0 else "",
                      f"{LABELS[impl]}, state of 1", fmt_s(median_time(runs)),
@@ -371,8 +371,8 @@ def report(res: dict, workloads: dict, repeats: int, total_s: float, quick: bool
                      LABELS[impl], fmt_s(statistics.median(imports) if imports else None),
                      "-", "-", IMPORTS[impl], "-", "-"])
 
-    header = ["workload", "implementation", f"median of {repeats}", "pmap spawn / this",
-              "pmap fork / this", "results", "target", "met?"]
+    header = ["workload", "implementation", f"median of {repeats}", "pmap / this",
+              "pmap spawn / this", "results", "target", "met?"]
     lines = [table(rows, header), "",
              "time: inside a fresh subprocess, from just before creating the pool / calling"
              " pmap until the result list is complete",

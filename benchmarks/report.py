@@ -407,10 +407,11 @@ def summary(scripts: list[dict]) -> list[str]:
             continue
         met, missed = [], []
         for row in parse_met(s["stdout"]):
-            if s["name"] == "pmap.py":  # "spawn yes, fork NO": one verdict per method
+            if s["name"] == "pmap.py":  # "default yes, spawn NO": one verdict per method
                 for part in row["met?"].split(", "):
                     method, _, ok = part.partition(" ")
-                    ratio = row.get(f"pmap {method} / this", "-")
+                    column = "pmap / this" if method == "default" else f"pmap {method} / this"
+                    ratio = row.get(column, "-")
                     text = (f"{row['workload']}: pmap ({method}) vs {row['implementation']},"
                             f" ratio {ratio}, target {row['target']}")
                     (met if ok == "yes" else missed).append(text)
