@@ -148,10 +148,18 @@ def _workers(n_jobs: int | None) -> int:
     return n_jobs if n_jobs > 0 else max((os.cpu_count() or 1) + 1 + n_jobs, 1)
 
 
+_worker_thread = threading.local()
+
+
 def _call(call: Call) -> Any:
+    if not getattr(_worker_thread, "sequential", False):
+        # A nested Parallel runs sequentially in this worker. The threads that call
+        # this (the runner thread, helper processes) are ours: configure each once for
+        # its lifetime rather than enter a parallel_config (~4 us) per call.
+        parallel_config(backend="sequential").__enter__()
+        _worker_thread.sequential = True
     func, args, kwargs = call
-    with parallel_config(backend="sequential"):  # nested Parallel runs in this worker
-        return func(*args, **kwargs)
+    return func(*args, **kwargs)
 
 
 _names: dict[Any, str] = {}
@@ -171,9 +179,13 @@ def _function_name(func: Any) -> str:
 
 
 def _call_key(call: Call) -> str:
-    """A digest of the function (name and code) and the arguments of one call."""
+    """The function (name and code digest) and the arguments of one call: written out
+    when they are ints and short strings, else a digest of their pickle."""
     func, args, kwargs = call
-    material = (_function_name(func), args, kwargs)
+    name = _function_name(func)
+    if not kwargs and all(type(a) is int or (type(a) is str and len(a) <= 64) for a in args):
+        return f"{name}{args!r}"  # repr of exact ints and strs: distinct for distinct args
+    material = (name, args, kwargs)
     try:
         payload = pickle.dumps(material, protocol=4)
     except Exception:  # noqa: BLE001 - lambdas and closures among the arguments

@@ -127,7 +127,7 @@ def pmap(
     keys = _item_keys(items, key)
     first = _first_indices(keys)
     if not first:
-        return _results([], {}, {}, on_error, "")
+        return _results([], {}, {}, False, on_error, "")
     state = Path(resolve("path", path, ".laufband", str)).absolute()
     workflow = name or _default_name(func)
     plan = _register(state, workflow, list(first))
@@ -141,15 +141,15 @@ def pmap(
                    options)
         job.left = len(plan.todo)
         _compute(job, workers, method)
-    outcomes = _read_outcomes(state, plan)
-    return _results(keys, plan.numbers, outcomes, on_error, workflow)
+    outcomes, failed = _read_outcomes(state, plan)
+    return _results(keys, plan.numbers, outcomes, failed, on_error, workflow)
 
 
 def _items_of(seqs: list[int], numbers: dict[Any, int], first: dict[Any, int],
               items: list[Any]) -> list[Any]:
     """The item of each task number in ``seqs``."""
     if len(seqs) == len(numbers) and list(numbers.values()) == seqs:  # keys in task order
-        return [items[index] for index in first.values()]
+        return list(map(items.__getitem__, map(first.__getitem__, numbers)))
     key_of = {seq: task_key for task_key, seq in numbers.items()}
     return [items[first[key_of[seq]]] for seq in seqs]
 
@@ -427,26 +427,28 @@ def _known_numbers(blocks: list[tuple[int, bytes]], wanted: list[Any]) -> dict[A
     wanted_set = set(wanted)
     for start, packed in blocks:
         block = pickle.loads(packed)
+        index = dict(zip(block, range(start, start + len(block)), strict=True))
+        common = index.keys() & wanted_set
+        found.update(zip(common, map(index.__getitem__, common), strict=True))
         if len(found) == len(wanted_set):
             break
-        for seq, task_key in enumerate(block, start):
-            if task_key in wanted_set:
-                found[task_key] = seq
     return found
 
 
 def _scope_of(tx: Transaction, wf: int, numbers: Iterable[int]) -> Scope:
     """The scope of these task numbers: a range if they are solid, else restricted to them."""
-    seqs = sorted(numbers)
-    solid = seqs[-1] - seqs[0] + 1 == len(seqs)
+    seqs = list(numbers)  # distinct numbers: solid when they span exactly their count
+    lo, hi = min(seqs), max(seqs)
+    solid = hi - lo + 1 == len(seqs)
     if not solid:
-        tx.materialize(wf, seqs[-1] + 1)  # restricted claims see rows only
-        tx.restrict_to(seqs)
-    return Scope(start=seqs[0], limit=seqs[-1] + 1, restricted=not solid)
+        tx.materialize(wf, hi + 1)  # restricted claims see rows only
+        tx.restrict_to(sorted(seqs))
+    return Scope(start=lo, limit=hi + 1, restricted=not solid)
 
 
-def _read_outcomes(state: Path, plan: _Plan) -> dict[int, Any]:
-    """Task number -> result (or ``_Failure``) for every task of this call."""
+def _read_outcomes(state: Path, plan: _Plan) -> tuple[dict[int, Any], bool]:
+    """Task number -> result (or ``_Failure``) for every task of this call, and whether
+    any failed."""
     store = Store(state)
     try:
         with store.transaction() as tx:
@@ -455,34 +457,41 @@ def _read_outcomes(state: Path, plan: _Plan) -> dict[int, Any]:
             chunks = tx.result_chunks(plan.wf, scope.start, scope.limit - 1)
     finally:
         store.close()
-    latest: dict[int, tuple[Any, ...]] = {}
+    outcomes: dict[int, Any] = {}  # plain values; the rest, by kind, in `other`
+    other: dict[int, tuple[int, Any]] = {}
     for packed in chunks:  # oldest first: a retry's outcome replaces the failure
-        for row in pickle.loads(packed):
-            latest[row[0]] = row
-    outcomes: dict[int, Any] = {}
-    for seq in plan.numbers.values():
-        row = latest.get(seq)
-        task_state = states.get(seq, "completed")
-        if task_state == "completed" and row is not None and row[1] == VALUE:
-            outcomes[seq] = row[2]
-        elif task_state == "completed" and row is not None and row[1] == IN_FILE:
+        for seq, kind, value in pickle.loads(packed):
+            if kind == VALUE:
+                outcomes[seq] = value
+                if other:
+                    other.pop(seq, None)
+            else:
+                other[seq] = kind, value
+                outcomes.pop(seq, None)
+    for seq, (kind, _) in other.items():
+        if kind == IN_FILE and seq not in states:
             outcomes[seq] = pickle.loads(_result_file(state, plan.wf, seq).read_bytes())
-        elif task_state == "failed" and row is not None and row[1] == ERROR:
-            outcomes[seq] = _Failure(*pickle.loads(row[2]))
-        else:
-            reason = {"killed": "its worker died on it twice",
-                      "completed": "its result is missing"}.get(task_state, "it was reset")
-            msg = f"item not computed ({task_state}: {reason}); call pmap again to retry it"
-            outcomes[seq] = _Failure(TaskFailedError(msg), "")
-    return outcomes
+    if not all(map(outcomes.__contains__, plan.numbers.values())):
+        states = {seq: "completed" for seq in plan.numbers.values() if seq not in outcomes
+                  } | states  # completed without a value: its result is missing
+    for seq, task_state in states.items():
+        kind, value = other.get(seq, (VALUE, None))
+        if task_state == "failed" and kind == ERROR:
+            outcomes[seq] = _Failure(*pickle.loads(value))
+            continue
+        reason = {"killed": "its worker died on it twice",
+                  "completed": "its result is missing"}.get(task_state, "it was reset")
+        msg = f"item not computed ({task_state}: {reason}); call pmap again to retry it"
+        outcomes[seq] = _Failure(TaskFailedError(msg), "")
+    return outcomes, bool(states)
 
 
 def _results(keys: list[Any], numbers: dict[Any, int], outcomes: dict[int, Any],
-             on_error: str, workflow: str) -> PmapResults:
+             failed: bool, on_error: str, workflow: str) -> PmapResults:
     """The result list in input order, failures handled as ``on_error`` says."""
-    results = PmapResults(outcomes[numbers[k]] for k in keys)
+    results = PmapResults(map(outcomes.__getitem__, map(numbers.__getitem__, keys)))
     results.failures = []
-    if not any(isinstance(value, _Failure) for value in outcomes.values()):
+    if not failed:
         return results
     kept = PmapResults()
     kept.failures = []
@@ -550,10 +559,10 @@ def _check_workers(n: int | None) -> int:
 
 def _first_indices(keys: list[Any]) -> dict[Any, int]:
     """Key -> index of its first item, in input order."""
-    first: dict[Any, int] = {}
-    for index, task_key in enumerate(keys):
-        first.setdefault(task_key, index)
-    return first
+    first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))  # first wins
+    if len(first) == len(keys):  # no duplicates: input order is the reverse
+        return dict(zip(keys, range(len(keys)), strict=True))
+    return {k: first[k] for k in dict.fromkeys(keys)}
 
 
 def _item_keys(items: list[Any], key: Callable[[Any], str] | None) -> list[Any]:

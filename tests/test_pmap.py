@@ -224,7 +224,7 @@ def test_item_killed_twice_is_reported(state: Path) -> None:
     store.close()
     with pytest.raises(TaskFailedError, match=r"item not computed \(killed: its worker died"
                        r" on it twice\); call pmap again") as info:
-        _results(["only"], plan.numbers, _read_outcomes(state, plan), "raise", "die")
+        _results(["only"], plan.numbers, *_read_outcomes(state, plan), "raise", "die")
     assert "item 0 of workflow 'die'" in "".join(info.value.__notes__)
 
 
