@@ -178,13 +178,18 @@ def _function_name(func: Any) -> str:
     return name
 
 
+_WRITTEN_OUT = frozenset((int, str))  # argument types a key spells out instead of hashing
+
+
 def _call_key(call: Call) -> str:
     """The function (name and code digest) and the arguments of one call: written out
     when they are ints and short strings, else a digest of their pickle."""
     func, args, kwargs = call
     name = _function_name(func)
-    if not kwargs and all(type(a) is int or (type(a) is str and len(a) <= 64) for a in args):
-        return f"{name}{args!r}"  # repr of exact ints and strs: distinct for distinct args
+    if not kwargs and set(map(type, args)) <= _WRITTEN_OUT:
+        written = repr(args)  # exact ints and strs: distinct reprs for distinct args
+        if len(written) <= 200:
+            return name + written
     material = (name, args, kwargs)
     try:
         payload = pickle.dumps(material, protocol=4)

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -46,7 +47,7 @@ VALUE, ERROR, IN_FILE = 0, 1, 2  # kinds of stored outcome: pickled value, (erro
 START_METHODS = ("spawn", "fork")
 LARGE_RESULT = 1 << 20  # bytes: larger pickled results go to files, not the database
 PROBE = 0.01  # seconds of work the caller does before deciding whether to start helpers
-HELPER_START = 0.3  # seconds: start helpers only when more work than this is left
+HELPER_START = 0.5  # seconds: spawn helpers only when more work than this is left
 
 
 class PmapResults(list):  # type: ignore[type-arg]
@@ -321,7 +322,7 @@ def _default_start_method() -> str:
 def _prepare_helpers(job: _Job, count: int,
                      method: str) -> Callable[[], Callable[[], None]]:
     """Return a function that starts ``count`` independent helper processes and
-    returns a function that joins them; the job is pickled here, before any work.
+    returns a function that joins them; an unpicklable function fails here, at once.
 
     Plain processes rather than a pool: a helper that dies takes no other helper with
     it (a pool that kills its other workers would count kills against their innocent
@@ -335,12 +336,23 @@ def _prepare_helpers(job: _Job, count: int,
     import cloudpickle  # lambdas, closures and __main__ functions travel by value
 
     try:
-        payload = cloudpickle.dumps((list(sys.path), job))
+        cloudpickle.dumps(job.func)
     except Exception as error:
         msg = (f"pmap cannot send {job.func!r} to worker processes ({error}): make it"
                " picklable, or pass start_method='fork'")
         raise ValueError(msg) from None
-    return lambda: _spawn_helpers(payload, count)
+
+    def start() -> Callable[[], None]:
+        try:  # the items only now: most calls that spawn start no helper at all
+            payload = cloudpickle.dumps((list(sys.path), job))
+        except Exception as error:  # noqa: BLE001 - the caller still does all the work
+            warnings.warn(f"pmap cannot send the items to worker processes ({error}), so"
+                          " this process works alone: make them picklable, or pass"
+                          " start_method='fork'", RuntimeWarning, stacklevel=2)
+            return lambda: None
+        return _spawn_helpers(payload, count)
+
+    return start
 
 
 def _fork_helpers(job: _Job, count: int) -> Callable[[], None]:
@@ -358,12 +370,18 @@ def _spawn_helpers(payload: bytes, count: int) -> Callable[[], None]:
     spawned = []
     for _ in range(count):
         proc = subprocess.Popen([sys.executable, "-c", _HELPER], stdin=subprocess.PIPE)
-        assert proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):  # a helper that died: we work on
-            proc.stdin.write(payload)
-            proc.stdin.close()
+        # The pipe holds 64 KiB and the helper reads only once its interpreter is up
+        # (~0.1 s): a thread feeds it, so the caller works on meanwhile.
+        threading.Thread(target=_feed, args=(proc, payload), daemon=True).start()
         spawned.append(proc)
     return lambda: _join(spawned)
+
+
+def _feed(proc: subprocess.Popen[bytes], payload: bytes) -> None:
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # a helper that died: the others work on
+        proc.stdin.write(payload)
+        proc.stdin.close()
 
 
 _HELPER = "from laufband.pmap import _helper_main; _helper_main()"

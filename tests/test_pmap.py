@@ -7,6 +7,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -194,6 +195,21 @@ def test_crash_unpicklable_item(state: Path) -> None:
     with pytest.raises(ValueError, match=r"item 1 \(lock\) cannot be pickled to compute its "
                        r"key .*: pass key="):
         pmap(str, [1, threading.Lock()], n=1, path=state, progress=False)
+
+
+def test_unpicklable_items_with_key_are_computed_by_the_caller_alone(state: Path) -> None:
+    # Keys come from key=, so nothing pickles the items until spawn helpers would
+    # need them: pmap warns and the caller does every item itself.
+    locks = [threading.Lock() for _ in range(30)]
+
+    def slow(lock: threading.Lock) -> bool:
+        time.sleep(0.03)
+        return lock.locked()
+
+    with pytest.warns(RuntimeWarning, match="cannot send the items to worker processes"):
+        out = pmap(slow, locks, n=2, key=lambda lock: str(id(lock)), path=state,
+                   progress=False, start_method="spawn")
+    assert out == [False] * 30
 
 
 def test_crash_inside_func(state: Path) -> None:
