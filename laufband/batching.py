@@ -40,13 +40,18 @@ class BatchSizer:
         """Record how long a store transaction (lock wait included) took."""
         self._txn_time = _blend(self._txn_time, seconds)
 
-    def next_size(self, remaining: int, workers: int) -> int:
-        """Batch size for the next claim, given tasks left and live workers."""
+    def next_size(self, remaining: int, workers: int, all_counted: bool = False) -> int:
+        """Batch size for the next claim, given tasks left and live workers;
+        ``all_counted`` when no more workers will come (every MPI rank is counted)."""
         workers = self._workers = max(workers, 1)
-        if self._task_time <= 0:  # double until a task has been timed, then go straight
-            wanted = self.size * 2
+        if self._task_time <= 0:
+            # Untimed: start small, unless every worker is counted; then the guided
+            # share below is safe, and spares the start-up crowd at the lock a round.
+            wanted = MAX_BATCH if all_counted else self.size * 2
         else:
             wanted = int(workers * self._txn_time / (LOCK_SHARE * self._task_time)) + 1
+            if not all_counted:  # grow by doubling: workers still starting are not counted
+                wanted = min(wanted, self.size * 2)
         wanted = min(wanted, MAX_BATCH)
         guided = remaining // (2 * workers)
         self.size = max(1, min(wanted, guided))

@@ -116,7 +116,8 @@ class Graphband(Generic[T]):
             "heartbeat_timeout", resolve("heartbeat_timeout", heartbeat_timeout, 30.0, float))
         self.disabled = resolve("disabled", disabled, False, parse_bool)
         self._soft_lock = resolve("lock", None, "file", str).lower() == "soft"
-        self._rank = mpi.rank()
+        found = mpi.rank_and_size()
+        self._rank, self._world_size = found if found else (None, 1)
         self.identifier = resolve("identifier", identifier, None, str) or _default_identifier(
             self._rank)
         self._tqdm_kwargs = dict(tqdm_kwargs or {})
@@ -307,7 +308,9 @@ class Graphband(Generic[T]):
             # Another worker registered tasks we have no data for: claim only ours.
             tx.restrict_to(self._mine)
             self._scope = Scope(restricted=True)
-        size = self._sizer.next_size(total - completed, tx.online_count(wf))
+        # Under MPI every rank will come: count them all, online yet or not.
+        workers = max(tx.online_count(wf), self._world_size)
+        size = self._sizer.next_size(total - completed, workers, self._world_size > 1)
         return tx.claim(wf, self._worker, size, self._label_list, self._scope)
 
     def _may_get_work(self, tx: Transaction) -> bool:
