@@ -4,9 +4,10 @@ Every claim holds the state lock for about one store transaction, and the lock
 serialises all workers. A worker therefore claims enough tasks that its share of
 lock time stays small (``LOCK_SHARE``) given how many workers compete, flushes
 finished work less often when many workers compete (``flush_interval``), and
-shrinks batches toward the end (at most remaining / (2 x workers), as in guided
-scheduling) so workers finish together. Tasks that run long are claimed one by
-one, so their state in the store is exact.
+shrinks batches toward the end (at most unclaimed / (2 x workers), or / workers
+under MPI: guided self-scheduling) so workers finish together. Sizes grow by doubling until every
+worker that will come is counted (under MPI, all ranks are from the start). Tasks
+that run long are claimed one by one, so their state in the store is exact.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class BatchSizer:
         self._txn_time = _blend(self._txn_time, seconds)
 
     def next_size(self, remaining: int, workers: int, all_counted: bool = False) -> int:
-        """Batch size for the next claim, given tasks left and live workers;
+        """Batch size for the next claim, given unclaimed tasks and live workers;
         ``all_counted`` when no more workers will come (every MPI rank is counted)."""
         workers = self._workers = max(workers, 1)
         if self._task_time <= 0:
@@ -53,7 +54,10 @@ class BatchSizer:
             if not all_counted:  # grow by doubling: workers still starting are not counted
                 wanted = min(wanted, self.size * 2)
         wanted = min(wanted, MAX_BATCH)
-        guided = remaining // (2 * workers)
+        # Guided self-scheduling: at most the unclaimed tasks / workers; half that
+        # unless every worker is counted (late joiners find work, and a batch rarely
+        # holds finished but unflushed tasks when its worker dies).
+        guided = remaining // (workers if all_counted else 2 * workers)
         self.size = max(1, min(wanted, guided))
         return self.size
 

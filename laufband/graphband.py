@@ -268,7 +268,7 @@ class Graphband(Generic[T]):
         """Finish what ran and claim the next batch in one transaction; wait if needed."""
         assert self._store is not None and self._workflow is not None
         wf = self._workflow.id
-        wait = 0.01
+        wait = min(0.01, self._sizer.longest_wait(MAX_WAIT))
         while True:
             began = time.monotonic()
             self._pack_outcomes()
@@ -303,14 +303,17 @@ class Graphband(Generic[T]):
             # returned to pending and our stale finishes ignored; carry on as new.
             tx.register_worker(self.identifier, wf, HOST, os.getpid(), process_token(),
                                self._rank, self._label_list)
-        total, completed = tx.progress(wf)
+        counts = tx.counts(wf)
+        total = sum(counts.values())
         if self._mine is not None and total > len(self._mine) and not self._scope.restricted:
             # Another worker registered tasks we have no data for: claim only ours.
             tx.restrict_to(self._mine)
             self._scope = Scope(restricted=True)
         # Under MPI every rank will come: count them all, online yet or not.
         workers = max(tx.online_count(wf), self._world_size)
-        size = self._sizer.next_size(total - completed, workers, self._world_size > 1)
+        # Guided by what is left unclaimed: claimed tasks are spoken for, and finished
+        # ones may not be flushed yet.
+        size = self._sizer.next_size(counts["pending"], workers, self._world_size > 1)
         return tx.claim(wf, self._worker, size, self._label_list, self._scope)
 
     def _may_get_work(self, tx: Transaction) -> bool:

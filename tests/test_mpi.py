@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from laufband.batching import MIN_FLUSH
 from tests.helpers.procs import HELPERS, completions, task_states
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(180)]
@@ -88,7 +89,9 @@ def test_a_crashing_rank_does_not_stop_the_others(state: Path) -> None:
     done = completions(logs)
     assert set(done) == {str(i) for i in range(120)}  # the other ranks took over
     assert done[crashed_on] == 1
-    assert sum(done.values()) - 120 <= 2  # at most rank 1's unflushed tail ran twice
+    # At most rank 1's unflushed tail (up to 1.5 x MIN_FLUSH of 20 ms tasks) and its
+    # task in flight ran twice.
+    assert sum(done.values()) - 120 <= int(1.5 * MIN_FLUSH / 0.02) + 1
     assert set(task_states(state, "crash").values()) == {"completed"}
 
 

@@ -157,7 +157,8 @@ def test_batches_grow_for_fast_tasks_and_stay_single_for_slow_ones() -> None:
         size = fast.next_size(remaining=1_000_000, workers=1)
         fast.observe_tasks(size, size * 1e-6)
     assert fast.size >= 4096
-    assert fast.next_size(remaining=10, workers=2) == 2  # guided: remaining / (2 x workers)
+    assert fast.next_size(remaining=10, workers=2) == 2  # guided: unclaimed / (2 x workers)
+    assert fast.next_size(remaining=10, workers=2, all_counted=True) == 5  # MPI: / workers
     slow = BatchSizer()
     for _ in range(10):
         slow.observe_transaction(0.002)
