@@ -25,7 +25,8 @@ from typing import Any
 from joblib import parallel_config, register_parallel_backend
 from joblib.parallel import ParallelBackendBase, SequentialBackend
 
-from laufband.pmap import _default_name, pmap
+from laufband.memo import default_name
+from laufband.pmap import pmap
 
 Call = tuple[Any, tuple[Any, ...], dict[str, Any]]
 
@@ -170,7 +171,7 @@ def _function_name(func: Any) -> str:
     try:
         return _names[func]
     except (KeyError, TypeError):
-        name = _default_name(func).removeprefix("pmap-")
+        name = default_name(func).removeprefix("pmap-")
     try:
         _names[func] = name
     except TypeError:

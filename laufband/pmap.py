@@ -18,17 +18,11 @@ a digest of its code, each task after a digest of its item.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
 import os
 import pickle
-import subprocess
-import sys
-import threading
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -36,7 +30,9 @@ from typing import Any, NamedTuple, TypeVar
 from laufband import mpi
 from laufband.errors import RemoteTraceback, TaskFailedError
 from laufband.graphband import Graphband
+from laufband.memo import default_name, first_indices, item_keys
 from laufband.options import resolve
+from laufband.processes import START_METHODS, default_start_method, prepare_helpers
 from laufband.store import Scope, Store, Transaction
 
 T = TypeVar("T")
@@ -44,7 +40,6 @@ R = TypeVar("R")
 
 ON_ERROR = ("raise", "skip", "return")
 VALUE, ERROR, IN_FILE = 0, 1, 2  # kinds of stored outcome: pickled value, (error, traceback), file
-START_METHODS = ("spawn", "fork")
 LARGE_RESULT = 1 << 20  # bytes: larger pickled results go to files, not the database
 PROBE = 0.01  # seconds of work the caller does before deciding whether to start helpers
 HELPER_START = 0.5  # seconds: spawn helpers only when more work than this is left
@@ -120,17 +115,17 @@ def pmap(
     if on_error not in ON_ERROR:
         msg = f"on_error must be one of {ON_ERROR}, got {on_error!r}"
         raise ValueError(msg)
-    method = resolve("start_method", start_method, None, str) or _default_start_method()
+    method = resolve("start_method", start_method, None, str) or default_start_method()
     if method not in START_METHODS or (method == "fork" and not hasattr(os, "fork")):
         msg = f"start_method must be 'spawn' or, on POSIX, 'fork'; got {method!r}"
         raise ValueError(msg)
     items = list(data)
-    keys = _item_keys(items, key)
-    first = _first_indices(keys)
+    keys = item_keys(items, key)
+    first = first_indices(keys)
     if not first:
         return _results([], {}, {}, False, on_error, "")
     state = Path(resolve("path", path, ".laufband", str)).absolute()
-    workflow = name or _default_name(func)
+    workflow = name or default_name(func)
     plan = _register(state, workflow, list(first))
     if plan.todo:
         if plan.scope.restricted:  # data only for the tasks still to run
@@ -282,7 +277,7 @@ def _compute(job: _Job, workers: int, method: str) -> None:
     if helpers <= 0:
         job.run(show_progress=job.progress)
         return
-    start = _prepare_helpers(job, helpers, method)  # unpicklable: fails here, at once
+    start = prepare_helpers(job, helpers, method)  # unpicklable: fails here, at once
     if method == "fork":
         # Forking costs milliseconds: start all helpers now, while this process has
         # no thread of ours (a fork copies no threads, only their locks).
@@ -309,110 +304,6 @@ def _compute(job: _Job, workers: int, method: str) -> None:
     finally:
         for join in joins:
             join()
-
-
-def _default_start_method() -> str:
-    """Fork where it is fast and safe (Linux, one thread); elsewhere spawn (macOS
-    frameworks and threads do not survive a fork)."""
-    if sys.platform.startswith("linux") and threading.active_count() == 1:
-        return "fork"
-    return "spawn"
-
-
-def _prepare_helpers(job: _Job, count: int,
-                     method: str) -> Callable[[], Callable[[], None]]:
-    """Return a function that starts ``count`` independent helper processes and
-    returns a function that joins them; an unpicklable function fails here, at once.
-
-    Plain processes rather than a pool: a helper that dies takes no other helper with
-    it (a pool that kills its other workers would count kills against their innocent
-    tasks), and the caller's own loop takes over whatever it held. "spawn" helpers are
-    fresh interpreters fed the cloudpickled job on stdin: unlike multiprocessing's
-    spawn and forkserver they never re-run the caller's script, so no
-    ``if __name__ == "__main__":`` guard is needed.
-    """
-    if method == "fork":  # the helpers inherit everything: nothing to pickle
-        return lambda: _fork_helpers(job, count)
-    import cloudpickle  # lambdas, closures and __main__ functions travel by value
-
-    try:
-        cloudpickle.dumps(job.func)
-    except Exception as error:
-        msg = (f"pmap cannot send {job.func!r} to worker processes ({error}): make it"
-               " picklable, or pass start_method='fork'")
-        raise ValueError(msg) from None
-
-    def start() -> Callable[[], None]:
-        try:  # the items only now: most calls that spawn start no helper at all
-            payload = cloudpickle.dumps((list(sys.path), job))
-        except Exception as error:  # noqa: BLE001 - the caller still does all the work
-            warnings.warn(f"pmap cannot send the items to worker processes ({error}), so"
-                          " this process works alone: make them picklable, or pass"
-                          " start_method='fork'", RuntimeWarning, stacklevel=2)
-            return lambda: None
-        return _spawn_helpers(payload, count)
-
-    return start
-
-
-def _fork_helpers(job: _Job, count: int) -> Callable[[], None]:
-    import multiprocessing
-
-    context = multiprocessing.get_context("fork")
-    forked = [context.Process(target=job.run, args=(False, None, True), daemon=True)
-              for _ in range(count)]
-    for proc in forked:
-        proc.start()
-    return lambda: _join(forked)
-
-
-def _spawn_helpers(payload: bytes, count: int) -> Callable[[], None]:
-    spawned = []
-    for _ in range(count):
-        proc = subprocess.Popen([sys.executable, "-c", _HELPER], stdin=subprocess.PIPE)
-        # The pipe holds 64 KiB and the helper reads only once its interpreter is up
-        # (~0.1 s): a thread feeds it, so the caller works on meanwhile.
-        threading.Thread(target=_feed, args=(proc, payload), daemon=True).start()
-        spawned.append(proc)
-    return lambda: _join(spawned)
-
-
-def _feed(proc: subprocess.Popen[bytes], payload: bytes) -> None:
-    assert proc.stdin is not None
-    with contextlib.suppress(BrokenPipeError):  # a helper that died: the others work on
-        proc.stdin.write(payload)
-        proc.stdin.close()
-
-
-_HELPER = "from laufband.pmap import _helper_main; _helper_main()"
-
-
-def _helper_main() -> None:
-    """Entry point of a spawned helper: read (sys.path, job) from stdin and work."""
-    path, job = pickle.loads(sys.stdin.buffer.read())
-    sys.path[:] = path  # where the caller found the modules its function needs
-    job.run(show_progress=False, helper=True)
-
-
-def _join(procs: list[Any]) -> None:
-    """End the helpers once the caller's loop is over: then no task in the job is
-    pending or running, so they only wait to notice. SIGTERM makes them hand back
-    anything claimed (after an interrupt) and go offline at once."""
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-    for proc in procs:
-        if isinstance(proc, subprocess.Popen):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # stuck in user code that ignores SIGTERM
-                proc.kill()
-                proc.wait()
-        else:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
 
 
 def _register(state: Path, workflow: str, unique: list[Any]) -> _Plan:
@@ -573,79 +464,6 @@ def _check_workers(n: int | None) -> int:
         msg = f"n must be an integer >= 1 (the number of workers), got {n!r}"
         raise ValueError(msg)
     return n
-
-
-def _first_indices(keys: list[Any]) -> dict[Any, int]:
-    """Key -> index of its first item, in input order."""
-    first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))  # first wins
-    if len(first) == len(keys):  # no duplicates: input order is the reverse
-        return dict(zip(keys, range(len(keys)), strict=True))
-    return {k: first[k] for k in dict.fromkeys(keys)}
-
-
-def _item_keys(items: list[Any], key: Callable[[Any], str] | None) -> list[Any]:
-    """Each item's task key: ``key(item)``, the item itself if it is an int or a
-    short str (of those types exactly: ``True`` and ``1.0`` are not ``1``), or a 16-byte
-    digest (bytes) of the pickled item. The kinds never compare equal to each other."""
-    if key is not None:
-        keys = [key(item) for item in items]
-        for index, value in enumerate(keys):
-            if not isinstance(value, str):
-                msg = f"key() must return a string, got {value!r} for item {index}"
-                raise TypeError(msg)
-        return keys
-    blake2b, dumps = hashlib.blake2b, pickle.dumps
-    try:  # small ints and strings are their own keys: no pickling, no hashing
-        return [item if type(item) is int or (type(item) is str and len(item) <= 64)
-                else blake2b(dumps(item, protocol=4), digest_size=16).digest()
-                for item in items]
-    except Exception:  # noqa: BLE001 - find the item to name it
-        for index, item in enumerate(items):
-            try:
-                dumps(item, protocol=4)
-            except Exception as error:  # noqa: BLE001
-                msg = (f"item {index} ({type(item).__name__}) cannot be pickled to compute its"
-                       f" key ({error}): pass key= to name items")
-                raise ValueError(msg) from None
-        raise
-
-
-def _default_name(func: Callable[..., Any]) -> str:
-    """The function's qualified name plus a digest of its code, defaults and closure."""
-    qualname = getattr(func, "__qualname__", type(func).__qualname__)
-    digest = hashlib.blake2b(digest_size=6)
-    for part in _code_parts(func):
-        digest.update(part)
-    return f"pmap-{qualname}-{digest.hexdigest()}"
-
-
-def _code_parts(func: Any) -> Iterable[bytes]:
-    import inspect
-
-    target = getattr(func, "func", func)  # functools.partial
-    yield repr(getattr(func, "args", ())).encode() + repr(getattr(func, "keywords", {})).encode()
-    yield str(getattr(target, "__module__", "")).encode()
-    try:
-        yield inspect.getsource(target).encode()
-    except (OSError, TypeError):
-        code = getattr(target, "__code__", None)
-        yield code.co_code if code is not None else repr(target).encode()
-    captured = [getattr(target, "__defaults__", None), getattr(target, "__kwdefaults__", None)]
-    captured += [cell.cell_contents for cell in getattr(target, "__closure__", None) or ()
-                 if _has_contents(cell)]
-    for value in captured:
-        try:
-            yield pickle.dumps(value, protocol=4)
-        except Exception:  # noqa: BLE001 - unpicklable captures: their repr is the best we have
-            yield repr(value).encode()
-
-
-def _has_contents(cell: Any) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018
-    except ValueError:
-        return False
-    return True
 
 
 __all__ = ["PmapResults", "pmap"]

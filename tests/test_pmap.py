@@ -258,16 +258,16 @@ def test_invalid_arguments(state: Path, kwargs: dict, message: str) -> None:
 
 
 def test_default_start_method_forks_only_without_threads() -> None:
-    from laufband.pmap import _default_start_method
+    from laufband.processes import default_start_method
 
     expected = "fork" if sys.platform.startswith("linux") else "spawn"
     if threading.active_count() == 1:
-        assert _default_start_method() == expected
+        assert default_start_method() == expected
     release = threading.Event()
     thread = threading.Thread(target=release.wait)
     thread.start()
     try:
-        assert _default_start_method() == "spawn"  # forking copies no threads
+        assert default_start_method() == "spawn"  # forking copies no threads
     finally:
         release.set()
         thread.join()
