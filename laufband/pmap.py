@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -41,8 +42,8 @@ R = TypeVar("R")
 ON_ERROR = ("raise", "skip", "return")
 VALUE, ERROR, IN_FILE = 0, 1, 2  # kinds of stored outcome: pickled value, (error, traceback), file
 LARGE_RESULT = 1 << 20  # bytes: larger pickled results go to files, not the database
-PROBE = 0.01  # seconds of work the caller does before deciding whether to start helpers
-HELPER_START = 0.5  # seconds: spawn helpers only when more work than this is left
+PROBE = 0.03  # seconds of work the caller does before deciding whether to spawn helpers
+HELPER_START = 1.0  # seconds: spawn helpers (~0.3 s of CPU each) only for more work left
 
 
 class PmapResults(list):  # type: ignore[type-arg]
@@ -70,9 +71,9 @@ def pmap(
     Results are kept in the state directory: a later call computes only items it has
     not seen, and a call made while another is running (another script, host, or MPI
     rank) shares the work with it. The calling process is one of the ``n`` workers
-    and starts the other ``n - 1`` once it has seen that the work outlasts their
-    start-up (~10 ms of measuring); under ``mpirun`` every rank is a worker and no
-    processes are started.
+    and starts the other ``n - 1``: forked at once, or spawned once ~30 ms of work
+    (or a first task still running after 1 s) shows that the work outlasts their
+    start-up; under ``mpirun`` every rank is a worker and no processes are started.
 
     Args:
         func: The function; lambdas and closures work.
@@ -91,7 +92,7 @@ def pmap(
         start_method: How helpers start: ``"fork"`` (POSIX; all of them at once, in
             milliseconds; unsafe once the caller runs threads or has initialised a GPU)
             or ``"spawn"`` (fresh interpreters fed the pickled function, started only
-            once ~10 ms of work shows they pay off; safe with threads and CUDA). Default
+            once ~30 ms of work shows they pay off; safe with threads and CUDA). Default
             (``LAUFBAND_START_METHOD``): ``"fork"`` on Linux while the caller has a
             single thread, else ``"spawn"``. Neither re-runs the caller's script, so no
             ``if __name__ == "__main__":`` guard is needed.
@@ -288,20 +289,35 @@ def _compute(job: _Job, workers: int, method: str) -> None:
             join()
         return
     joins: list[Callable[[], None]] = []
+    decided = threading.Lock()
+
+    def start_once() -> None:
+        if decided.acquire(blocking=False):
+            joins.append(start())
+
+    # A first task still running after HELPER_START: more such tasks are waiting.
+    timer = threading.Timer(HELPER_START, start_once)
+    timer.daemon = True
+    timer.start()
 
     def start_when_worth_it(done: int, seconds: float) -> bool:
-        # Helpers cost ~0.1 s each to start and then compete for the state lock: for
-        # work the caller finishes sooner alone (many tiny tasks), start none.
+        # Spawned helpers cost ~0.3 s of CPU each and then compete for the state lock:
+        # for work the caller finishes sooner alone (many tiny tasks), start none.
         if seconds < PROBE:
             return False
-        left = (job.left - done) * seconds / max(done, 1)
-        if left > HELPER_START:
-            joins.append(start())
+        timer.cancel()
+        if (job.left - done) * seconds / max(done, 1) > HELPER_START:
+            start_once()
+        else:
+            decided.acquire(blocking=False)  # not worth it: the timer must not start them
         return True
 
     try:
         job.run(show_progress=job.progress, on_progress=start_when_worth_it)
     finally:
+        timer.cancel()
+        decided.acquire(blocking=False)  # a timer firing now starts nothing
+        timer.join()  # one that fired has appended its helpers
         for join in joins:
             join()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import signal
 import sys
@@ -199,10 +200,21 @@ def test_crash_unpicklable_item(state: Path) -> None:
         pmap(str, [1, threading.Lock()], n=1, path=state, progress=False)
 
 
+def test_spawned_helpers_start_while_a_first_long_task_runs(state: Path) -> None:
+    # No task has finished when the spawn decision is due: helpers start anyway, so
+    # the second item does not wait for the first.
+    def slow(x: int) -> int:
+        time.sleep(1.5)
+        return os.getpid()
+
+    pids = pmap(slow, [0, 1], n=2, path=state, progress=False, start_method="spawn")
+    assert len(set(pids)) == 2  # a helper ran one of them
+
+
 def test_unpicklable_items_with_key_are_computed_by_the_caller_alone(state: Path) -> None:
     # Keys come from key=, so nothing pickles the items until spawn helpers would
     # need them: pmap warns and the caller does every item itself.
-    locks = [threading.Lock() for _ in range(30)]
+    locks = [threading.Lock() for _ in range(50)]
 
     def slow(lock: threading.Lock) -> bool:
         time.sleep(0.03)
@@ -211,7 +223,7 @@ def test_unpicklable_items_with_key_are_computed_by_the_caller_alone(state: Path
     with pytest.warns(RuntimeWarning, match="cannot send the items to worker processes"):
         out = pmap(slow, locks, n=2, key=lambda lock: str(id(lock)), path=state,
                    progress=False, start_method="spawn")
-    assert out == [False] * 30
+    assert out == [False] * 50
 
 
 def test_crash_inside_func(state: Path) -> None:
