@@ -187,11 +187,13 @@ class _Job:
         return lambda seq: items[seq - start]
 
     def run(self, show_progress: bool,
-            on_progress: Callable[[int, float], bool] | None = None,
+            on_progress: Callable[[int, float, float], bool] | None = None,
             helper: bool = False) -> None:
         """Run the laufband worker loop until nothing is left that it could run.
 
-        ``on_progress(done, seconds)`` is called after each task until it returns True.
+        ``on_progress(done, seconds, per_task)`` is called after each task until it
+        returns True; ``per_task`` is the measured time of one task within a batch (0
+        before the first batch ends), claims not included.
         A ``helper`` leaves as soon as nothing is left to claim; the caller waits for
         tasks running elsewhere (and takes over those of helpers that died).
         """
@@ -206,7 +208,7 @@ class _Job:
         started, done = time.monotonic(), 0
         for item in worker:
             if on_progress is not None:
-                if on_progress(done, time.monotonic() - started):
+                if on_progress(done, time.monotonic() - started, worker._sizer.task_time):
                     on_progress = None
                 done += 1
             try:
@@ -300,13 +302,13 @@ def _compute(job: _Job, workers: int, method: str) -> None:
     timer.daemon = True
     timer.start()
 
-    def start_when_worth_it(done: int, seconds: float) -> bool:
+    def start_when_worth_it(done: int, seconds: float, per_task: float) -> bool:
         # Spawned helpers cost ~0.3 s of CPU each and then compete for the state lock:
         # for work the caller finishes sooner alone (many tiny tasks), start none.
         if seconds < PROBE:
             return False
         timer.cancel()
-        if (job.left - done) * seconds / max(done, 1) > HELPER_START:
+        if (job.left - done) * (per_task or seconds / max(done, 1)) > HELPER_START:
             start_once()
         else:
             decided.acquire(blocking=False)  # not worth it: the timer must not start them
