@@ -2,18 +2,22 @@
 
 ::
 
-    caller: key each item (content hash) ─> register missing tasks, retry failed
-            (one transaction; all cached? read results, done)
+    caller: key each item ─> one transaction: find the keys' task numbers in the
+            workflow's key blocks, append one block for the new keys, retry failed
+            ones (all completed? read results, done)
               │
               ├─> start n-1 helper processes ─────────┐  every helper and the caller
               └─> run the worker loop itself ─────────┤  run the same laufband loop:
-                                                      │  claim, func(item), pickle,
-            read results in input order <─────────────┘  store result with the finish
+                                                      │  claim, func(item); each flush
+            read results in input order <─────────────┘  stores one pickled chunk of
+                                                         outcomes with the finishes
 
 Any other process calling the same pmap on the same state directory (another
 script, host or MPI rank) joins the same workflow; every caller returns the full
 list. Results are memoized per item: the workflow is named after the function and
-a digest of its code, each task after a digest of its item.
+a digest of its code, each task after its item (see memo.py). Keys live in one row
+per call and results in one row per flush, not one per item: a call of 100,000
+no-op items costs about as much as joblib's.
 """
 
 from __future__ import annotations
