@@ -144,6 +144,7 @@ class Graphband(Generic[T]):
         # the transaction that completes their tasks.
         self._outcomes: list[tuple[Any, ...]] = []
         self._chunks: list[tuple[int, int, bytes]] = []
+        self._dumps: Callable[..., bytes] = pickle.dumps
         self._failures: list[tuple[int, str]] = []
         self._sizer = BatchSizer()
         self._detector = DeadWorkerDetector(self.heartbeat_timeout)
@@ -151,6 +152,7 @@ class Graphband(Generic[T]):
         self._last_reap = 0.0
         self._waits = True  # wait for tasks running elsewhere (pmap helpers do not)
         self._offline = False  # set offline by the transaction that found nothing left
+        self._evicted = False  # another worker took us for dead; we found out flushing
 
     # -- public API ---------------------------------------------------------------------
 
@@ -250,17 +252,21 @@ class Graphband(Generic[T]):
         # A batch about to end is flushed by the claim that follows it, not twice.
         expected_end = started + len(batch) * self._sizer.task_time
         for position, seq in enumerate(batch):
-            self._position = position
+            # Current first, finished before not current: an interrupt between two
+            # of these statements finds the task in _stop() either way.
             self._current = seq
+            self._position = position
             yield item(seq)
             if self._closed:  # close() was called in the loop body
                 return
-            self._current = None
             finished.append(seq)
+            self._current = None
             now = time.monotonic()
             if now - last_flush >= flush_every and not 0 < expected_end - now <= flush_every / 2:
                 self._flush()
                 last_flush = now
+                if self._evicted:  # taken for dead meanwhile: the rest is not ours
+                    break
         self._batch = []
         self._sizer.observe_tasks(len(batch), time.monotonic() - started)
 
@@ -283,10 +289,11 @@ class Graphband(Generic[T]):
                 # batch in _stop() and hands it back.
                 self._batch, self._position = batch, -1
                 more = bool(batch) or self._may_get_work(tx)
-                if not batch and not (more and self._waits):
+                leaving = not batch and not (more and self._waits)
+                if leaving:
                     tx.set_offline(self._worker)  # the loop ends: no other transaction for it
-                    self._offline = True
                 total, completed = tx.progress(wf)
+            self._offline = leaving  # once committed: a rollback leaves us online
             self._drop(flushed)
             self._sizer.observe_transaction(time.monotonic() - began)
             self._show_progress(completed, total)
@@ -303,6 +310,7 @@ class Graphband(Generic[T]):
             # returned to pending and our stale finishes ignored; carry on as new.
             tx.register_worker(self.identifier, wf, HOST, os.getpid(), process_token(),
                                self._rank, self._label_list)
+            self._evicted = False
         counts = tx.counts(wf)
         total = sum(counts.values())
         if self._mine is not None and total > len(self._mine) and not self._scope.restricted:
@@ -331,6 +339,11 @@ class Graphband(Generic[T]):
         counts = (len(self._finished), len(self._chunks), len(self._failures))
         if self._workflow is None:
             return counts
+        if tx.worker_state(self._worker) != "online":
+            # Taken for dead (a long stall): our tasks went back and may have run
+            # elsewhere since; what we finished must not overwrite their results.
+            self._evicted = True
+            return counts
         wf = self._workflow.id
         for lo, hi, packed in self._chunks[: counts[1]]:
             tx.store_result_chunk(wf, lo, hi, packed)
@@ -349,14 +362,14 @@ class Graphband(Generic[T]):
     def _pack_outcomes(self) -> None:
         """Pack the recorded outcomes into a chunk; called before every transaction
         that finishes tasks, never under the lock (pickling may run user code)."""
-        if self._outcomes:
-            outcomes = self._outcomes[:]
-            self._outcomes.clear()  # the same list: the loop body may hold it
-            self._chunks.append(self._pack(outcomes))
+        count = len(self._outcomes)
+        if count:  # removed only once packed: an error here loses nothing
+            self._chunks.append(self._pack(self._outcomes[:count]))
+            del self._outcomes[:count]  # the same list: the loop body may hold it
 
     def _pack(self, outcomes: list[tuple[Any, ...]]) -> tuple[int, int, bytes]:
         seqs = [outcome[0] for outcome in outcomes]
-        return min(seqs), max(seqs), pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+        return min(seqs), max(seqs), self._dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _record_outcome(self, *outcome: Any) -> None:
         """Keep an outcome of the current task (pmap: its pickled result), stored in the
@@ -460,12 +473,17 @@ class Graphband(Generic[T]):
             unstarted.insert(0, self._current)
             self._current = None
         self._batch = []
-        self._pack_outcomes()
+        unpacked = self._pack_or_return(unstarted)
         if unstarted or self._finished or self._chunks or self._failures or not self._offline:
             with self._store.transaction() as tx:
-                flushed = self._finish(tx)
-                tx.release(self._workflow.id, self._worker, unstarted)
-                tx.set_offline(self._worker)
+                # Our number, unless registering it was rolled back (then it may be
+                # another worker's now): leave that worker alone.
+                if tx.worker_identifier(self._worker) == self.identifier:
+                    flushed = self._finish(tx)
+                    tx.release(self._workflow.id, self._worker, unstarted)
+                    tx.set_offline(self._worker)
+                else:
+                    flushed = (len(self._finished), len(self._chunks), len(self._failures))
                 total, completed = tx.progress(self._workflow.id)
             self._drop(flushed)
             self._show_progress(completed, total)
@@ -473,6 +491,22 @@ class Graphband(Generic[T]):
         self._bar_closed = True
         self._store.close()
         _live.discard(self)
+        if unpacked is not None:
+            raise unpacked
+
+    def _pack_or_return(self, unstarted: list[int]) -> BaseException | None:
+        """Pack the outcomes still in memory; if that fails (an interrupt, a full
+        disk), their tasks go back to pending instead of completing without a result.
+        Return the error, for _stop() to raise once the state is consistent."""
+        try:
+            self._pack_outcomes()
+        except BaseException as error:  # noqa: BLE001 - raised again by _stop()
+            lost = {outcome[0] for outcome in self._outcomes}
+            self._finished[:] = [seq for seq in self._finished if seq not in lost]
+            unstarted += sorted(lost)
+            self._outcomes.clear()
+            return error
+        return None
 
     def _watch_interrupts(self) -> None:
         """Hand the interrupted task back on Ctrl-C and on SIGTERM (SLURM's time limit,

@@ -178,6 +178,7 @@ class _Job:
         self.func, self.seqs, self.items, self.restricted = func, seqs, items, restricted
         self.path, self.name, self.progress, self.options = path, name, progress, options
         self.left = len(items)  # tasks not completed when the job was made
+        self.by_value = False  # pickle results by value (set in spawned helpers)
 
     @property
     def scope(self) -> Scope:
@@ -229,6 +230,10 @@ class _Worker(Graphband[Any]):
     def __init__(self, job: _Job, **options: Any) -> None:
         super().__init__((), **options)
         self._job = job
+        if job.by_value:  # a spawned helper: classes of the caller's __main__ travel too
+            import cloudpickle
+
+            self._dumps = cloudpickle.dumps
 
     def _collect(self) -> list[Any]:
         return []
@@ -263,7 +268,7 @@ class _Worker(Graphband[Any]):
         if kind != VALUE:
             return outcome
         try:
-            pickled = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            pickled = self._dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:  # noqa: BLE001 - reported to the caller
             self._failures.append((seq, traceback.format_exc()))  # failed before finished
             return seq, ERROR, _pickle_error(error)
@@ -299,7 +304,7 @@ def _compute(job: _Job, workers: int, method: str) -> None:
 
     def start_once() -> None:
         if decided.acquire(blocking=False):
-            joins.append(start())
+            joins.append(start())  # a helper that cannot start: a warning, we work on
 
     # A first task still running after HELPER_START: more such tasks are waiting.
     timer = threading.Timer(HELPER_START, start_once)
@@ -399,12 +404,17 @@ def _read_outcomes(state: Path, plan: _Plan) -> tuple[dict[int, Any], bool]:
             else:
                 other[seq] = kind, value
                 outcomes.pop(seq, None)
-    for seq, (kind, _) in other.items():
-        if kind == IN_FILE and seq not in states:
-            outcomes[seq] = pickle.loads(_result_file(state, plan.wf, seq).read_bytes())
+    in_files = [seq for seq, (kind, _) in other.items() if kind == IN_FILE]
+    if in_files:  # ours only: chunks also hold other calls' tasks
+        ours = set(plan.numbers.values())
+        for seq in in_files:
+            if seq in ours and seq not in states:
+                outcomes[seq] = pickle.loads(_result_file(state, plan.wf, seq).read_bytes())
     if not all(map(outcomes.__contains__, plan.numbers.values())):
-        states = {seq: "completed" for seq in plan.numbers.values() if seq not in outcomes
-                  } | states  # completed without a value: its result is missing
+        lost = [seq for seq in plan.numbers.values() if seq not in outcomes and seq not in states]
+        if lost:  # completed, but the result is gone: the next call computes them again
+            _reopen(state, plan.wf, lost)
+        states = dict.fromkeys(lost, "completed") | states
     for seq, task_state in states.items():
         kind, value = other.get(seq, (VALUE, None))
         if task_state == "failed" and kind == ERROR:
@@ -415,6 +425,15 @@ def _read_outcomes(state: Path, plan: _Plan) -> tuple[dict[int, Any], bool]:
         msg = f"item not computed ({task_state}: {reason}); call pmap again to retry it"
         outcomes[seq] = _Failure(TaskFailedError(msg), "")
     return outcomes, bool(states)
+
+
+def _reopen(state: Path, wf: int, seqs: list[int]) -> None:
+    store = Store(state)
+    try:
+        with store.transaction() as tx:
+            tx.reopen(wf, seqs)
+    finally:
+        store.close()
 
 
 def _results(keys: list[Any], numbers: dict[Any, int], outcomes: dict[int, Any],

@@ -26,6 +26,7 @@ class Job(Protocol):
     """What a helper runs: pmap's job (picklable with cloudpickle when ``func`` is)."""
 
     func: Callable[[Any], Any]
+    by_value: bool
 
     def run(self, show_progress: bool, on_progress: Any = None,
             helper: bool = False) -> None: ...
@@ -71,17 +72,28 @@ def _fork_helpers(job: Job, count: int) -> Callable[[], None]:
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
-    forked = [context.Process(target=job.run, args=(False, None, True), daemon=True)
-              for _ in range(count)]
-    for proc in forked:
-        proc.start()
+    forked = []
+    for _ in range(count):
+        proc = context.Process(target=job.run, args=(False, None, True), daemon=True)
+        try:
+            proc.start()
+        except OSError as error:  # e.g. the process limit: work on with those started
+            warnings.warn(f"pmap started {len(forked)} of {count} helper processes"
+                          f" ({error})", RuntimeWarning, stacklevel=2)
+            break
+        forked.append(proc)
     return lambda: _join(forked)
 
 
 def _spawn_helpers(payload: bytes, count: int) -> Callable[[], None]:
     spawned = []
     for _ in range(count):
-        proc = subprocess.Popen([sys.executable, "-c", _HELPER], stdin=subprocess.PIPE)
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", _HELPER], stdin=subprocess.PIPE)
+        except OSError as error:  # e.g. the process limit: work on with those started
+            warnings.warn(f"pmap started {len(spawned)} of {count} helper processes"
+                          f" ({error})", RuntimeWarning, stacklevel=2)
+            break
         # The pipe holds 64 KiB and the helper reads only once its interpreter is up
         # (~0.1 s): a thread feeds it, so the caller works on meanwhile.
         threading.Thread(target=_feed, args=(proc, payload), daemon=True).start()
@@ -103,6 +115,7 @@ def helper_main() -> None:
     """Entry point of a spawned helper: read (sys.path, job) from stdin and work."""
     path, job = pickle.loads(sys.stdin.buffer.read())
     sys.path[:] = path  # where the caller found the modules its function needs
+    job.by_value = True  # results may be of classes only the caller's __main__ has
     job.run(show_progress=False, helper=True)
 
 

@@ -340,6 +340,11 @@ class Transaction:
         """Return ``online``, ``offline`` or ``dead``."""
         return self._db.execute("SELECT state FROM workers WHERE id = ?", (worker,)).fetchone()[0]
 
+    def worker_identifier(self, worker: int) -> str | None:
+        """The identifier registered under a worker number, or None."""
+        row = self._db.execute("SELECT identifier FROM workers WHERE id = ?", (worker,)).fetchone()
+        return row[0] if row else None
+
     def set_offline(self, worker: int) -> None:
         """Mark a worker as gone cleanly."""
         self._db.execute(
@@ -733,6 +738,12 @@ class Transaction:
         return [payload for (payload,) in self._db.execute(
             "SELECT payload FROM result_chunks WHERE wf = ? AND lo <= ? AND hi >= ?"
             " ORDER BY id", (wf, hi, lo))]
+
+    def reopen(self, wf: int, seqs: Sequence[int]) -> None:
+        """Make completed tasks pending again: their results were lost."""
+        for start in range(0, len(seqs), 500):  # SQLite limits variables per statement
+            part = seqs[start:start + 500]
+            self._retry(wf, ("completed",), f" AND seq IN ({', '.join('?' * len(part))})", part)
 
     def retry_unfinished(self, wf: int, scope: Scope) -> int:
         """Make failed and killed tasks within ``scope`` pending again (a new pmap call)."""

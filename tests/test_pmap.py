@@ -6,7 +6,9 @@ import json
 import os
 import pickle
 import signal
+import sqlite3
 import sys
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -305,3 +307,117 @@ def test_script_without_main_guard(tmp_path: Path, procs: Processes) -> None:
     [(code, out, err)] = procs.wait_all([procs.start(script, cwd=tmp_path)])
     assert code == 0, err
     assert out.split() == ["True"]  # printed once: helpers never re-run the script
+
+
+# Faults while results are stored: nothing is lost for good.
+
+SLOW_PICKLE = textwrap.dedent("""
+    import pathlib, sys, time
+    from laufband import pmap
+
+    class Big:  # takes a while to pickle, like a large array
+        def __init__(self, v):
+            self.v = v
+        def __reduce__(self):
+            if len(sys.argv) > 2:
+                pathlib.Path(sys.argv[2]).touch()
+                time.sleep(3)
+            return (Big, (self.v,))
+
+    out = pmap(lambda x: Big(x) if x == 3 else x, range(6), n=1, path=sys.argv[1],
+               progress=False, name="big")
+    print([getattr(v, "v", v) for v in out])
+""")
+
+
+def test_interrupt_while_results_are_pickled_loses_nothing(state: Path, procs: Processes,
+                                                          tmp_path: Path) -> None:
+    marker = tmp_path / "pickling"
+    first = procs.start("-c", SLOW_PICKLE, state, marker)
+    wait_for(marker.exists, what="the result to be pickled")
+    first.send_signal(signal.SIGINT)
+    code, _, err = procs.wait_all([first])[0]
+    assert code != 0 and "KeyboardInterrupt" in err
+    [(code, out, err)] = procs.wait_all([procs.start("-c", SLOW_PICKLE, state)])
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == "[0, 1, 2, 3, 4, 5]"
+
+
+def test_a_result_file_that_cannot_be_written_is_computed_again(state: Path) -> None:
+    state.mkdir(parents=True)
+    (state / "results").write_text("in the way")  # stands in for a full disk
+
+    def big_third(x: int) -> object:
+        return bytes(2 << 20) if x == 3 else x
+
+    with pytest.raises(OSError):
+        pmap(big_third, range(6), n=1, path=state, progress=False, name="files")
+    (state / "results").unlink()
+    out = pmap(big_third, range(6), n=1, path=state, progress=False, name="files")
+    assert out[:3] == [0, 1, 2] and len(out[3]) == 2 << 20 and out[4:] == [4, 5]
+
+
+def test_completed_items_whose_results_are_gone_are_computed_again(state: Path) -> None:
+    assert pmap(str, range(4), n=1, path=state, progress=False, name="gone") == [
+        "0", "1", "2", "3"]
+    with sqlite3.connect(state / "state.db") as db:
+        db.execute("DELETE FROM result_chunks")
+    with pytest.raises(TaskFailedError, match=r"its result is missing\); call pmap again"):
+        pmap(str, range(4), n=1, path=state, progress=False, name="gone")
+    assert pmap(str, range(4), n=1, path=state, progress=False, name="gone") == [
+        "0", "1", "2", "3"]
+
+
+MAIN_CLASS = textwrap.dedent("""
+    import sys, time
+    from laufband import pmap
+
+    class Point:  # defined in __main__: spawned helpers cannot import it
+        def __init__(self, x):
+            self.x = x
+
+    def make(x):
+        time.sleep(0.05)
+        return Point(x)
+
+    out = pmap(make, range(40), n=2, path=sys.argv[1], progress=False,
+               start_method="spawn", on_error="return")
+    print(sum(isinstance(p, Point) and p.x == i for i, p in enumerate(out)))
+""")
+
+
+def test_spawned_helpers_return_instances_of_main_classes(state: Path,
+                                                         procs: Processes) -> None:
+    [(code, out, err)] = procs.wait_all([procs.start("-c", MAIN_CLASS, state)])
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == "40"
+
+
+STALLED = textwrap.dedent("""
+    import os, sys, time
+    role, path = sys.argv[1], sys.argv[2]
+    import laufband.graphband, laufband.liveness
+    if role == "stalled":  # on another host, whose heartbeats stop (a long stall)
+        laufband.liveness.HOST = laufband.graphband.HOST = "otherhost"
+    from laufband import pmap
+
+    def value(x):
+        if role == "stalled":
+            time.sleep(3)
+            raise ValueError("from the stalled worker")
+        return 42
+
+    print(pmap(value, ["x"], n=1, path=path, progress=False, on_error="return",
+               heartbeat_timeout=0.5, heartbeat_interval=100))
+""")
+
+
+def test_a_worker_taken_for_dead_does_not_overwrite_the_result(state: Path,
+                                                               procs: Processes) -> None:
+    stalled = procs.start("-c", STALLED, "stalled", state)
+    time.sleep(1.0)  # it holds the item and has missed its heartbeats
+    taker = procs.start("-c", STALLED, "local", state)
+    results = procs.wait_all([taker, stalled])
+    assert [out.strip().splitlines()[-1] for _, out, _ in results] == ["[42]", "[42]"]
+    [(code, out, err)] = procs.wait_all([procs.start("-c", STALLED, "local", state)])
+    assert out.strip().splitlines()[-1] == "[42]", err
