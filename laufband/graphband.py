@@ -371,16 +371,12 @@ class Graphband(Generic[T]):
         seqs = [outcome[0] for outcome in outcomes]
         return min(seqs), max(seqs), self._dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def _record_outcome(self, *outcome: Any) -> None:
-        """Keep an outcome of the current task (pmap: its pickled result), stored in the
-        transaction that completes the task."""
+    def _record_failure(self, text: str, *outcome: Any) -> None:
+        """Fail the current task without leaving the loop; keep its outcome (pmap's
+        loop body appends the outcomes of tasks that succeed to ``_outcomes`` itself),
+        stored in the transaction that fails the task."""
         assert self._current is not None
         self._outcomes.append((self._current, *outcome))
-
-    def _record_failure(self, text: str, *outcome: Any) -> None:
-        """Fail the current task without leaving the loop; keep its outcome."""
-        assert self._current is not None
-        self._record_outcome(*outcome)
         self._failures.append((self._current, text))
 
     def _flush(self) -> None:

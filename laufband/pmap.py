@@ -87,8 +87,9 @@ def pmap(
         name: Workflow name (default: the function's name and a digest of its code, so
             editing the function recomputes). Values of globals it reads are not part
             of the digest: pass ``name=`` when results depend on them.
-        key: Function giving each item a unique string id (default: a digest of the
-            pickled item; equal items are computed once).
+        key: Function giving each item a unique string id (default: the item itself
+            when it is an int or a short str, else a digest of its pickle; equal items
+            are computed once).
         on_error: ``"raise"`` the first failure (the worker's traceback as its
             ``__cause__``), ``"skip"`` failed items (see ``PmapResults.failures``), or
             ``"return"`` each exception in its item's place.
