@@ -405,6 +405,20 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f} items/s"
 
 
+def log(msg: str) -> None:
+    """A timestamped progress line on stderr (the table goes to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def require(*modules: str) -> None:
+    """Exit with one line when a peer library is missing from the running python."""
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError as error:
+            raise SystemExit(f"{module} is needed in {sys.executable}: {error}") from None
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     body = [r for r in rows if r != ["--"]]
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
@@ -449,9 +463,6 @@ def main() -> int:
         "tail_workers": 4, "tail_n": 100_000 if q else 1_000_000,
         "import_repeats": 3 if q else 7,
     }
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     t_start = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="laufband-bench-"))

@@ -364,9 +364,7 @@ def main() -> int:
              "b_ranks": 8, "b_n": 160 if q else 800, "sleep": 0.05,
              "a_cap": 60.0 if q else 90.0, "orig_cap": 30.0 if q else 120.0}
 
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
+    log = loop.log
     if not MPIEXEC.exists():
         raise SystemExit(f"no mpiexec beside {sys.executable}: pip install mpich")
     t_start = time.time()

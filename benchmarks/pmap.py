@@ -283,14 +283,8 @@ def main() -> int:
         "sleep": (80 if q else 400, 8),
     }
 
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    for module in ("joblib", "mpire", "laufband"):
-        try:
-            __import__(module)
-        except ImportError as error:
-            raise SystemExit(f"{module} is needed in {sys.executable}: {error}") from None
+    log = loop.log
+    loop.require("joblib", "mpire", "laufband")
 
     t_start = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="laufband-pmap-bench-"))

@@ -601,14 +601,8 @@ def main() -> int:
              "repeats": args.repeats or (1 if q else 3), "orig_repeats": 1,
              "ours_cap": 120.0, "orig_cap": 20.0 if q else 60.0, "pool_timeout": 120.0}
 
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    for module in ("joblib", "mpire", "matplotlib"):
-        try:
-            __import__(module)
-        except ImportError as error:
-            raise SystemExit(f"{module} is needed in {sys.executable}: {error}") from None
+    log = loop.log
+    loop.require("joblib", "mpire", "matplotlib")
 
     t_start = time.time()
     command = shlex.join(_display_cmd([sys.executable, str(Path(__file__).resolve()),
