@@ -57,7 +57,9 @@ def prepare_helpers(job: Job, count: int,
 
     def start() -> Callable[[], None]:
         try:  # the items only now: most calls that spawn start no helper at all
-            payload = cloudpickle.dumps((list(sys.path), job))
+            # sys.path first, in a pickle of its own: the job may refer to modules
+            # that only the caller's path finds (one beside its script).
+            payload = pickle.dumps(list(sys.path)) + cloudpickle.dumps(job)
         except Exception as error:  # noqa: BLE001 - the caller still does all the work
             warnings.warn(f"pmap cannot send the items to worker processes ({error}), so"
                           " this process works alone: make them picklable, or pass"
@@ -112,9 +114,10 @@ _HELPER = "from laufband.processes import helper_main; helper_main()"
 
 
 def helper_main() -> None:
-    """Entry point of a spawned helper: read (sys.path, job) from stdin and work."""
-    path, job = pickle.loads(sys.stdin.buffer.read())
-    sys.path[:] = path  # where the caller found the modules its function needs
+    """Entry point of a spawned helper: read sys.path, then the job, from stdin; work."""
+    stdin = sys.stdin.buffer
+    sys.path[:] = pickle.load(stdin)  # where the caller finds the modules its job needs
+    job = pickle.load(stdin)
     job.by_value = True  # results may be of classes only the caller's __main__ has
     job.run(show_progress=False, helper=True)
 
