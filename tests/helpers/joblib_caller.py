@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import time
 from pathlib import Path
 
 parser = argparse.ArgumentParser()
@@ -29,6 +27,7 @@ if args.import_joblib_first:
     import joblib  # noqa: F401
 import laufband  # noqa: F401,E402,I001  (first: registers the backend lazily)
 from joblib import Parallel, delayed  # noqa: E402
+from computation import compute  # noqa: E402  (beside this script)
 
 LOGS = Path(args.logs)
 LOGS.mkdir(exist_ok=True)
@@ -36,13 +35,7 @@ CALLER = os.getpid()
 
 
 def cube(x: int, offset: int = 0) -> int:
-    marker = LOGS / "killed-once"
-    if args.kill_helper and os.getpid() != CALLER and not marker.exists():
-        marker.write_text(str(x))
-        os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(args.sleep)
-    with open(LOGS / f"{os.getpid()}.done", "a") as log:
-        log.write(f"{x}\n")
+    compute(x, LOGS, args.sleep, args.kill_helper, CALLER)
     return x**3 + offset
 
 

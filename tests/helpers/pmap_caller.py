@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import time
 from pathlib import Path
+
+from computation import compute  # beside this script
 
 from laufband import pmap
 
@@ -38,13 +38,7 @@ def main() -> None:
     caller = os.getpid()
 
     def square(x: int) -> int:
-        marker = logs / "killed-once"
-        if args.kill_helper and os.getpid() != caller and not marker.exists():
-            marker.write_text(str(x))
-            os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(args.sleep)
-        with open(logs / f"{os.getpid()}.done", "a") as log:
-            log.write(f"{x}\n")
+        compute(x, logs, args.sleep, args.kill_helper, caller)
         return x * x
 
     items = range(args.first, args.first + args.items * args.step, args.step)
