@@ -27,9 +27,3 @@ def rank_and_size() -> tuple[int, int] | None:
         rank = int(os.environ["SLURM_PROCID"])
         return rank, int(size) if size.isdigit() else rank + 1
     return None
-
-
-def rank() -> int | None:
-    """This process's MPI rank, or None outside MPI."""
-    found = rank_and_size()
-    return found[0] if found else None

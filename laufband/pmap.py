@@ -139,9 +139,8 @@ def pmap(
         else:  # a solid range of task numbers, all ours
             seqs = list(range(plan.scope.start, plan.scope.limit))
         todo = _items_of(seqs, plan.numbers, first, items)
-        job = _Job(func, seqs, todo, plan.scope.restricted, str(state), workflow, progress,
-                   options)
-        job.left = len(plan.todo)
+        job = _Job(func, seqs, todo, plan.scope.restricted, len(plan.todo), str(state),
+                   workflow, progress, options)
         _compute(job, workers, method)
     outcomes, failed = _read_outcomes(state, plan)
     return _results(keys, plan.numbers, outcomes, failed, on_error, workflow)
@@ -174,11 +173,11 @@ class _Job:
     """
 
     def __init__(self, func: Callable[[Any], Any], seqs: list[int], items: list[Any],
-                 restricted: bool, path: str, name: str, progress: bool,
+                 restricted: bool, left: int, path: str, name: str, progress: bool,
                  options: dict[str, Any]) -> None:
         self.func, self.seqs, self.items, self.restricted = func, seqs, items, restricted
+        self.left = left  # tasks not completed when the job was made
         self.path, self.name, self.progress, self.options = path, name, progress, options
-        self.left = len(items)  # tasks not completed when the job was made
         self.by_value = False  # pickle results by value (set in spawned helpers)
 
     @property
