@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -18,6 +19,7 @@ import pytest
 
 from laufband import PmapResults, RemoteTraceback, TaskFailedError, pmap
 from laufband.batching import MIN_FLUSH
+from laufband.memo import default_name
 from tests.helpers.procs import HELPERS, Processes, completions, read_log, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -54,6 +56,27 @@ def test_changed_closure_is_not_served_stale(state: Path) -> None:
         results.append(pmap(lambda x: x * factor, range(4), n=1, path=state,  # noqa: B023
                             progress=False))
     assert results == [[0, 2, 4, 6], [0, 3, 6, 9]]
+
+
+class Scale:
+    """A callable object: its class's code and its state name the workflow."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def __call__(self, x: int) -> int:
+        return x * self.factor
+
+
+def test_workflow_names_follow_code_and_state(state: Path) -> None:
+    # Two lambdas on one line share their source line: their code tells them apart.
+    plus, times = pmap(lambda x: x + 1, range(3), n=1, path=state, progress=False), pmap(lambda x: x * 10, range(3), n=1, path=state, progress=False)  # noqa: E501
+    assert (plus, times) == ([1, 2, 3], [0, 10, 20])
+    assert pmap(Scale(2), range(3), n=1, path=state, progress=False) == [0, 2, 4]
+    assert pmap(Scale(3), range(3), n=1, path=state, progress=False) == [0, 3, 6]
+    assert default_name(Scale(2)) == default_name(Scale(2)) != default_name(Scale(3))
+    assert default_name(functools.partial(Scale.__call__, Scale(2))).startswith(
+        "pmap-Scale.__call__-")
 
 
 def test_equal_items_are_computed_once(state: Path, tmp_path: Path) -> None:
