@@ -5,9 +5,10 @@ serialises all workers. A worker therefore claims enough tasks that its share of
 lock time stays small (``LOCK_SHARE``) given how many workers compete, flushes
 finished work less often when many workers compete (``flush_interval``), and
 shrinks batches toward the end (at most unclaimed / (2 x workers), or / workers
-under MPI: guided self-scheduling) so workers finish together. Sizes grow by doubling until every
-worker that will come is counted (under MPI, all ranks are from the start). Tasks
-that run long are claimed one by one, so their state in the store is exact.
+when all are known: guided self-scheduling) so workers finish together. Sizes grow
+by doubling until every worker that will come is counted; when all are known from the
+start (MPI ranks, pmap's forked helpers), the first batch is the guided share. Timed
+tasks that run long are claimed one by one, so their state in the store is exact.
 """
 
 from __future__ import annotations

@@ -117,7 +117,9 @@ class Graphband(Generic[T]):
         self.disabled = resolve("disabled", disabled, False, parse_bool)
         self._soft_lock = resolve("lock", None, "file", str).lower() == "soft"
         found = mpi.rank_and_size()
-        self._rank, self._world_size = found if found else (None, 1)
+        # Workers known to come (every MPI rank; pmap's forked helpers): counted in
+        # batch sizes from the start, online yet or not.
+        self._rank, self._expected_workers = found if found else (None, 1)
         self.identifier = resolve("identifier", identifier, None, str) or _default_identifier(
             self._rank)
         self._tqdm_kwargs = dict(tqdm_kwargs or {})
@@ -126,6 +128,7 @@ class Graphband(Generic[T]):
         self._tasks: list[Task] | None = None
         self._bar: tqdm[Any] | None = None
         self._bar_closed = False  # closed by _stop(); a new iteration draws a new one
+        self._progress: tuple[int, int] | None = None  # (completed, total) last seen
         self._store: Store | None = None
         self._workflow: Workflow | None = None
         self._worker = -1
@@ -177,7 +180,8 @@ class Graphband(Generic[T]):
     def iterator(self) -> tqdm[Any]:
         """The tqdm progress bar; it counts completions of every worker."""
         if self._bar is None:
-            self._bar = tqdm(total=self._planned_total(), **self._tqdm_kwargs)
+            completed, total = self._progress or (0, self._planned_total())
+            self._bar = tqdm(total=total, initial=completed, **self._tqdm_kwargs)
         return self._bar
 
     @property
@@ -317,11 +321,11 @@ class Graphband(Generic[T]):
             # Another worker registered tasks we have no data for: claim only ours.
             tx.restrict_to(self._mine)
             self._scope = Scope(restricted=True)
-        # Under MPI every rank will come: count them all, online yet or not.
-        workers = max(tx.online_count(wf), self._world_size)
+        workers = max(tx.online_count(wf), self._expected_workers)
         # Guided by what is left unclaimed: claimed tasks are spoken for, and finished
         # ones may not be flushed yet.
-        size = self._sizer.next_size(counts["pending"], workers, self._world_size > 1)
+        size = self._sizer.next_size(counts["pending"], workers,
+                                     self._expected_workers > 1)
         return tx.claim(wf, self._worker, size, self._label_list, self._scope)
 
     def _may_get_work(self, tx: Transaction) -> bool:
@@ -389,6 +393,9 @@ class Graphband(Generic[T]):
         self._show_progress(completed, total)
 
     def _show_progress(self, completed: int, total: int) -> None:
+        self._progress = completed, total
+        if self._bar is None and self._tqdm_kwargs.get("disable"):
+            return  # no bar drawn: made only if asked for (tqdm's lock costs ~7 ms)
         bar = self.iterator
         if total != bar.total:
             bar.total = total
@@ -449,7 +456,7 @@ class Graphband(Generic[T]):
         self._last_reap = time.monotonic()
         self._sizer.observe_transaction(self._last_reap - began)
         if self._bar_closed:  # a new iteration after an earlier one: a new bar
-            self._bar, self._bar_closed = None, False
+            self._bar, self._bar_closed, self._progress = None, False, None
         _live.add(self)
         self._heartbeat = Heartbeat(self._store, self._worker, self.heartbeat_interval)
         self._heartbeat.start()
@@ -483,7 +490,8 @@ class Graphband(Generic[T]):
                 total, completed = tx.progress(self._workflow.id)
             self._drop(flushed)
             self._show_progress(completed, total)
-        self.iterator.close()
+        if self._bar is not None:
+            self._bar.close()
         self._bar_closed = True
         self._store.close()
         _live.discard(self)

@@ -179,6 +179,7 @@ class _Job:
         self.left = left  # tasks not completed when the job was made
         self.path, self.name, self.progress, self.options = path, name, progress, options
         self.by_value = False  # pickle results by value (set in spawned helpers)
+        self.expected = 1  # workers sure to come: the caller and its forked helpers
 
     @property
     def scope(self) -> Scope:
@@ -209,6 +210,7 @@ class _Job:
         worker = _Worker(self, path=self.path, name=self.name, tqdm_kwargs=tqdm_kwargs,
                          **options)
         worker._waits = not helper
+        worker._expected_workers = max(worker._expected_workers, self.expected)
         func, outcomes = self.func, worker._outcomes
         started, done = time.monotonic(), 0
         for item in worker:
@@ -291,6 +293,7 @@ def _compute(job: _Job, workers: int, method: str) -> None:
         return
     start = prepare_helpers(job, helpers, method)  # unpicklable: fails here, at once
     if method == "fork":
+        job.expected = helpers + 1
         # Forking costs milliseconds: start all helpers now, while this process has
         # no thread of ours (a fork copies no threads, only their locks).
         join = start()
