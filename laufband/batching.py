@@ -17,6 +17,7 @@ LOCK_SHARE = 0.02  # fraction of its time a worker may spend holding the lock
 MAX_BATCH = 16384
 MIN_FLUSH = 0.2  # seconds: finished work is written at most this often
 MIN_WAIT = 0.005  # seconds: shortest sleep while waiting for tasks running elsewhere
+JUMP = 0.05  # seconds of work a batch may grow to at once, past doubling
 
 
 class BatchSizer:
@@ -53,12 +54,15 @@ class BatchSizer:
         else:
             wanted = int(workers * self._txn_time / (LOCK_SHARE * self._task_time)) + 1
             if not all_counted:  # grow by doubling: workers still starting are not counted
-                wanted = min(wanted, self.size * 2)
+                # (or at once to JUMP of work: a worker starting meanwhile waits no longer)
+                wanted = min(wanted, max(self.size * 2, int(JUMP / self._task_time)))
         wanted = min(wanted, MAX_BATCH)
         # Guided self-scheduling: at most the unclaimed tasks / workers; half that
         # unless every worker is counted (late joiners find work, and a batch rarely
         # holds finished but unflushed tasks when its worker dies).
         guided = remaining // (workers if all_counted else 2 * workers)
+        if self._task_time > 0:  # but not below two transactions of work: not worth a claim
+            guided = max(guided, min(remaining, int(2 * self._txn_time / self._task_time)))
         self.size = max(1, min(wanted, guided))
         return self.size
 

@@ -17,10 +17,11 @@ from typing import Any
 
 def first_indices(keys: list[Any]) -> dict[Any, int]:
     """Key -> index of its first item, in input order."""
-    first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))  # first wins
-    if len(first) == len(keys):  # no duplicates: input order is the reverse
-        return dict(zip(keys, range(len(keys)), strict=True))
-    return {k: first[k] for k in dict.fromkeys(keys)}
+    seen = dict(zip(keys, range(len(keys)), strict=True))  # in order of first appearance
+    if len(seen) == len(keys):  # no duplicates: these are the indices
+        return seen
+    first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
+    return {k: first[k] for k in seen}
 
 
 def item_keys(items: list[Any], key: Callable[[Any], str] | None) -> list[Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from laufband import Graphband, Laufband, Task
-from laufband.batching import BatchSizer
+from laufband.batching import JUMP, BatchSizer
 from laufband.mpi import rank_and_size
 from laufband.store import _ranges
 from tests.helpers.procs import Processes, online_workers, task_events, task_states
@@ -157,8 +157,15 @@ def test_batches_grow_for_fast_tasks_and_stay_single_for_slow_ones() -> None:
         size = fast.next_size(remaining=1_000_000, workers=1)
         fast.observe_tasks(size, size * 1e-6)
     assert fast.size >= 4096
-    assert fast.next_size(remaining=10, workers=2) == 2  # guided: unclaimed / (2 x workers)
-    assert fast.next_size(remaining=10, workers=2, all_counted=True) == 5  # MPI: / workers
+    # Fewer left than two transactions' worth of work: all in one claim.
+    assert fast.next_size(remaining=10, workers=2) == 10
+    medium = BatchSizer()
+    medium.observe_tasks(1, 0.01)
+    assert medium.next_size(remaining=10, workers=2) == 2  # guided: unclaimed / (2 x workers)
+    assert medium.next_size(remaining=10, workers=2, all_counted=True) == 5  # / workers
+    jump = BatchSizer()
+    jump.observe_tasks(1, 1e-4)  # timed: growth jumps to 50 ms of work, past doubling
+    assert jump.next_size(remaining=1_000_000, workers=1) == int(JUMP / 1e-4)
     slow = BatchSizer()
     for _ in range(10):
         slow.observe_transaction(0.002)
