@@ -93,7 +93,8 @@ def pmap(
         on_error: ``"raise"`` the first failure (the worker's traceback as its
             ``__cause__``), ``"skip"`` failed items (see ``PmapResults.failures``), or
             ``"return"`` each exception in its item's place.
-        progress: Show a progress bar.
+        progress: Show a progress bar over this call's items. It counts completions by
+            every worker, in this process or any other that joined.
         start_method: How helpers start: ``"fork"`` (POSIX; all of them at once, in
             milliseconds; unsafe once the caller runs threads or has initialised a GPU)
             or ``"spawn"`` (fresh interpreters fed the pickled function, started only
@@ -141,6 +142,7 @@ def pmap(
         todo = _items_of(seqs, plan.numbers, first, items)
         job = _Job(func, seqs, todo, plan.scope.restricted, len(plan.todo), str(state),
                    workflow, progress, options)
+        job.size, job.completed_before = len(plan.numbers), plan.completed
         _compute(job, workers, method)
     outcomes, failed = _read_outcomes(state, plan)
     return _results(keys, plan.numbers, outcomes, failed, on_error, workflow)
@@ -163,6 +165,7 @@ class _Plan(NamedTuple):
     numbers: dict[Any, int]
     scope: Scope
     todo: dict[int, str]
+    completed: int  # the workflow's completed tasks then (for the progress bar)
 
 
 class _Job:
@@ -177,6 +180,8 @@ class _Job:
                  options: dict[str, Any]) -> None:
         self.func, self.seqs, self.items, self.restricted = func, seqs, items, restricted
         self.left = left  # tasks not completed when the job was made
+        self.size = len(seqs)  # the call's tasks, completed ones included
+        self.completed_before = 0  # the workflow's completed tasks when registered
         self.path, self.name, self.progress, self.options = path, name, progress, options
         self.by_value = False  # pickle results by value (set in spawned helpers)
         self.expected = 1  # workers sure to come: the caller and its forked helpers
@@ -249,7 +254,15 @@ class _Worker(Graphband[Any]):
         return self._job.item_at()
 
     def _planned_total(self) -> int:
-        return self._workflow.total if self._workflow is not None else len(self._job.seqs)
+        return self._job.size
+
+    def _show_progress(self, completed: int, total: int) -> None:
+        # The bar counts this call's items: those done before it, and every completion
+        # in the workflow since (by any worker of any process; another call's items
+        # being computed at the same time count too, within the total).
+        job = self._job
+        done = job.size - job.left + completed - job.completed_before
+        super()._show_progress(max(0, min(done, job.size)), job.size)
 
     def _plain_items(self) -> Iterable[Any]:
         return self._job.items
@@ -355,9 +368,10 @@ def _register(state: Path, workflow: str, unique: list[Any]) -> _Plan:
             else:
                 tx.retry_unfinished(wf, scope)
                 todo = tx.unfinished(wf, scope)
+            completed = tx.progress(wf)[1]
     finally:
         store.close()
-    return _Plan(wf, numbers, scope, todo)
+    return _Plan(wf, numbers, scope, todo, completed)
 
 
 def _known_numbers(blocks: list[tuple[int, bytes]], wanted: list[Any]) -> dict[Any, int]:

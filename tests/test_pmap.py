@@ -113,6 +113,25 @@ def test_two_concurrent_callers_share_the_work(state: Path, procs: Processes) ->
     assert completions(logs) == Counter({str(i): 1 for i in range(40)})
 
 
+def test_progress_bar_counts_the_other_callers_completions(state: Path,
+                                                            procs: Processes) -> None:
+    logs = state.parent / "logs"
+    # An earlier call's items in the same workflow are not this call's to count.
+    [earlier] = procs.wait_all([caller(procs, state, state.parent / "earlier", "--items", 20,
+                                       "--first", 100)])
+    assert squares_from(earlier) == [x * x for x in range(100, 120)]
+    first = caller(procs, state, logs, "--items", 40, "--sleep", 0.05, "--n", 1, "--progress")
+    wait_for(lambda: sum(completions(logs).values()) >= 2, what="the first caller started")
+    second = caller(procs, state, logs, "--items", 40, "--sleep", 0.05, "--n", 1,
+                    "--progress")
+    results = procs.wait_all([first, second])
+    assert completions(logs) == Counter({str(i): 1 for i in range(40)})
+    for proc, (_, _, err) in zip([first, second], results, strict=True):
+        own = len(read_log(logs / f"{proc.pid}.done"))
+        assert 0 < own < 40  # each computed some; its bar counts the other's too
+        assert err.replace("\r", "\n").strip().splitlines()[-1].count("40/40") == 1, err
+
+
 @pytest.mark.parametrize("step", [1, 2], ids=["overlapping-range", "scattered"])
 def test_callers_with_overlapping_items_compute_each_once(
         state: Path, procs: Processes, step: int) -> None:
@@ -216,7 +235,8 @@ def test_crash_unpicklable_function(state: Path) -> None:
     lock = threading.Lock()
     with pytest.raises(ValueError, match=r"pmap cannot send .* to worker processes .*"
                        r"start_method='fork'"):
-        pmap(lambda x: (lock, x)[1], range(4), n=2, path=state, progress=False)
+        pmap(lambda x: (lock, x)[1], range(4), n=2, path=state, progress=False,
+             start_method="spawn")  # forked helpers need no pickling
 
 
 def test_crash_unpicklable_item(state: Path) -> None:

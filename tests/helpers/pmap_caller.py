@@ -5,6 +5,7 @@ Each computation appends the item to LOGS/<pid>.done. Options:
   --sleep S            seconds each item takes
   --kill-helper        the first helper (not the caller) to get an item SIGKILLs itself
   --n N                workers
+  --progress           draw pmap's progress bar (on stderr)
 Prints the result list as JSON on the last line.
 """
 
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--kill-helper", action="store_true")
     parser.add_argument("--n", type=int, default=2)
     parser.add_argument("--start-method", default=None)
+    parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     logs = Path(args.logs)
     logs.mkdir(exist_ok=True)
@@ -43,7 +45,7 @@ def main() -> None:
 
     items = range(args.first, args.first + args.items * args.step, args.step)
     results = pmap(square, items, n=args.n, path=args.state, name="squares",
-                   progress=False, start_method=args.start_method)
+                   progress=args.progress, start_method=args.start_method)
     print(json.dumps(results))
     sys.stdout.flush()
 
