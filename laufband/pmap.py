@@ -412,8 +412,10 @@ def _read_outcomes(state: Path, plan: _Plan) -> tuple[dict[int, Any], bool]:
         store.close()
     outcomes: dict[int, Any] = {}  # plain values; the rest, by kind, in `other`
     other: dict[int, tuple[int, Any]] = {}
-    for packed in chunks:  # oldest first: a retry's outcome replaces the failure
-        for seq, kind, value in pickle.loads(packed):
+    chunks.reverse()
+    while chunks:  # oldest first: a retry's outcome replaces the failure
+        # Each payload is freed once unpickled: the caller never holds all results twice.
+        for seq, kind, value in pickle.loads(chunks.pop()):
             if kind == VALUE:
                 outcomes[seq] = value
                 if other:
