@@ -35,6 +35,7 @@ from tqdm import tqdm
 from laufband import mpi
 from laufband.batching import BatchSizer
 from laufband.errors import StateError
+from laufband.inflight import IDLE, InFlight
 from laufband.liveness import HOST, DeadWorkerDetector, Heartbeat, process_token
 from laufband.options import (
     check_count,
@@ -150,7 +151,8 @@ class Graphband(Generic[T]):
         self._dumps: Callable[..., bytes] = pickle.dumps
         self._failures: list[tuple[int, str]] = []
         self._sizer = BatchSizer()
-        self._detector = DeadWorkerDetector(self.heartbeat_timeout)
+        self._detector = DeadWorkerDetector(self.heartbeat_timeout, self.path)
+        self._in_flight: InFlight | None = None
         self._heartbeat: Heartbeat | None = None
         self._last_reap = 0.0
         self._waits = True  # wait for tasks running elsewhere (pmap helpers do not)
@@ -255,11 +257,14 @@ class Graphband(Generic[T]):
         started = last_flush = time.monotonic()
         # A batch about to end is flushed by the claim that follows it, not twice.
         expected_end = started + len(batch) * self._sizer.task_time
+        assert self._in_flight is not None
+        mark = self._in_flight.mark  # the task a reaper blames if this process dies
         for position, seq in enumerate(batch):
             # Current first, finished before not current: an interrupt between two
             # of these statements finds the task in _stop() either way.
             self._current = seq
             self._position = position
+            mark(seq)
             yield item(seq)
             if self._closed:  # close() was called in the loop body
                 return
@@ -267,10 +272,12 @@ class Graphband(Generic[T]):
             self._current = None
             now = time.monotonic()
             if now - last_flush >= flush_every and not 0 < expected_end - now <= flush_every / 2:
+                mark(IDLE)
                 self._flush()
                 last_flush = now
                 if self._evicted:  # taken for dead meanwhile: the rest is not ours
                     break
+        mark(IDLE)
         self._batch = []
         self._sizer.observe_tasks(len(batch), time.monotonic() - started)
 
@@ -458,6 +465,7 @@ class Graphband(Generic[T]):
         if self._bar_closed:  # a new iteration after an earlier one: a new bar
             self._bar, self._bar_closed, self._progress = None, False, None
         _live.add(self)
+        self._in_flight = InFlight(self.path, self._worker)
         self._heartbeat = Heartbeat(self._store, self._worker, self.heartbeat_interval)
         self._heartbeat.start()
         self._show_progress(self._workflow.completed, self._workflow.total)
@@ -493,6 +501,8 @@ class Graphband(Generic[T]):
         if self._bar is not None:
             self._bar.close()
         self._bar_closed = True
+        if self._in_flight is not None:
+            self._in_flight.close()
         self._store.close()
         _live.discard(self)
         if unpacked is not None:

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from laufband.inflight import forget, last_task
 from laufband.store import Store, Transaction, WorkerRecord
 
 HOST = socket.gethostname()
@@ -69,8 +70,9 @@ def is_alive(pid: int, token: str) -> bool:
 class DeadWorkerDetector:
     """Decides which online workers are dead; remembers heartbeat counters it has seen."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, state: Path) -> None:
         self.timeout = timeout
+        self._state = state  # where workers record their task in flight
         self._seen: dict[int, tuple[int, float]] = {}
 
     def is_dead(self, worker: WorkerRecord) -> bool:
@@ -88,15 +90,22 @@ class DeadWorkerDetector:
         """Reap the worker holding ``identifier`` if it is dead (before taking it over)."""
         holder = tx.online_worker(identifier)
         if holder is not None and self.is_dead(holder):
-            tx.reap(holder, max_killed_retries)
+            self._reap(tx, holder, max_killed_retries)
 
     def reap(self, tx: Transaction, me: int, max_killed_retries: int) -> int:
         """Reap every dead worker other than ``me``; return how many tasks came back."""
         returned = 0
         for worker in tx.online_workers(exclude=me):
             if self.is_dead(worker):
-                returned += tx.reap(worker, max_killed_retries)
+                returned += self._reap(tx, worker, max_killed_retries)
                 self._seen.pop(worker.id, None)
+        return returned
+
+    def _reap(self, tx: Transaction, dead: WorkerRecord, max_killed_retries: int) -> int:
+        returned = tx.reap(dead, max_killed_retries, last_task(self._state, dead.id))
+        # Gone even if the transaction rolls back: the next reaper then blames the
+        # lowest running task, as without a record.
+        forget(self._state, dead.id)
         return returned
 
 

@@ -375,36 +375,46 @@ class Transaction:
         )
         return [WorkerRecord(*row) for row in rows]
 
-    def reap(self, dead: WorkerRecord, max_killed_retries: int) -> int:
+    def reap(self, dead: WorkerRecord, max_killed_retries: int,
+             in_flight: int | None = None) -> int:
         """Mark ``dead`` dead; return its running tasks to pending or make them killed.
 
-        A worker runs its claimed batch in order, so only its lowest running task per
-        workflow can have been in flight: that one counts a kill, the rest of the
-        batch had not started (or finished within the last flush) and simply returns.
+        Only the task ``in_flight`` when it died counts a kill (a negative number: it
+        died between tasks); the rest of its batch had not started or had finished
+        since its last flush, and simply returns. Without a record (``None``), its
+        lowest running task counts the kill: a worker runs its batch in order.
         """
         self._db.execute("UPDATE workers SET state = 'dead' WHERE id = ?", (dead.id,))
         now = time.time()
         error = f"worker {dead.identifier} (host {dead.host}, pid {dead.pid}) died"
-        in_flight = self._db.execute(
+        lowest = self._db.execute(
             "SELECT wf, min(seq) FROM tasks WHERE worker = ? AND state = 'running'"
             " AND max_workers = 1 GROUP BY wf",
             (dead.id,),
         ).fetchall()
+        blamed = []
         returned = 0
-        for wf, first in in_flight:
+        for wf, first in lowest:
+            suspect = first if in_flight is None else in_flight
             back = self._db.execute(
-                "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND seq > ?"
+                "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND seq != ?"
                 " AND worker = ? AND state = 'running' AND max_workers = 1",
-                (wf, first, dead.id),
+                (wf, suspect, dead.id),
             ).rowcount
             self._shift(wf, back, "running", "pending")
+            if back:
+                self._lower_floor(wf, first)  # claimable again, from its lowest
             returned += back
+            if self._db.execute(  # still running on the dead worker: it counts a kill
+                    "SELECT 1 FROM tasks WHERE wf = ? AND seq = ? AND worker = ?"
+                    " AND state = 'running'", (wf, suspect, dead.id)).fetchone():
+                blamed.append((wf, suspect))
         multis = self._db.execute(
             "DELETE FROM holders WHERE worker = ? AND done = 0 RETURNING wf, seq", (dead.id,)
         ).fetchall()
-        for wf, seq in in_flight + multis:
+        for wf, seq in blamed + multis:
             self._kill(wf, seq, dead.id, max_killed_retries, now, error)
-        return returned + len(in_flight) + len(multis)
+        return returned + len(blamed) + len(multis)
 
     def _kill(self, wf: int, seq: int, worker: int, retries: int, now: float, error: str) -> None:
         holders = self._db.execute(

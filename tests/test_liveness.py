@@ -63,6 +63,28 @@ def test_task_killed_twice_stays_killed(state: Path, procs: Processes) -> None:
     assert [event for _, event, _ in task_events(state, "work")] == ["killed", "killed"]
 
 
+def test_a_task_that_kills_its_worker_is_blamed_not_its_batch(state: Path,
+                                                              procs: Processes) -> None:
+    # Item 30 kills its worker every time, late in a batch of fast tasks: the tasks
+    # before it finished unflushed. (Before workers recorded their task in flight the
+    # lowest running one was blamed: after 8 runs innocent item 4 was killed, five more
+    # had counted a kill, and item 30 went on killing workers.)
+    logs = state.parent / "logs"
+    codes = []
+    while not codes or codes[-1] != 0:
+        assert len(codes) < 4, codes  # two deaths, then a run that skips item 25
+        [(code, _, _)] = procs.wait_all([procs.worker(
+            state, logs, "--items", 40, "--die-on", 30)])
+        codes.append(code)
+    assert codes == [-signal.SIGKILL, -signal.SIGKILL, 0]
+    states = task_states(state, "work")
+    assert states.pop("30") == "killed"
+    assert set(states.values()) == {"completed"}
+    assert [(task, event) for task, event, _ in task_events(state, "work")] == [
+        ("30", "killed"), ("30", "killed")]
+    assert not list((state / "running").iterdir())  # records of the dead were removed
+
+
 def test_resume_after_kill_loses_at_most_a_flush_window(state: Path, procs: Processes) -> None:
     logs = state.parent / "logs"
     first = procs.worker(state, logs, "--items", 40, "--sleep", 0.05)

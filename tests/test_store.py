@@ -142,6 +142,26 @@ def test_multi_task_pending_after_failure_is_not_over_admitted(store: Store) -> 
         assert tx.claim(wf, d, 1, [], Scope()) == []  # b and c hold both slots
 
 
+def test_reaping_with_a_record_blames_the_recorded_task_or_none(store: Store) -> None:
+    with store.transaction() as tx:
+        wf = tx.open_workflow("w", keyed=False).id
+        tx.register_positions(wf, 10)
+        a, b = worker(tx, "a", wf), worker(tx, "b", wf)
+        assert tx.claim(wf, a, 5, [], Scope()) == [0, 1, 2, 3, 4]
+        assert tx.claim(wf, b, 5, [], Scope()) == [5, 6, 7, 8, 9]
+        tx.reap(record(tx, a), max_killed_retries=1, in_flight=3)  # 0-2 ran, unflushed
+        tx.reap(record(tx, b), max_killed_retries=1, in_flight=-1)  # died between tasks
+        states = tx.task_states(wf)
+        assert states.pop("3") == "pending"  # one kill counted, retried
+        assert set(states.values()) == {"pending"}
+        assert [event[:2] for event in tx.events(wf)] == [("3", "killed")]
+        c = worker(tx, "c", wf)
+        assert tx.claim(wf, c, 10, [], Scope()) == list(range(10))  # all claimable again
+        # A stale record naming another worker's task blames nothing of that worker.
+        tx.reap(record(tx, worker(tx, "d", wf)), max_killed_retries=1, in_flight=4)
+        assert set(tx.task_states(wf).values()) == {"running"}
+
+
 def test_reaping_counts_a_kill_only_for_the_task_in_flight(store: Store) -> None:
     with store.transaction() as tx:
         wf = tx.open_workflow("w", keyed=False).id

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ def main() -> int:
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--sleep-on", type=int, default=None, help="only this item sleeps")
     parser.add_argument("--fail-on", type=int, nargs="*", default=[])
+    parser.add_argument("--die-on", type=int, default=None,
+                        help="this item SIGKILLs the process (like a segfault)")
     parser.add_argument("--name", default="work")
     parser.add_argument("--max-killed-retries", type=int, default=None)
     parser.add_argument("--heartbeat-interval", type=float, default=None)
@@ -49,6 +52,8 @@ def main() -> int:
                 append(logs / f"{pid}.start", str(item))
                 if args.sleep and (args.sleep_on is None or item == args.sleep_on):
                     time.sleep(args.sleep)
+                if item == args.die_on:
+                    os.kill(pid, signal.SIGKILL)
                 if item in args.fail_on:
                     raise RuntimeError(f"item {item} fails")
                 append(logs / f"{pid}.done", str(item))
