@@ -183,7 +183,7 @@ class Graphband(Generic[T]):
         """The tqdm progress bar; it counts completions of every worker."""
         if self._bar is None:
             completed, total = self._progress or (0, self._planned_total())
-            self._bar = tqdm(total=total, initial=completed, **self._tqdm_kwargs)
+            self._bar = tqdm(**{"total": total, "initial": completed, **self._tqdm_kwargs})
         return self._bar
 
     @property

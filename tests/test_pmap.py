@@ -73,11 +73,28 @@ def test_workflow_names_follow_code_and_state(state: Path) -> None:
     # Two lambdas on one line share their source line: their code tells them apart.
     plus, times = pmap(lambda x: x + 1, range(3), n=1, path=state, progress=False), pmap(lambda x: x * 10, range(3), n=1, path=state, progress=False)  # noqa: E501
     assert (plus, times) == ([1, 2, 3], [0, 10, 20])
+    one, two = (lambda x: x + 1), (lambda x: x + 2)  # only a constant differs
+    assert default_name(one) != default_name(two)
+    assert default_name(Scale(2).__call__) != default_name(Scale(3).__call__)  # bound
     assert pmap(Scale(2), range(3), n=1, path=state, progress=False) == [0, 2, 4]
     assert pmap(Scale(3), range(3), n=1, path=state, progress=False) == [0, 3, 6]
     assert default_name(Scale(2)) == default_name(Scale(2)) != default_name(Scale(3))
     assert default_name(functools.partial(Scale.__call__, Scale(2))).startswith(
         "pmap-Scale.__call__-")
+
+
+def test_workflow_names_agree_between_processes(procs: Processes) -> None:
+    # Sets iterate in an order that depends on the hash seed, which differs between
+    # processes (and MPI ranks): the name must not.
+    code = textwrap.dedent("""
+        from laufband.memo import default_name
+        def member_of(allowed):
+            return lambda x: x in allowed
+        print(default_name(member_of({"alpha", "beta", "gamma", "delta"})))
+    """)
+    names = [out.strip() for _, out, _ in procs.wait_all(
+        [procs.start("-c", code, env={"PYTHONHASHSEED": seed}) for seed in ("1", "2")])]
+    assert names[0] == names[1] and names[0].startswith("pmap-member_of.<locals>.<lambda>-")
 
 
 def test_equal_items_are_computed_once(state: Path, tmp_path: Path) -> None:
