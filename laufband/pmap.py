@@ -436,7 +436,9 @@ def _read_outcomes(state: Path, plan: _Plan) -> tuple[dict[int, Any], bool]:
         states = dict.fromkeys(lost, "completed") | states
     for seq, task_state in states.items():
         kind, value = other.get(seq, (VALUE, None))
-        if task_state == "failed" and kind == ERROR:
+        if kind == ERROR and task_state != "killed":
+            # Failed; or pending or running again when another call retries it: this
+            # call reports the failure its own computation saw.
             outcomes[seq] = _Failure(*pickle.loads(value))
             continue
         reason = {"killed": "its worker died on it twice",

@@ -318,6 +318,25 @@ def test_crash_unpicklable_result(state: Path) -> None:
     assert "item 0" in "".join(getattr(info.value, "__notes__", ["item 0"]))
 
 
+def test_a_failure_that_another_call_retries_is_reported(state: Path) -> None:
+    from laufband.pmap import _read_outcomes, _register, _results
+
+    def fails_on_one(x: int) -> int:
+        if x == 1:
+            raise ValueError("item 1 fails")
+        return x
+
+    assert isinstance(pmap(fails_on_one, range(3), n=1, path=state, progress=False,
+                           name="race", on_error="return")[1], ValueError)
+    # Between a call's computation and its reading of the outcomes, another call
+    # registers and retries item 1: it is pending again, its failure still stored.
+    plan = _register(state, "race", [0, 1, 2])
+    assert plan.todo == {1: "pending"}
+    results = _results([0, 1, 2], plan.numbers, *_read_outcomes(state, plan), "return", "race")
+    assert results[0] == 0 and results[2] == 2
+    assert isinstance(results[1], ValueError) and "item 1 fails" in str(results[1])
+
+
 def test_item_killed_twice_is_reported(state: Path) -> None:
     from laufband.pmap import _read_outcomes, _register, _results
     from laufband.store import Scope, Store
