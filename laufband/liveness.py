@@ -102,7 +102,12 @@ class DeadWorkerDetector:
         return returned
 
     def _reap(self, tx: Transaction, dead: WorkerRecord, max_killed_retries: int) -> int:
-        returned = tx.reap(dead, max_killed_retries, last_task(self._state, dead.id))
+        record = last_task(self._state, dead.id)
+        if dead.host != HOST and record is not None and record < 0:
+            # Written on another host, it may not have reached us yet (a shared
+            # filesystem writes back within seconds): "between tasks" may be stale.
+            record = None
+        returned = tx.reap(dead, max_killed_retries, record)
         # Gone even if the transaction rolls back: the next reaper then blames the
         # lowest running task, as without a record.
         forget(self._state, dead.id)

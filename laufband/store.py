@@ -379,10 +379,11 @@ class Transaction:
              in_flight: int | None = None) -> int:
         """Mark ``dead`` dead; return its running tasks to pending or make them killed.
 
-        Only the task ``in_flight`` when it died counts a kill (a negative number: it
-        died between tasks); the rest of its batch had not started or had finished
-        since its last flush, and simply returns. Without a record (``None``), its
-        lowest running task counts the kill: a worker runs its batch in order.
+        Only the task ``in_flight`` when it died counts a kill (none for a negative
+        number: it died between tasks); the rest of its batch had not started or had
+        finished since its last flush, and simply returns. Without a record (``None``),
+        or one naming no task still running on it, its lowest running task counts the
+        kill: a worker runs its batch in order.
         """
         self._db.execute("UPDATE workers SET state = 'dead' WHERE id = ?", (dead.id,))
         now = time.time()
@@ -395,7 +396,11 @@ class Transaction:
         blamed = []
         returned = 0
         for wf, first in lowest:
-            suspect = first if in_flight is None else in_flight
+            suspect = first
+            if in_flight is not None and (in_flight < 0 or self._db.execute(
+                    "SELECT 1 FROM tasks WHERE wf = ? AND seq = ? AND worker = ?"
+                    " AND state = 'running'", (wf, in_flight, dead.id)).fetchone()):
+                suspect = in_flight
             back = self._db.execute(
                 "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND seq != ?"
                 " AND worker = ? AND state = 'running' AND max_workers = 1",
@@ -405,9 +410,7 @@ class Transaction:
             if back:
                 self._lower_floor(wf, first)  # claimable again, from its lowest
             returned += back
-            if self._db.execute(  # still running on the dead worker: it counts a kill
-                    "SELECT 1 FROM tasks WHERE wf = ? AND seq = ? AND worker = ?"
-                    " AND state = 'running'", (wf, suspect, dead.id)).fetchone():
+            if suspect >= 0:
                 blamed.append((wf, suspect))
         multis = self._db.execute(
             "DELETE FROM holders WHERE worker = ? AND done = 0 RETURNING wf, seq", (dead.id,)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from laufband.batching import MIN_FLUSH
+from laufband.inflight import IDLE, InFlight
+from laufband.liveness import HOST, DeadWorkerDetector
 from laufband.store import Scope, Store
 from tests.helpers.procs import (
     Processes,
@@ -111,6 +115,30 @@ def test_ctrl_c_puts_the_current_task_back_to_pending(state: Path, procs: Proces
     assert task_states(state, "work") == {"0": "completed", "1": "pending", "2": "pending"}
     assert task_events(state, "work") == []
     assert online_workers(state) == 0
+
+
+def test_a_between_tasks_record_is_trusted_on_this_host_only(state: Path) -> None:
+    # A record from another host may not have been written back to the shared
+    # filesystem yet: "between tasks" there falls back to blaming the lowest task.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    store = Store(state)
+    with store.transaction() as tx:
+        wf = tx.open_workflow("work", keyed=False).id
+        tx.register_positions(wf, 4)
+        dead = {host: tx.register_worker(host, wf, host, int(gone.stdout), "", None, [])
+                for host in (HOST, "another-host")}
+        for number in dead.values():
+            assert len(tx.claim(wf, number, 2, [], Scope())) == 2
+            InFlight(state, number).mark(IDLE)  # it died between tasks (or so it says)
+        detector = DeadWorkerDetector(timeout=0, state=state)
+        detector.reap(tx, me=-1, max_killed_retries=1)  # another host: seen once, alive
+        detector.reap(tx, me=-1, max_killed_retries=1)
+        assert set(tx.task_states(wf).values()) == {"pending"}
+        blamed = [seq for seq, event, _ in tx.events(wf) if event == "killed"]
+    store.close()
+    assert blamed == ["2"]  # the lowest task of the worker on another host only
+    assert not list((state / "running").iterdir())
 
 
 def test_worker_on_another_host_is_dead_after_heartbeat_timeout(

@@ -157,9 +157,14 @@ def test_reaping_with_a_record_blames_the_recorded_task_or_none(store: Store) ->
         assert [event[:2] for event in tx.events(wf)] == [("3", "killed")]
         c = worker(tx, "c", wf)
         assert tx.claim(wf, c, 10, [], Scope()) == list(range(10))  # all claimable again
-        # A stale record naming another worker's task blames nothing of that worker.
-        tx.reap(record(tx, worker(tx, "d", wf)), max_killed_retries=1, in_flight=4)
-        assert set(tx.task_states(wf).values()) == {"running"}
+        # A stale record naming no task running on the dead worker: its lowest counts.
+        d = worker(tx, "d", wf)
+        tx.release(wf, c, [6, 7, 8, 9])
+        assert tx.claim(wf, d, 4, [], Scope()) == [6, 7, 8, 9]
+        tx.reap(record(tx, d), max_killed_retries=1, in_flight=2)  # 2 runs on c
+        states = tx.task_states(wf)
+        assert (states["2"], states["6"], states["7"]) == ("running", "pending", "pending")
+        assert [event[:2] for event in tx.events(wf)] == [("3", "killed"), ("6", "killed")]
 
 
 def test_reaping_counts_a_kill_only_for_the_task_in_flight(store: Store) -> None:
