@@ -377,9 +377,12 @@ def _register(state: Path, workflow: str, unique: list[Any]) -> _Plan:
 def _known_numbers(blocks: list[tuple[int, bytes]], wanted: list[Any]) -> dict[Any, int]:
     """Task numbers of those ``wanted`` keys that the workflow's key blocks hold."""
     found: dict[Any, int] = {}
-    wanted_set = set(wanted)
+    wanted_set: set[Any] | None = None
     for start, packed in blocks:
         block = pickle.loads(packed)
+        if block == wanted:  # the same call again (each key is in one block only)
+            return dict(zip(block, range(start, start + len(block)), strict=True))
+        wanted_set = set(wanted) if wanted_set is None else wanted_set
         index = dict(zip(block, range(start, start + len(block)), strict=True))
         common = index.keys() & wanted_set
         found.update(zip(common, map(index.__getitem__, common), strict=True))
