@@ -14,6 +14,7 @@ MPI ranks) running the same Parallel share the calls and both get every result.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -120,9 +121,11 @@ class LaufbandBackend(ParallelBackendBase):
     def _compute(self, batches: list[tuple[Any, Future[list[Any]]]]) -> None:
         calls: list[Call] = [call for batch, _ in batches for call in batch.items]
         options = dict(self._options)
-        name = options.pop("name", None) or f"joblib-{_function_name(calls[0][0])}"
+        names: dict[Any, str] = {}
+        name = options.pop("name", None) or f"joblib-{_function_name(calls[0][0], names)}"
         try:
-            results = pmap(_call, calls, n=self._workers, name=name, key=_call_key,
+            results = pmap(_call, calls, n=self._workers, name=name,
+                           key=functools.partial(_call_key, names=names),
                            on_error="return", progress=False, **options)
         except BaseException as error:  # noqa: BLE001 - handed to joblib, which re-raises
             for _, future in batches:
@@ -163,17 +166,15 @@ def _call(call: Call) -> Any:
     return func(*args, **kwargs)
 
 
-_names: dict[Any, str] = {}
-
-
-def _function_name(func: Any) -> str:
-    """The function's name and code digest, computed once per function."""
+def _function_name(func: Any, names: dict[Any, str]) -> str:
+    """The function's name and code digest, computed once per function in ``names``
+    (one Parallel call's: a callable object's state may change between calls)."""
     try:
-        return _names[func]
+        return names[func]
     except (KeyError, TypeError):
         name = default_name(func).removeprefix("pmap-")
     try:
-        _names[func] = name
+        names[func] = name
     except TypeError:
         pass
     return name
@@ -182,11 +183,11 @@ def _function_name(func: Any) -> str:
 _WRITTEN_OUT = frozenset((int, str))  # argument types a key spells out instead of hashing
 
 
-def _call_key(call: Call) -> str:
+def _call_key(call: Call, names: dict[Any, str]) -> str:
     """The function (name and code digest) and the arguments of one call: written out
     when they are ints and short strings, else a digest of their pickle."""
     func, args, kwargs = call
-    name = _function_name(func)
+    name = _function_name(func, names)
     if not kwargs and set(map(type, args)) <= _WRITTEN_OUT:
         written = repr(args)  # exact ints and strs: distinct reprs for distinct args
         if len(written) <= 200:

@@ -96,6 +96,25 @@ def test_in_process_forms_kwargs_generator_and_errors(state: Path) -> None:
             Parallel()(delayed(broken)(i) for i in range(6))
 
 
+class Scale:
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def __call__(self, x: int) -> int:
+        return x * self.factor
+
+
+def test_a_callable_object_changed_between_calls_is_computed_again(state: Path) -> None:
+    from joblib import Parallel, delayed, parallel_config
+
+    scale = Scale(2)
+    with parallel_config(backend="laufband", n_jobs=1, path=str(state)):
+        first = Parallel()(delayed(scale)(x) for x in range(3))
+        scale.factor = 3  # the same object, now computing something else
+        second = Parallel()(delayed(scale)(x) for x in range(3))
+    assert (first, second) == ([0, 2, 4], [0, 3, 6])
+
+
 def test_nested_parallel_runs_sequentially_inside_a_task(state: Path) -> None:
     from joblib import Parallel, delayed, parallel_config
 
