@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.procs import HELPERS, Processes, completions
+from tests.helpers.scale import Scale
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -94,14 +95,6 @@ def test_in_process_forms_kwargs_generator_and_errors(state: Path) -> None:
     with parallel_config(backend="laufband", n_jobs=2, path=state):
         with pytest.raises(KeyError, match="three"):
             Parallel()(delayed(broken)(i) for i in range(6))
-
-
-class Scale:
-    def __init__(self, factor: int) -> None:
-        self.factor = factor
-
-    def __call__(self, x: int) -> int:
-        return x * self.factor
 
 
 def test_a_callable_object_changed_between_calls_is_computed_again(state: Path) -> None:

@@ -22,6 +22,7 @@ from laufband import PmapResults, RemoteTraceback, TaskFailedError, pmap
 from laufband.batching import MIN_FLUSH
 from laufband.memo import default_name
 from tests.helpers.procs import HELPERS, Processes, completions, read_log, wait_for
+from tests.helpers.scale import Scale
 
 pytestmark = pytest.mark.timeout(180)
 SQUARES = [x * x for x in range(20)]
@@ -57,16 +58,6 @@ def test_changed_closure_is_not_served_stale(state: Path) -> None:
         results.append(pmap(lambda x: x * factor, range(4), n=1, path=state,  # noqa: B023
                             progress=False))
     assert results == [[0, 2, 4, 6], [0, 3, 6, 9]]
-
-
-class Scale:
-    """A callable object: its class's code and its state name the workflow."""
-
-    def __init__(self, factor: int) -> None:
-        self.factor = factor
-
-    def __call__(self, x: int) -> int:
-        return x * self.factor
 
 
 def test_workflow_names_follow_code_and_state(state: Path) -> None:
