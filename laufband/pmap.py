@@ -408,7 +408,9 @@ def _read_outcomes(state: Path, plan: _Plan) -> tuple[dict[int, Any], bool]:
     store = Store(state)
     try:
         with store.transaction() as tx:
-            scope = _scope_of(tx, plan.wf, plan.numbers.values())
+            scope = plan.scope  # materialized by _register; the restriction is per connection
+            if scope.restricted:
+                tx.restrict_to(sorted(plan.numbers.values()))
             states = tx.unfinished(plan.wf, scope)
             chunks = tx.result_chunks(plan.wf, scope.start, scope.limit - 1)
     finally:
