@@ -57,10 +57,7 @@ def default_name(func: Callable[..., Any]) -> str:
     """The function's qualified name plus a digest of what it computes with: its source
     (or code), defaults, closure values, and the arguments of a ``functools.partial``,
     the instance of a bound method or the state of a callable object."""
-    target = func
-    while isinstance(target, functools.partial):
-        target = target.func
-    target = getattr(target, "__func__", target)  # a bound method
+    target, _ = _unwrapped(func)
     qualname = getattr(target, "__qualname__", type(target).__qualname__)
     digest = hashlib.blake2b(digest_size=6)
     for part in _parts(func, set()):
@@ -68,18 +65,24 @@ def default_name(func: Callable[..., Any]) -> str:
     return f"pmap-{qualname}-{digest.hexdigest()}"
 
 
+def _unwrapped(func: Any) -> tuple[Any, list[Any]]:
+    """The function a ``functools.partial`` or bound method calls, and what it binds."""
+    bound: list[Any] = []
+    while isinstance(func, functools.partial):
+        bound += [func.args, func.keywords]
+        func = func.func
+    if inspect.ismethod(func):
+        bound.append(func.__self__)
+        func = func.__func__
+    return func, bound
+
+
 def _parts(func: Any, seen: set[int]) -> Iterable[bytes]:
     """Byte strings that change when what ``func`` computes may change."""
     if id(func) in seen:  # a function that captures itself
         return
     seen.add(id(func))
-    captured: list[Any] = []
-    while isinstance(func, functools.partial):
-        captured += [func.args, func.keywords]
-        func = func.func
-    if inspect.ismethod(func):
-        captured.append(func.__self__)
-        func = func.__func__
+    func, captured = _unwrapped(func)
     code = getattr(func, "__code__", None)
     yield str(getattr(func, "__module__", "")).encode()
     if isinstance(code, CodeType):  # a Python function
