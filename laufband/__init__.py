@@ -5,6 +5,7 @@ Wrap a for-loop, start it as often as you like, and every item runs once.
 
 from laufband import joblib_hook as _joblib_hook
 from laufband.errors import (
+    OriginalStateWarning,
     RemoteTraceback,
     StateError,
     TaskFailedError,
@@ -17,7 +18,9 @@ from laufband.monitor import Monitor
 from laufband.pmap import PmapResults, pmap
 from laufband.task import Task
 
-__version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads it from here (the name
+# "laufband" is shared with another project, so importlib.metadata cannot be trusted).
+__version__ = "0.3.0"
 
 _joblib_hook.install()  # the joblib backend "laufband", without importing joblib
 
@@ -25,6 +28,7 @@ __all__ = [
     "Graphband",
     "Laufband",
     "Monitor",
+    "OriginalStateWarning",
     "PmapResults",
     "RemoteTraceback",
     "StateError",

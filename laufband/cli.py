@@ -52,7 +52,9 @@ def _open(path: Path | None) -> Monitor:
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
+    # A Text, not markup: messages quote names and paths, which may hold brackets.
+    # One line however narrow the terminal: scripts and logs grep for it.
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "red"), " ", message))
     raise typer.Exit(1)
 
 
@@ -204,7 +206,7 @@ def _panel(flow: WorkflowStatus, rate: float | None) -> Panel:
     eta = f"ETA {_duration(left / rate)}" if rate and rate > 0 and left else ""
     speed = f"{rate:,.1f}/s" if rate is not None else ""
     line.add_row(ProgressBar(total=max(flow.total, 1), completed=done),
-                 f"{done:,}/{flow.total:,} {speed} {eta}".rstrip())
+                 Text(f"{done:,}/{flow.total:,} {speed} {eta}".rstrip()))
     counts = Text()
     for state in STATES:
         counts.append(f"{state} {flow.counts[state]:,}  ", style=STATE_STYLES[state])
@@ -217,7 +219,7 @@ def _panel(flow: WorkflowStatus, rate: float | None) -> Panel:
         parts.append(Text(f"{event.state} {event.task}: {error[-1] if error else ''}",
                           style=STATE_STYLES.get(event.state, "white"), overflow="ellipsis",
                           no_wrap=True))
-    return Panel(Group(*parts), title=f"[bold]{flow.name}[/bold]", title_align="left")
+    return Panel(Group(*parts), title=Text(flow.name, style="bold"), title_align="left")
 
 
 def _workers_table(flow: WorkflowStatus) -> Table:
@@ -232,12 +234,13 @@ def _workers_table(flow: WorkflowStatus) -> Table:
     shown = online + [w for w in flow.workers if w.state != "online"][: max(0, 4 - len(online))]
     for w in shown:
         label = w.identifier + (f" [{','.join(w.labels)}]" if w.labels else "")
-        table.add_row(label, w.host, str(w.pid), "" if w.rank is None else str(w.rank),
+        table.add_row(Text(label), Text(w.host), str(w.pid),
+                      "" if w.rank is None else str(w.rank),
                       Text(w.state, style="green" if w.state == "online" else "dim"),
-                      w.current or "", f"{w.done:,}", _duration(w.last_seen))
+                      Text(w.current or ""), f"{w.done:,}", _duration(w.last_seen))
     hidden = len(flow.workers) - len(shown)
     if hidden:
-        table.add_row(f"... {hidden} more", *[""] * 7)
+        table.add_row(Text(f"... {hidden} more"), *[""] * 7)
     return table
 
 

@@ -19,6 +19,10 @@ class TaskFailedError(RuntimeError):
     """A task never completed: its worker died on it more often than retries allow."""
 
 
+class OriginalStateWarning(UserWarning):
+    """State files of the original laufband (0.2.x) are here; this version does not read them."""
+
+
 class RemoteTraceback(Exception):
     """The traceback of an exception raised in another process, kept as text."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from laufband import Laufband
 from tests.helpers.procs import Processes, completions, read_log, task_states, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -146,3 +147,64 @@ def test_watch_in_a_terminal_shows_workers_and_quits_on_ctrl_c(
     for worker in workers:  # the workers' own outcome is not what this test is about
         worker.kill()
         worker.wait()
+
+
+HOSTILE = "[bold red]x[/] [/bold]"  # a closing tag that matches nothing: MarkupError
+SWEEP = "sweep[lr=0.1]"  # looks like a style tag: rich would drop it
+QUIET = {"disable": True}
+
+
+def wide_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with room for whole names and identifiers on each line."""
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=60, env={**os.environ, "COLUMNS": "200"})
+
+
+def hostile_run(state: Path) -> None:
+    """Two finished workflows whose name, worker identifier and label read as markup."""
+    for name in (HOSTILE, SWEEP):
+        for _ in Laufband(range(3), path=state, name=name, identifier=f"{name}-[i]w[/i]",
+                          labels=["[gpu]"], tqdm_kwargs=QUIET):
+            pass
+
+
+@pytest.mark.parametrize("command", [["status"], ["watch", "--once"]])
+def test_names_that_look_like_markup_are_shown_literally(state: Path,
+                                                         command: list[str]) -> None:
+    hostile_run(state)
+    result = wide_cli(*command, state)
+    assert result.returncode == 0, result.stderr
+    for name in (HOSTILE, SWEEP):
+        assert name in result.stdout
+        assert f"{name}-[i]w[/i] [[gpu]]" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_markup_in_error_text_and_task_ids_is_shown_literally(state: Path) -> None:
+    try:
+        with Laufband(range(3), key=lambda i: f"[b]{i}", path=state, name="boom",
+                      identifier="[/]w", tqdm_kwargs=QUIET) as worker:
+            for i in worker:
+                if i == 1:
+                    raise RuntimeError("[red]boom[/]")
+    except RuntimeError:
+        pass
+    for command in (["status"], ["watch", "--once"]):
+        result = wide_cli(*command, state)
+        assert result.returncode == 0, result.stderr
+        assert "failed [b]1: RuntimeError: [red]boom[/]" in result.stdout
+        assert "[/]w" in result.stdout
+
+
+def test_error_messages_with_markup_are_shown_literally(state: Path, tmp_path: Path) -> None:
+    hostile_run(state)
+    result = wide_cli("retry", "-w", "[/bold]nope", "--path", state)
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert "Traceback" not in message
+    assert "no workflow '[/bold]nope' in" in message
+    assert f"known: {HOSTILE!r}, {SWEEP!r}" in message
+    missing = tmp_path / "[b]nowhere[/b]"
+    result = wide_cli("status", missing)
+    assert result.returncode == 1
+    assert f"no laufband state in {str(missing)!r}" in " ".join(result.stderr.split())

@@ -1,0 +1,64 @@
+"""State the original laufband (0.2.x) left behind: this version does not read it, so say so.
+
+The original package kept its progress in ``laufband.sqlite`` (Laufband) and
+``graphband.sqlite`` (Graphband) in the working directory. A user who switches to this
+version and runs the same script again would otherwise see every item run again,
+without a word about why.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+from laufband.errors import OriginalStateWarning
+
+ORIGINAL_FILES = ("laufband.sqlite", "graphband.sqlite")
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+_warned: set[str] = set()  # directories warned about in this process (and forked children)
+_warned_lock = threading.Lock()
+
+
+def warn_about_original_state(directory: Path) -> None:
+    """Warn once per process and directory if the original laufband's state is there.
+
+    Emits one :class:`OriginalStateWarning` naming ``laufband.sqlite`` and/or
+    ``graphband.sqlite`` when either exists in ``directory``. Costs two ``stat`` calls,
+    none once this directory was warned about.
+
+    Args:
+        directory: Where the original laufband kept its files (its working directory).
+    """
+    try:
+        key = os.path.abspath(directory)
+    except OSError:  # the working directory was removed: nothing to find there
+        return
+    if key in _warned:
+        return
+    found = [name for name in ORIGINAL_FILES if os.path.exists(os.path.join(key, name))]
+    if not found:
+        return
+    with _warned_lock:  # two threads finding the files at once: one warning
+        if key in _warned:
+            return
+        _warned.add(key)
+    files = " and ".join(found)
+    msg = (f"{files} in {key!r} {'were' if len(found) > 1 else 'was'} written by the original"
+           " laufband (0.2.x), whose progress this version does not read, so every item runs"
+           " again here: finish those runs with the original laufband, or delete or move"
+           f" {files} (and {'their' if len(found) > 1 else 'its'} .lock file) to silence this")
+    warnings.warn(msg, OriginalStateWarning, stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The stacklevel of the innermost frame outside laufband: the user's loop."""
+    frame = sys._getframe(1)  # warn_about_original_state itself
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level
