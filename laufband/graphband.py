@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import os
 import pickle
+import secrets
 import signal
 import sys
 import threading
@@ -36,6 +37,7 @@ from laufband import mpi
 from laufband.batching import BatchSizer
 from laufband.errors import StateError
 from laufband.inflight import IDLE, InFlight
+from laufband.legacy import warn_about_original_state
 from laufband.liveness import HOST, DeadWorkerDetector, Heartbeat, process_token
 from laufband.options import (
     check_count,
@@ -138,7 +140,6 @@ class Graphband(Generic[T]):
         self._running = False
         self._closed = False
         self._batch: list[int] = []
-        self._position = 0
         self._current: int | None = None
         self._interrupted: int | None = None  # the task Ctrl-C arrived during
         self._consumer: Any = None
@@ -155,6 +156,7 @@ class Graphband(Generic[T]):
         self._in_flight: InFlight | None = None
         self._heartbeat: Heartbeat | None = None
         self._last_reap = 0.0
+        self._last_sweep = -float("inf")
         self._waits = True  # wait for tasks running elsewhere (pmap helpers do not)
         self._offline = False  # set offline by the transaction that found nothing left
         self._evicted = False  # another worker took us for dead; we found out flushing
@@ -250,7 +252,7 @@ class Graphband(Generic[T]):
 
     def _run_batch(self, batch: list[int]) -> Iterator[T]:
         # The hot path: per task one yield, one list append and one clock read.
-        # _batch and _position always tell _stop() which claimed tasks have not run.
+        # _batch and _current always tell _stop() which claimed tasks are still ours.
         item = self._item_getter()
         finished = self._finished
         flush_every = self._sizer.flush_interval()
@@ -259,11 +261,10 @@ class Graphband(Generic[T]):
         expected_end = started + len(batch) * self._sizer.task_time
         assert self._in_flight is not None
         mark = self._in_flight.mark  # the task a reaper blames if this process dies
-        for position, seq in enumerate(batch):
+        for seq in batch:
             # Current first, finished before not current: an interrupt between two
             # of these statements finds the task in _stop() either way.
             self._current = seq
-            self._position = position
             mark(seq)
             yield item(seq)
             if self._closed:  # close() was called in the loop body
@@ -294,11 +295,11 @@ class Graphband(Generic[T]):
                 if began - self._last_reap >= self.heartbeat_interval:
                     self._reap(tx)
                 batch = self._claim(tx)
-                if not batch and self._reap(tx):
+                if not batch and (self._reap(tx) or self._sweep(tx)):
                     batch = self._claim(tx)
                 # Recorded before the commit: an interrupt from here on finds the
                 # batch in _stop() and hands it back.
-                self._batch, self._position = batch, -1
+                self._batch = batch
                 more = bool(batch) or self._may_get_work(tx)
                 leaving = not batch and not (more and self._waits)
                 if leaving:
@@ -316,7 +317,7 @@ class Graphband(Generic[T]):
     def _claim(self, tx: Transaction) -> list[int]:
         assert self._workflow is not None
         wf = self._workflow.id
-        if tx.worker_state(self._worker) != "online":
+        if self._check_registered(tx) != "online":
             # Another worker took us for dead (e.g. a long pause): our claims were
             # returned to pending and our stale finishes ignored; carry on as new.
             tx.register_worker(self.identifier, wf, HOST, os.getpid(), process_token(),
@@ -344,13 +345,34 @@ class Graphband(Generic[T]):
         self._last_reap = time.monotonic()
         return self._detector.reap(tx, self._worker, self.max_killed_retries)
 
+    def _sweep(self, tx: Transaction) -> int:
+        """Now and then, when nothing is ready: return tasks left running by workers that
+        are not online (none should be; a worker waiting on one would wait forever)."""
+        assert self._workflow is not None
+        now = time.monotonic()
+        if now - self._last_sweep < self.heartbeat_timeout:
+            return 0
+        self._last_sweep = now
+        return tx.return_orphans(self._workflow.id)
+
+    def _check_registered(self, tx: Transaction) -> str:
+        """Our worker record's state; a record that is gone means ``laufband reset``
+        deleted our workflow while we ran: stop rather than write into what replaced it."""
+        state = tx.worker_state(self._worker)
+        if state is None:
+            msg = (f"workflow {self.name!r} in {self.path} was reset while this worker ran"
+                   " (laufband reset): this worker stops; start it again to run the workflow"
+                   " anew")
+            raise StateError(msg)
+        return state
+
     def _finish(self, tx: Transaction) -> tuple[int, int, int]:
         """Record finished tasks, results and failures; return how many of each, to drop
         from memory once the transaction has committed (see ``_drop``)."""
         counts = (len(self._finished), len(self._chunks), len(self._failures))
         if self._workflow is None:
             return counts
-        if tx.worker_state(self._worker) != "online":
+        if self._check_registered(tx) != "online":
             # Taken for dead (a long stall): our tasks went back and may have run
             # elsewhere since; what we finished must not overwrite their results.
             self._evicted = True
@@ -411,18 +433,21 @@ class Graphband(Generic[T]):
 
     def _abandon_current(self, error: BaseException | None = None) -> None:
         """The loop was left mid-task: fail it, or hand it back after Ctrl-C."""
-        seq, self._current = self._current, None
+        seq = self._current
         if seq is None or self._store is None or self._workflow is None:
             return
         interrupted = isinstance(error, KeyboardInterrupt) or self._interrupted == seq
+        # The task stays ours (in _current) until the transaction commits: if a second
+        # signal cuts it short, _stop() still hands the task back.
         with self._store.transaction() as tx:
             if interrupted:
                 tx.release(self._workflow.id, self._worker, [seq])
-                return
-            text = (f"{type(error).__name__}: {error}" if error is not None
-                    else "the loop was left by break or an exception")
-            tx.fail(self._workflow.id, self._worker, seq, text, self.max_failed_retries)
-        if error is None:
+            else:
+                text = (f"{type(error).__name__}: {error}" if error is not None
+                        else "the loop was left by break or an exception")
+                tx.fail(self._workflow.id, self._worker, seq, text, self.max_failed_retries)
+        self._current = None
+        if error is None and not interrupted:
             _undescribed["latest"] = (
                 self._store, self._workflow.id, seq, self._worker, self._consumer)
 
@@ -439,7 +464,8 @@ class Graphband(Generic[T]):
         if self._running:
             return []
         self._watch_interrupts()
-        self._store = Store(self.path, soft_lock=self._soft_lock)
+        warn_about_original_state(Path(os.curdir))
+        self._store = Store(self.path, soft_lock=self._soft_lock, rank=self._rank)
         tasks = self._collect()
         batch: list[int] = []
         began = time.monotonic()
@@ -455,7 +481,7 @@ class Graphband(Generic[T]):
             self._workflow = tx.open_workflow(self.name, keyed=self._keyed)
             if claim:
                 batch = self._claim(tx)
-                self._batch, self._position = batch, -1  # for _stop(), as in _next_batch
+                self._batch = batch  # for _stop(), as in _next_batch
             self._running = True  # from the commit on, _stop() hands the batch back
             self._offline = False
         # Dead workers are looked for when no task is left to claim, and every
@@ -472,32 +498,28 @@ class Graphband(Generic[T]):
         return batch
 
     def _stop(self) -> None:
-        """Flush finished work, hand back unstarted tasks, go offline. Idempotent."""
+        """Flush finished work, hand back every task still held, go offline. Idempotent.
+
+        Nothing is forgotten before the transaction that hands it back commits: if a
+        second Ctrl-C or SIGTERM cuts this short, the worker stays online holding its
+        tasks, a later call (at exit) tries again, and if the process dies first the
+        reapers return them. No task is left running on a worker that is offline.
+        """
         if not self._running:
             return
-        self._running = False
         assert self._store is not None and self._workflow is not None
         if self._heartbeat is not None:
             self._heartbeat.stop()
-        unstarted = self._batch[self._position + 1:] if self._batch else []
+        # The whole batch: the tasks of it that finished are completed first, in the
+        # same transaction, and release() leaves alone what is no longer running.
+        held = list(self._batch)
         if self._current is not None:  # stopped without the loop body finishing
-            unstarted.insert(0, self._current)
-            self._current = None
-        self._batch = []
-        unpacked = self._pack_or_return(unstarted)
-        if unstarted or self._finished or self._chunks or self._failures or not self._offline:
-            with self._store.transaction() as tx:
-                # Our number, unless registering it was rolled back (then it may be
-                # another worker's now): leave that worker alone.
-                if tx.worker_identifier(self._worker) == self.identifier:
-                    flushed = self._finish(tx)
-                    tx.release(self._workflow.id, self._worker, unstarted)
-                    tx.set_offline(self._worker)
-                else:
-                    flushed = (len(self._finished), len(self._chunks), len(self._failures))
-                total, completed = tx.progress(self._workflow.id)
-            self._drop(flushed)
-            self._show_progress(completed, total)
+            held.append(self._current)
+        error = self._pack_or_return(held)
+        if held or self._finished or self._chunks or self._failures or not self._offline:
+            self._hand_back(held)
+        self._running = False
+        self._batch, self._current = [], None
         if self._bar is not None:
             self._bar.close()
         self._bar_closed = True
@@ -505,8 +527,24 @@ class Graphband(Generic[T]):
             self._in_flight.close()
         self._store.close()
         _live.discard(self)
-        if unpacked is not None:
-            raise unpacked
+        if error is not None:
+            raise error
+
+    def _hand_back(self, held: list[int]) -> None:
+        """Record what finished, release ``held`` and go offline, in one transaction."""
+        assert self._store is not None and self._workflow is not None
+        with self._store.transaction() as tx:
+            # Our number, unless registering it was rolled back (then it may be
+            # another worker's now) or our workflow was reset: leave that alone.
+            if tx.worker_identifier(self._worker) != self.identifier:
+                self._drop((len(self._finished), len(self._chunks), len(self._failures)))
+                return
+            flushed = self._finish(tx)
+            tx.release(self._workflow.id, self._worker, held)
+            tx.set_offline(self._worker)
+            total, completed = tx.progress(self._workflow.id)
+        self._drop(flushed)
+        self._show_progress(completed, total)
 
     def _pack_or_return(self, unstarted: list[int]) -> BaseException | None:
         """Pack the outcomes still in memory; if that fails (an interrupt, a full
@@ -634,8 +672,9 @@ def _script_name() -> str:
 
 
 def _default_identifier(rank: int | None) -> str:
+    # The random part: containers that share a host name but not pids all run pid 1.
     rank_part = f"-rank{rank}" if rank is not None else ""
-    return f"{HOST}-{os.getpid()}{rank_part}-{next(_identifiers)}"
+    return f"{HOST}-{os.getpid()}{rank_part}-{secrets.token_hex(3)}-{next(_identifiers)}"
 
 
 @atexit.register
@@ -646,4 +685,7 @@ def _stop_all() -> None:
     if latest is not None and error is not None and _raised_in(latest[4]):
         _describe(latest, f"{type(error).__name__}: {error}")
     for worker in list(_live):
-        worker._stop()
+        # A hand-back that an interrupt cut short is tried once more; if it cannot
+        # be done now, the tasks stay ours and reapers return them once we are gone.
+        with contextlib.suppress(StateError):
+            worker._stop()

@@ -1,24 +1,26 @@
 """Who is alive: process identity, heartbeats and dead-worker reaping.
 
-Same host: a worker is dead as soon as its pid is gone or belongs to another
-process (the start time in the token differs), or is a zombie. Other hosts:
-heartbeats are counters, and a reaper declares a worker dead only after seeing
-its counter unchanged for ``timeout`` seconds on its own monotonic clock, so
-hosts whose clocks disagree never kill each other's workers.
+A worker's token names its boot, its pid namespace and its start time. Same host,
+same boot and same pid namespace: a worker is dead as soon as its pid is gone or
+belongs to another process (the start time differs), or is a zombie. Everyone
+else (other hosts; containers that share our host name but not our pids, where
+every worker may be pid 1): heartbeats are counters, and a reaper declares a worker
+dead only after seeing its counter unchanged for ``timeout`` seconds on its own
+monotonic clock, so hosts whose clocks disagree never kill each other's workers.
+The heartbeat also finds a frozen process on our own host (SIGSTOP, a suspended
+job): alive, but its counter stands still.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from pathlib import Path
 
 from laufband.inflight import forget, last_task
+from laufband.statelock import HOST
 from laufband.store import Store, Transaction, WorkerRecord
-
-HOST = socket.gethostname()
 
 
 def _boot_id() -> str:
@@ -28,7 +30,15 @@ def _boot_id() -> str:
         return ""
 
 
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:")
+    except OSError:
+        return ""
+
+
 _BOOT = _boot_id()
+_PLACE = f"{_BOOT}:{_pid_namespace()}"  # where our pids mean what they say
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:
@@ -43,10 +53,17 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
 
 
 def process_token(pid: int | None = None) -> str:
-    """A token that differs between two processes that had the same pid."""
+    """A token that differs between two processes that had the same pid, and between
+    processes of two boots or pid namespaces: ``boot:namespace:start time``."""
     pid = os.getpid() if pid is None else pid
     stat = _proc_stat(pid)
-    return f"{_BOOT}:{stat[1]}" if stat else ""
+    return f"{_PLACE}:{stat[1]}" if stat else ""
+
+
+def is_checkable(host: str, token: str) -> bool:
+    """Whether this process can look a worker's pid up: same host, boot and pid
+    namespace (no token: a system without /proc, where the pid is all there is)."""
+    return host == HOST and (not token or token.rpartition(":")[0] == _PLACE)
 
 
 def is_alive(pid: int, token: str) -> bool:
@@ -64,7 +81,7 @@ def is_alive(pid: int, token: str) -> bool:
         return True
     if stat[0] in ("Z", "X"):
         return False
-    return not token or token == f"{_BOOT}:{stat[1]}"
+    return not token or token == f"{_PLACE}:{stat[1]}"
 
 
 class DeadWorkerDetector:
@@ -76,9 +93,10 @@ class DeadWorkerDetector:
         self._seen: dict[int, tuple[int, float]] = {}
 
     def is_dead(self, worker: WorkerRecord) -> bool:
-        """Same host: check the process. Elsewhere: heartbeat counter stale for ``timeout``."""
-        if worker.host == HOST:
-            return not is_alive(worker.pid, worker.token)
+        """Dead when its process is gone (where we can look it up) or its heartbeat
+        counter has stood still for ``timeout`` (everywhere: frozen processes too)."""
+        if is_checkable(worker.host, worker.token) and not is_alive(worker.pid, worker.token):
+            return True
         now = time.monotonic()
         beat, since = self._seen.get(worker.id, (None, now))
         if beat != worker.beat:

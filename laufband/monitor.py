@@ -18,6 +18,9 @@ from laufband.errors import StateError
 from laufband.store import DB_NAME, STATES, Store
 
 RECENT_EVENTS = 5
+# Seconds one holder may keep the state lock before a view gives up and names it
+# (a frozen process): `laufband status` answers instead of blocking behind it.
+PATIENCE = 5.0
 
 
 class WorkerStatus(NamedTuple):
@@ -94,7 +97,7 @@ class Monitor:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = find_state(path)
-        self._store = Store(self.path)
+        self._store = Store(self.path, patience=PATIENCE)
 
     def workflows(self) -> list[str]:
         """Names of all workflows, oldest first."""

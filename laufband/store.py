@@ -32,30 +32,28 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from filelock import FileLock, Timeout
-
 from laufband.errors import StateError, TaskGraphError
+from laufband.statelock import StateLock
 
-SCHEMA_VERSION = 2
-POLL_FIRST, POLL_LAST = 0.001, 0.02  # seconds between attempts to take the state lock
+# 3: workflow and worker numbers are never reused (AUTOINCREMENT): a worker still
+# running after ``laufband reset`` must not write into the new workflow's rows.
+SCHEMA_VERSION = 3
 DB_NAME = "state.db"
-LOCK_NAME = "state.lock"
-QUEUE_NAME = "state.queue"
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE workflows(
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, keyed INTEGER NOT NULL,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, keyed INTEGER NOT NULL,
     total INTEGER NOT NULL DEFAULT 0, completed INTEGER NOT NULL DEFAULT 0,
     running INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
     killed INTEGER NOT NULL DEFAULT 0, blocked INTEGER NOT NULL DEFAULT 0,
@@ -76,7 +74,7 @@ CREATE TABLE holders(
     wf INTEGER NOT NULL, seq INTEGER NOT NULL, worker INTEGER NOT NULL,
     done INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (wf, seq, worker)) WITHOUT ROWID;
 CREATE TABLE workers(
-    id INTEGER PRIMARY KEY, identifier TEXT NOT NULL UNIQUE, wf INTEGER,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, identifier TEXT NOT NULL UNIQUE, wf INTEGER,
     host TEXT, pid INTEGER, token TEXT, rank INTEGER, labels TEXT, current TEXT,
     state TEXT NOT NULL, beat INTEGER NOT NULL DEFAULT 0, seen REAL,
     started REAL, done INTEGER NOT NULL DEFAULT 0);
@@ -336,9 +334,11 @@ class Transaction:
         )
         return int(row[0])
 
-    def worker_state(self, worker: int) -> str:
-        """Return ``online``, ``offline`` or ``dead``."""
-        return self._db.execute("SELECT state FROM workers WHERE id = ?", (worker,)).fetchone()[0]
+    def worker_state(self, worker: int) -> str | None:
+        """Return ``online``, ``offline`` or ``dead``; None when the record is gone (its
+        workflow was reset)."""
+        row = self._db.execute("SELECT state FROM workers WHERE id = ?", (worker,)).fetchone()
+        return row[0] if row else None
 
     def worker_identifier(self, worker: int) -> str | None:
         """The identifier registered under a worker number, or None."""
@@ -346,12 +346,40 @@ class Transaction:
         return row[0] if row else None
 
     def set_offline(self, worker: int) -> None:
-        """Mark a worker as gone cleanly."""
+        """Mark a worker as gone cleanly; its places on multi-worker tasks it had not
+        finished are given up (its own tasks it hands back with ``release`` first)."""
         self._db.execute(
             "UPDATE workers SET state = 'offline', current = NULL, seen = ?"
             " WHERE id = ? AND state = 'online'",
             (time.time(), worker),
         )
+        for wf, seq in self._db.execute(
+                "DELETE FROM holders WHERE worker = ? AND done = 0 RETURNING wf, seq",
+                (worker,)).fetchall():
+            self._return_multi(wf, seq)
+
+    def return_orphans(self, wf: int) -> int:
+        """Put running tasks whose worker is not online back to pending; return how many.
+
+        No worker leaves tasks running when it goes offline, and reaping a dead one
+        returns its tasks, so this finds none unless a hand-back was cut short in a
+        way nobody foresaw. It scans the workflow's tasks: call it rarely (a worker
+        about to wait for tasks running elsewhere does, once in a while).
+        """
+        online = "SELECT id FROM workers WHERE state = 'online'"
+        rows = self._db.execute(
+            "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND state ="
+            f" 'running' AND max_workers = 1 AND coalesce(worker, -1) NOT IN ({online})"
+            " RETURNING seq", (wf,)).fetchall()
+        self._shift(wf, len(rows), "running", "pending")
+        multis = self._db.execute(
+            f"DELETE FROM holders WHERE wf = ? AND done = 0 AND worker NOT IN ({online})"
+            " RETURNING seq", (wf,)).fetchall()
+        for (seq,) in multis:
+            self._return_multi(wf, seq)
+        if rows:
+            self._lower_floor(wf, min(seq for (seq,) in rows))
+        return len(rows) + len(multis)
 
     def beat(self, worker: int) -> None:
         """Advance a worker's heartbeat counter (a counter: hosts' clocks disagree)."""
@@ -839,10 +867,22 @@ class Transaction:
             where = f" AND coalesce(key, CAST(seq AS TEXT)) IN ({', '.join('?' * len(task_ids))})"
             params = tuple(task_ids)
         retried = self._retry(wf, states, where, params)
+        if task_ids:  # a task named by id may also be stuck on a worker that is gone
+            retried += self._retry_orphans(wf, where, params)
         if retried:  # blocked tasks may be runnable now; they block again if not
             self._retry(wf, ("blocked",))
             self._event_many(wf, [seq for (seq,) in retried], "retried")
         return len(retried)
+
+    def _retry_orphans(self, wf: int, where: str, params: Sequence[object]) -> list[tuple[int]]:
+        rows = self._db.execute(
+            "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND state ="
+            " 'running' AND max_workers = 1 AND coalesce(worker, -1) NOT IN (SELECT id FROM"
+            f" workers WHERE state = 'online'){where} RETURNING seq", (wf, *params)).fetchall()
+        self._shift(wf, len(rows), "running", "pending")
+        if rows:
+            self._lower_floor(wf, min(seq for (seq,) in rows))
+        return rows
 
     def reset(self, wf: int) -> None:
         """Delete a workflow and everything stored for it."""
@@ -914,22 +954,23 @@ class Transaction:
 
 
 class Store:
-    """One process's handle on a state directory: the lock and a connection per thread."""
+    """One process's handle on a state directory: the lock and a connection per thread.
 
-    def __init__(self, path: str | os.PathLike[str], soft_lock: bool = False) -> None:
+    Args:
+        path: The state directory; created (0700) when missing.
+        soft_lock: Use a lock file instead of flock (filesystems without locks).
+        rank: This process's MPI rank, named when others wait for it.
+        patience: Give up waiting for the lock when one holder keeps it this many
+            seconds (``laufband status``); None waits as long as it takes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], soft_lock: bool = False,
+                 rank: int | None = None, patience: float | None = None) -> None:
         self.path = Path(path)
         self.db_path = self.path / DB_NAME
-        _make_directory(self.path)
-        lock_type = FileLock
-        if soft_lock:  # imported on demand: ~4 ms that most runs never need
-            from filelock import SoftFileLock as lock_type  # type: ignore[assignment]
-        # One lock instance per path and process (two on one path in one thread
-        # deadlock); thread-local so the heartbeat thread excludes the main thread.
-        self._lock = lock_type(self.path / LOCK_NAME, mode=0o600, is_singleton=True,
-                               thread_local=True)
-        # Waiters queue on a blocking flock (not with soft locks: no flock there).
-        self._queue = (None if soft_lock or os.name != "posix"
-                       else _WaitQueue(self.path / QUEUE_NAME))
+        make_directory(self.path)
+        self._lock = StateLock(self.path, soft_lock, rank)
+        self._patience = patience
         self._conns: dict[int, sqlite3.Connection] = {}  # the database opens lazily
 
     def _connection(self) -> sqlite3.Connection:
@@ -941,28 +982,30 @@ class Store:
         return conn
 
     def _connect(self) -> sqlite3.Connection:
-        new = not self.db_path.exists()
+        """Open the database, creating its schema when it has none (under the lock)."""
+        _refuse_symlink(self.db_path)
         try:
+            # Created 0600 before SQLite opens it (its journal takes the same mode).
+            os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
             conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=60.0)
             # A rollback journal (WAL needs shared memory, which NFS lacks), kept
             # between transactions: creating and deleting it costs ~20 % per commit.
             conn.execute("PRAGMA journal_mode = PERSIST")
-            if new:
-                os.chmod(self.db_path, 0o600)
-                # Schema and version in one transaction: a crash leaves no half database.
+            # Empty, not missing: a first worker killed while creating the schema
+            # leaves an empty file (SQLite rolls a hot journal back on open), which
+            # the next worker completes. Schema and version commit together.
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
                 conn.executescript(
-                    f"BEGIN; {_SCHEMA} INSERT INTO meta VALUES ('schema_version',"
+                    f"BEGIN IMMEDIATE; {_SCHEMA} INSERT INTO meta VALUES ('schema_version',"
                     f" '{SCHEMA_VERSION}'); COMMIT;"
                 )
             row = conn.execute(
                 "SELECT value FROM meta WHERE key = 'schema_version'"
             ).fetchone()
         except sqlite3.DatabaseError as error:
-            msg = (
-                f"{self.db_path} is not a laufband state database ({error}): point path= at"
-                " another directory, or move the file away if it is yours to discard"
-            )
-            raise StateError(msg) from None
+            raise self._foreign(error) from None
+        except OSError as error:
+            raise self._write_error(error) from None
         if row is None or int(row[0]) != SCHEMA_VERSION:
             found = row[0] if row else "none"
             msg = (
@@ -975,7 +1018,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Run the enclosed operations atomically under the state lock."""
-        self._acquire()
+        self._lock.acquire(self._patience)
         try:
             conn = self._connection()
             try:
@@ -984,46 +1027,22 @@ class Store:
                 conn.execute("COMMIT")
             except BaseException as error:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    with suppress(sqlite3.Error):  # a broken file cannot even roll back
+                        conn.execute("ROLLBACK")
                 if isinstance(error, (sqlite3.OperationalError, OSError)):
-                    raise self._write_error(error) from error
+                    raise self._write_error(error) from None
+                if type(error) is sqlite3.DatabaseError:  # garbage written over the file
+                    raise self._foreign(error) from None
                 raise
         finally:
             self._lock.release()
 
-    def _acquire(self) -> None:
-        """Take the state lock; when it is busy, wait in line.
-
-        filelock only polls, and a failed attempt costs ~80 us of CPU: dozens of
-        workers polling every millisecond fill two cores and starve the holder, and
-        nobody is served in order. So a worker that finds the lock busy first takes
-        its turn on a blocking kernel flock of ``state.queue`` (waiting there costs no
-        CPU), and only the worker at the head of the line polls the state lock.
-        """
-        try:
-            self._lock.acquire(timeout=0)
-            return
-        except Timeout:
-            pass
-        if self._queue is None:
-            self._poll()
-            return
-        with self._queue.turn():
-            # Alone at the head of the line: poll fast, every hand-off waits on it.
-            self._poll(backoff=False)
-
-    def _poll(self, backoff: bool = True) -> None:
-        """Poll the state lock every 1 ms, backing off to 20 ms (with jitter) when
-        other workers poll too."""
-        delay = POLL_FIRST
-        while True:
-            try:
-                self._lock.acquire(timeout=0)
-                return
-            except Timeout:
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                if backoff:
-                    delay = min(delay * 2, POLL_LAST)
+    def _foreign(self, error: sqlite3.DatabaseError) -> StateError:
+        msg = (
+            f"{self.db_path} is not a laufband state database ({error}): point path= at"
+            " another directory, or move the file away if it is yours to discard"
+        )
+        return StateError(msg)
 
     def _write_error(self, error: BaseException) -> StateError:
         """A clear error for a state directory that stopped taking writes."""
@@ -1040,39 +1059,53 @@ class Store:
             conn.close()
 
 
-class _WaitQueue:
-    """A blocking flock that waiters for the state lock line up on, one fd per thread
-    and process (flock locks belong to open file descriptions)."""
+def make_directory(path: Path) -> None:
+    """Create the state directory 0700, or check that an existing one is safe to use.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
-
-    @contextmanager
-    def turn(self) -> Iterator[None]:
-        import fcntl
-
-        fd, pid = getattr(self._local, "fd", (-1, -1))
-        if pid != os.getpid():  # new thread, or a forked child: open our own
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._local.fd = (fd, os.getpid())
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _make_directory(path: Path) -> None:
-    if path.exists() and not path.is_dir():
-        msg = f"state path {str(path)!r} is a file, not a directory: pass another path="
-        raise StateError(msg)
+    Results are pickles: whoever can write the directory can make its readers run
+    code, so a directory writable by group or others, or owned by someone else, is
+    refused rather than used.
+    """
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # a file or a dangling symlink: reported below
     except OSError as error:
         msg = (f"cannot create state directory {str(path)!r} ({error.strerror}):"
                " pass a writable path=")
         raise StateError(msg) from None
+    try:
+        info = os.lstat(path)
+    except OSError as error:
+        msg = f"cannot read state directory {str(path)!r} ({error.strerror}): pass another path="
+        raise StateError(msg) from None
+    if stat.S_ISLNK(info.st_mode):
+        try:  # a symlink to a directory is the user's choice; check that one
+            info = os.stat(path)
+        except OSError:
+            msg = (f"state path {str(path)!r} is a symlink to {os.readlink(path)!r}, which does"
+                   " not exist: create that directory, or pass another path=")
+            raise StateError(msg) from None
+        path = path.resolve()
+    if not stat.S_ISDIR(info.st_mode):
+        msg = f"state path {str(path)!r} is a file, not a directory: pass another path="
+        raise StateError(msg)
+    if info.st_uid != os.geteuid():
+        msg = (f"state directory {str(path)!r} belongs to another user (uid {info.st_uid}):"
+               " use a directory of your own (path= or LAUFBAND_PATH)")
+        raise StateError(msg)
+    if info.st_mode & 0o022:
+        mode = oct(stat.S_IMODE(info.st_mode))
+        msg = (f"state directory {str(path)!r} is writable by group or others (mode {mode}):"
+               f" run chmod go-w {str(path)!r}, or use another path=")
+        raise StateError(msg)
     if not os.access(path, os.W_OK | os.X_OK):
         msg = f"state directory {str(path)!r} is not writable: pass a writable path="
+        raise StateError(msg)
+
+
+def _refuse_symlink(path: Path) -> None:
+    if path.is_symlink():
+        msg = (f"{str(path)!r} is a symlink: laufband follows none in its state directory;"
+               " remove it, or use another path=")
         raise StateError(msg)

@@ -165,7 +165,7 @@ def test_newer_schema_is_refused(state: Path) -> None:
     finished_run(state, [1, 2])
     with sqlite3.connect(state / "state.db") as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StateError, match="has schema version 99, this laufband reads version 2"):
+    with pytest.raises(StateError, match="has schema version 99, this laufband reads version 3"):
         run(Laufband([1, 2], path=state, name="w", tqdm_kwargs=QUIET))
 
 

@@ -203,3 +203,47 @@ def test_hostile_names_and_ids_stay_data(state: Path) -> None:
     assert integrity(state) == "ok"
 
 
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_chaos_signals_and_a_reset_during_work(state: Path, procs: Processes) -> None:
+    """Workers hit by SIGKILL, SIGINT and SIGTERM at random and replaced; halfway the
+    workflow is reset (`laufband reset --yes`) and new workers log elsewhere. The new
+    workflow is run by new workers only, every task once, and nothing stays stuck."""
+    import subprocess
+    import sys
+
+    from tests.helpers.procs import orphans
+
+    before, after = state.parent / "logs-before", state.parent / "logs-after"
+    rng = random.Random(13)
+    logs = before
+    workers = [chaos_worker(procs, state, logs) for _ in range(4)]
+    for hit in range(2 * KILLS):
+        time.sleep(KILL_EVERY)
+        if hit == KILLS:  # halfway: reset while they run; later workers log elsewhere
+            reset = subprocess.run(
+                [sys.executable, "-m", "laufband", "reset", "-w", "chaos", "--path",
+                 str(state), "--yes"], capture_output=True, text=True, timeout=60)
+            assert reset.returncode == 0, reset.stderr
+            logs = after
+            workers.append(chaos_worker(procs, state, logs))
+            continue
+        alive = [w for w in workers if w.poll() is None]
+        if not alive:
+            workers.append(chaos_worker(procs, state, logs))
+            continue
+        victim = rng.choice(alive)
+        victim.send_signal(rng.choice([signal.SIGKILL, signal.SIGINT, signal.SIGTERM]))
+        victim.wait(timeout=60)
+        workers.append(chaos_worker(procs, state, logs))
+    finished = procs.wait_all([w for w in workers if w.poll() is None])
+    assert all(code == 0 for code, _, _ in finished), finished
+    if set(completions(after)) != {str(i) for i in range(CHAOS_ITEMS)}:  # all were hit
+        assert procs.wait_all([chaos_worker(procs, state, after)])[0][0] == 0
+    states = task_states(state, "chaos")
+    assert set(states.values()) == {"completed"} and len(states) == CHAOS_ITEMS
+    assert set(completions(after)) == {str(i) for i in range(CHAOS_ITEMS)}
+    assert orphans(state) == []
+    assert integrity(state) == "ok"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -127,3 +128,16 @@ def integrity(path: Path) -> str:
             return tx.integrity()
     finally:
         store.close()
+
+
+def orphans(path: Path) -> list[tuple[str, int, int, str | None]]:
+    """Running tasks whose worker is not online: (workflow, task, worker, its state).
+
+    The invariant: none, ever, once workers have stopped or been reaped. Read with
+    plain SQL so the check does not trust the store it checks.
+    """
+    with sqlite3.connect(path / "state.db") as conn:
+        return conn.execute(
+            "SELECT f.name, t.seq, t.worker, w.state FROM tasks t JOIN workflows f"
+            " ON f.id = t.wf LEFT JOIN workers w ON w.id = t.worker"
+            " WHERE t.state = 'running' AND coalesce(w.state, '') != 'online'").fetchall()

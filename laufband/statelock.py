@@ -1,0 +1,269 @@
+"""The state lock: who may open a transaction, in what order, and who holds it now.
+
+``state.lock`` is a ``filelock`` lock that guards every transaction. Waiting for it
+is built so that a crowd of workers costs no CPU and a stuck holder is named:
+
+- A worker that finds the lock busy lines up on a blocking kernel flock of
+  ``state.queue``; only the worker at the head of the line waits for ``state.lock``
+  itself, also on a blocking flock (of its own descriptor), and takes it with
+  filelock as soon as it is free. Nobody polls. (Soft locks have no flock: they poll
+  with backoff.)
+- Whoever takes the lock writes who it is (host, pid, rank, since when) into
+  ``state.holder``: one ``pwrite`` of a fixed-size record per transaction.
+- A watcher thread, started on the first wait, prints one line to stderr when a wait
+  has lasted ``LAUFBAND_LOCK_WARNING`` seconds (default 30), naming the holder: a
+  process frozen by SIGSTOP or a suspended SLURM job holds it until it is resumed or
+  killed, and nothing else can tell the user why every worker stopped.
+- ``acquire(patience=...)`` gives up when the same holder has kept the lock that long
+  (``laufband status`` answers within seconds instead of blocking behind it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from filelock import FileLock, Timeout
+
+from laufband.errors import StateError
+from laufband.options import check_seconds, resolve
+
+POLL_FIRST, POLL_LAST = 0.001, 0.05  # seconds between attempts where we must poll
+HOLDER_SIZE = 512  # bytes of the holder record: one pwrite, never a partial line
+HOST = socket.gethostname()
+
+
+class Holder(NamedTuple):
+    """Who took the state lock last (the holder, while it is held)."""
+
+    host: str
+    pid: int
+    rank: str
+    since: float  # wall clock of the holder's host
+
+    def describe(self, now: float | None = None) -> str:
+        """``host h, pid 12 (rank 3), for 41 s`` (rank only when there is one)."""
+        held = max(0.0, (time.time() if now is None else now) - self.since)
+        rank = f" (rank {self.rank})" if self.rank else ""
+        return f"host {self.host}, pid {self.pid}{rank}, for {held:.0f} s"
+
+
+def read_holder(path: Path) -> Holder | None:
+    """The holder record of a state directory, or None when there is none (yet)."""
+    try:
+        fd = os.open(path / "state.holder", os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        raw = os.pread(fd, HOLDER_SIZE, 0).decode(errors="replace").rstrip()
+    finally:
+        os.close(fd)
+    parts = raw.split("\t")
+    if len(parts) != 4:
+        return None
+    try:
+        return Holder(parts[0], int(parts[1]), parts[2], float(parts[3]))
+    except ValueError:
+        return None
+
+
+class StateLock:
+    """``state.lock`` of one state directory, for one process (thread-safe)."""
+
+    def __init__(self, path: Path, soft: bool = False, rank: int | None = None) -> None:
+        self.path = path
+        lock_type = FileLock
+        if soft:  # imported on demand: ~4 ms that most runs never need
+            from filelock import SoftFileLock as lock_type  # type: ignore[assignment]
+        # One lock instance per path and process (two on one path in one thread
+        # deadlock); thread-local so the heartbeat thread excludes the main thread.
+        self._lock = lock_type(path / "state.lock", mode=0o600, is_singleton=True,
+                               thread_local=True)
+        self._soft = soft or os.name != "posix"
+        self._local = threading.local()  # per thread: queue and wait descriptors
+        self._rank = "" if rank is None else str(rank)
+        self._holder_fd = (-1, -1)  # (fd, pid): reopened in a forked child
+        self._watch = _Watch(path)
+        self._directory = _identity(path)
+
+    def _removed(self) -> bool:
+        """Whether the state directory is gone or was replaced since we opened it."""
+        try:
+            return _identity(self.path) != self._directory
+        except OSError:
+            return True
+
+    def acquire(self, patience: float | None = None) -> None:
+        """Take the lock, waiting in line. With ``patience``, raise :class:`StateError`
+        naming the holder once one holder has kept it that many seconds."""
+        if self._removed():  # filelock would recreate it 0755: not ours to revive
+            raise StateError(self._removed_message())
+        try:
+            if not self._try():
+                self._wait(patience)
+        except OSError as error:
+            msg = (f"cannot take the state lock {str(self.path / 'state.lock')!r}"
+                   f" ({error.strerror or error}): fix the state directory or pass another"
+                   " path=")
+            raise StateError(msg) from None
+        if self._removed():  # removed while we waited; filelock made a new one for us
+            self._lock.release()
+            with contextlib.suppress(OSError):
+                os.chmod(self.path, 0o700)
+            raise StateError(self._removed_message())
+        self._write_holder()
+
+    def _removed_message(self) -> str:
+        return (f"state directory {str(self.path)!r} was removed while this process used it:"
+                " this worker stops; start the workers again")
+
+    def release(self) -> None:
+        """Let the next worker in."""
+        self._lock.release()
+
+    def _try(self) -> bool:
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        return True
+
+    def _wait(self, patience: float | None) -> None:
+        with self._watch.waiting():
+            if patience is not None or self._soft:
+                self._poll(patience)
+                return
+            with self._turn(self._descriptor("queue", "state.queue")):
+                # At the head of the line: sleep until state.lock is free, then take it.
+                free = self._descriptor("wait", "state.lock")
+                while True:
+                    with self._turn(free):
+                        pass
+                    if self._try():
+                        return
+
+    def _poll(self, patience: float | None) -> None:
+        """Poll with backoff (soft locks; or a bounded wait that must be able to stop)."""
+        delay, first, since = POLL_FIRST, read_holder(self.path), time.monotonic()
+        while not self._try():
+            if patience is not None:
+                holder = read_holder(self.path)
+                if holder != first:
+                    first, since = holder, time.monotonic()  # the lock moves: keep waiting
+                elif time.monotonic() - since >= patience:
+                    raise StateError(_stuck_message(self.path, holder))
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, POLL_LAST)
+
+    def _descriptor(self, name: str, file: str) -> int:
+        fd, pid = getattr(self._local, name, (-1, -1))
+        if pid != os.getpid():  # new thread, or a forked child: open our own
+            fd = os.open(self.path / file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            setattr(self._local, name, (fd, os.getpid()))
+        return fd
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _turn(fd: int) -> Iterator[None]:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks in the kernel: no CPU while waiting
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _write_holder(self) -> None:
+        fd, pid = self._holder_fd
+        if pid != os.getpid():
+            try:
+                fd = os.open(self.path / "state.holder",
+                             os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            except OSError:
+                fd = -1  # a diagnosis only: never a reason to fail a transaction
+            self._holder_fd = fd, os.getpid()
+        if fd >= 0:
+            record = f"{HOST}\t{os.getpid()}\t{self._rank}\t{time.time():.3f}"
+            with contextlib.suppress(OSError):
+                os.pwrite(fd, record.encode().ljust(HOLDER_SIZE)[:HOLDER_SIZE], 0)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _stuck_message(path: Path, holder: Holder | None) -> str:
+    who = holder.describe() if holder else "a process that left no record"
+    return (f"the state lock of {str(path)!r} is held by {who}: that process may be frozen"
+            " (SIGSTOP, a suspended SLURM job); resume it (kill -CONT) or end it")
+
+
+class _Watch:
+    """One daemon thread per process that names the holder of a wait gone on too long."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._threshold: float | None = None
+        self._waits: dict[int, float] = {}  # thread -> monotonic time its wait began
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = -1
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        key = threading.get_ident()
+        with self._changed:
+            self._waits[key] = time.monotonic()
+            if self._thread is None or self._pid != os.getpid():  # none yet, or forked
+                self._start()
+            self._changed.notify()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._waits.pop(key, None)
+
+    def _start(self) -> None:
+        self._threshold = check_seconds(
+            "lock_warning", resolve("lock_warning", None, 30.0, float))
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="laufband-lock-watch",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self._threshold is not None
+        late: set[tuple[int, float]] = set()  # waits already past the threshold
+        named: set[Holder | None] = set()  # holders named: once per process, not per thread
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                waits = set(self._waits.items())
+                late &= waits
+                for wait in waits - late:
+                    if now - wait[1] >= self._threshold:
+                        late.add(wait)
+                        holder = read_holder(self._path)
+                        if holder not in named:
+                            named.add(holder)
+                            _say(self._path, holder, now - wait[1])
+                due = [self._threshold - (now - began) for _, began in waits - late]
+                self._changed.wait(timeout=min(due) if due else None)
+
+
+def _say(path: Path, holder: Holder | None, waited: float) -> None:
+    who = holder.describe() if holder else "a process that left no record"
+    line = (f"laufband: waited {waited:.0f} s for the state lock of {str(path)!r}, held by"
+            f" {who}; it may be frozen (SIGSTOP, a suspended SLURM job). Still waiting.\n")
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(line)
+        sys.stderr.flush()
