@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from laufband.inflight import forget, last_task
-from laufband.statelock import HOST
+from laufband.statelock import HOST, lock_waits
 from laufband.store import Store, Transaction, WorkerRecord
 
 
@@ -90,19 +90,22 @@ class DeadWorkerDetector:
     def __init__(self, timeout: float, state: Path) -> None:
         self.timeout = timeout
         self._state = state  # where workers record their task in flight
-        self._seen: dict[int, tuple[int, float]] = {}
+        # worker -> (counter, when we first saw that value, our lock waits by then)
+        self._seen: dict[int, tuple[int, float, float]] = {}
 
     def is_dead(self, worker: WorkerRecord) -> bool:
         """Dead when its process is gone (where we can look it up) or its heartbeat
         counter has stood still for ``timeout`` (everywhere: frozen processes too)."""
         if is_checkable(worker.host, worker.token) and not is_alive(worker.pid, worker.token):
             return True
-        now = time.monotonic()
-        beat, since = self._seen.get(worker.id, (None, now))
+        now, waits = time.monotonic(), lock_waits()
+        beat, since, waits_then = self._seen.get(worker.id, (None, now, waits))
         if beat != worker.beat:
-            self._seen[worker.id] = (worker.beat, now)
+            self._seen[worker.id] = (worker.beat, now, waits)
             return False
-        return now - since >= self.timeout
+        # Time we spent waiting for the state lock ourselves does not count: behind a
+        # frozen holder or a stalled filesystem, nobody's heartbeat could get through.
+        return now - since - (waits - waits_then) >= self.timeout
 
     def reap_identifier(self, tx: Transaction, identifier: str, max_killed_retries: int) -> None:
         """Reap the worker holding ``identifier`` if it is dead (before taking it over)."""

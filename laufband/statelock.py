@@ -41,6 +41,16 @@ HOLDER_SIZE = 512  # bytes of the holder record: one pwrite, never a partial lin
 HOST = socket.gethostname()
 
 
+_waited = [0.0]  # seconds this process spent waiting for state locks, all threads
+_waited_lock = threading.Lock()
+
+
+def lock_waits() -> float:
+    """Seconds this process has spent waiting for state locks so far (a reaper does
+    not count them as a silence of the workers it watches)."""
+    return _waited[0]
+
+
 class Holder(NamedTuple):
     """Who took the state lock last (the holder, while it is held)."""
 
@@ -137,6 +147,14 @@ class StateLock:
         return True
 
     def _wait(self, patience: float | None) -> None:
+        began = time.monotonic()
+        try:
+            self._wait_in_line(patience)
+        finally:
+            with _waited_lock:
+                _waited[0] += time.monotonic() - began
+
+    def _wait_in_line(self, patience: float | None) -> None:
         with self._watch.waiting():
             if patience is not None or self._soft:
                 self._poll(patience)

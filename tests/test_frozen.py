@@ -135,3 +135,36 @@ def test_frozen_worker_on_this_host_has_its_tasks_returned(
     # Items 0-2 finished but not yet written at the freeze, and item 3 in flight.
     assert sum(done.values()) - 40 <= 4, done
     assert orphans(state) == []
+
+
+
+@pytest.mark.timeout(60)
+def test_time_spent_waiting_for_the_lock_is_not_silence(state: Path, procs: Processes) -> None:
+    """A reaper that waited for the state lock longer than the heartbeat timeout (a
+    frozen holder resumed, a stalled filesystem) does not count that wait against the
+    workers it watches: their heartbeats could not get through either."""
+    from laufband.liveness import HOST, DeadWorkerDetector, process_token
+    from laufband.store import Store, WorkerRecord
+
+    timeout = 1.0
+    sleeper = procs.start("-c", "import time; time.sleep(60)")  # alive, never beats
+    watched = WorkerRecord(1, "watched", HOST, sleeper.pid, process_token(sleeper.pid), 7)
+    detector = DeadWorkerDetector(timeout, state)
+    store = Store(state)
+    assert not detector.is_dead(watched)  # first look: counter 7 seen now
+    holder = procs.start("-c", textwrap.dedent(f"""
+        import time
+        from laufband.store import Store
+        with Store({str(state)!r}).transaction():
+            print("held", flush=True)
+            time.sleep({2 * timeout})
+    """))
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with store.transaction():  # we wait 2 x timeout behind the holder
+        assert not detector.is_dead(watched)
+    time.sleep(timeout * 1.2)  # now a real silence, watched while the lock was free
+    with store.transaction():
+        assert detector.is_dead(watched)
+    store.close()
+    sleeper.kill()
+    assert procs.wait_all([holder])[0][0] == 0
