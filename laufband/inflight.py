@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import stat
 import struct
 from collections.abc import Callable
 from functools import partial
@@ -24,28 +25,58 @@ from pathlib import Path
 IDLE = -1  # between tasks: nothing to blame
 UNKNOWN = None  # no record: blame the lowest running task
 _SLOT = struct.Struct("<q")
+# Whoever can write the state directory could plant a symlink or hard link named like
+# a record, to make the next worker truncate a file of their choice: ``running/`` is
+# opened without following a symlink, records are opened relative to it, never
+# through a symlink, and a worker writes only a record file it has just created.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a planted FIFO must not block the open
+_UNSAFE = (OSError, ValueError, NotImplementedError)  # no dir_fd here: no record
 
 
-def _file(state: Path, worker: int) -> Path:
-    return state / "running" / str(worker)
+def _open_running(state: Path, create: bool = False) -> int:
+    """A descriptor of ``state/running``; OSError if it is a symlink or no directory."""
+    running = state / "running"
+    if create:
+        with contextlib.suppress(FileExistsError):  # does not follow a symlink either
+            os.mkdir(running, 0o700)
+    return os.open(running, os.O_RDONLY | _DIRECTORY | _NOFOLLOW)
+
+
+def _create_record(directory: int, name: str) -> int:
+    """Create the record file afresh (O_EXCL: never a file or link found there)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+    try:
+        return os.open(name, flags, 0o600, dir_fd=directory)
+    except FileExistsError:  # a dead worker's record, or something planted: unlink
+        os.unlink(name, dir_fd=directory)  # removes a link itself, never its target
+        return os.open(name, flags, 0o600, dir_fd=directory)
+
+
+def _map_record(state: Path, worker: int) -> mmap.mmap | None:
+    """Map a new record file of ``worker``; None where none can be made safely."""
+    try:
+        directory = _open_running(state, create=True)
+        try:
+            fd = _create_record(directory, str(worker))
+        finally:
+            os.close(directory)
+        try:
+            os.ftruncate(fd, _SLOT.size)
+            return mmap.mmap(fd, _SLOT.size)
+        finally:
+            os.close(fd)
+    except _UNSAFE:  # e.g. no shared mmap on this filesystem
+        return None
 
 
 class InFlight:
     """A worker's record of its running task; ``mark(seq)`` costs ~0.15 us."""
 
     def __init__(self, state: Path, worker: int) -> None:
-        self._path = _file(state, worker)
-        self._map: mmap.mmap | None = None
-        try:
-            self._path.parent.mkdir(mode=0o700, exist_ok=True)
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.ftruncate(fd, _SLOT.size)
-                self._map = mmap.mmap(fd, _SLOT.size)
-            finally:
-                os.close(fd)
-        except (OSError, ValueError):  # e.g. no shared mmap on this filesystem
-            self._map = None
+        self._state, self._worker = state, worker
+        self._map = _map_record(state, worker)
         self.mark: Callable[[int], None] = (
             _ignore if self._map is None else partial(_SLOT.pack_into, self._map, 0))
         self.mark(IDLE)
@@ -56,8 +87,7 @@ class InFlight:
             self.mark = _ignore
             self._map.close()
             self._map = None
-            with contextlib.suppress(OSError):
-                self._path.unlink()
+            forget(self._state, self._worker)
 
 
 def _ignore(seq: int) -> None:
@@ -65,15 +95,28 @@ def _ignore(seq: int) -> None:
 
 
 def last_task(state: Path, worker: int) -> int | None:
-    """The task a dead worker was running, ``IDLE`` if none, ``UNKNOWN`` if no record."""
+    """The task a dead worker was running, ``IDLE`` if none, ``UNKNOWN`` if no record
+    (or none that is a regular file reached without following a symlink)."""
     try:
-        data = _file(state, worker).read_bytes()
-    except OSError:
+        directory = _open_running(state)
+        try:
+            fd = os.open(str(worker), os.O_RDONLY | _NOFOLLOW | _NONBLOCK, dir_fd=directory)
+        finally:
+            os.close(directory)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return UNKNOWN
+            data = handle.read(_SLOT.size + 1)  # a longer file is no record
+    except _UNSAFE:
         return UNKNOWN
     return _SLOT.unpack(data)[0] if len(data) == _SLOT.size else UNKNOWN
 
 
 def forget(state: Path, worker: int) -> None:
-    """Remove a reaped worker's record."""
-    with contextlib.suppress(OSError):
-        _file(state, worker).unlink()
+    """Remove a reaped worker's record (a link itself, never through a symlink)."""
+    with contextlib.suppress(*_UNSAFE):
+        directory = _open_running(state)
+        try:
+            os.unlink(str(worker), dir_fd=directory)
+        finally:
+            os.close(directory)

@@ -30,7 +30,9 @@ def _boot_id() -> str:
         return ""
 
 
-def _pid_namespace() -> str:
+def pid_namespace() -> str:
+    """Our pid namespace (``[4026531836]``; empty without /proc): pids mean what they say
+    only within it."""
     try:
         return os.readlink("/proc/self/ns/pid").removeprefix("pid:")
     except OSError:
@@ -38,7 +40,7 @@ def _pid_namespace() -> str:
 
 
 _BOOT = _boot_id()
-_PLACE = f"{_BOOT}:{_pid_namespace()}"  # where our pids mean what they say
+_PLACE = f"{_BOOT}:{pid_namespace()}"  # where our pids mean what they say
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from laufband.errors import StateError
+from laufband.resultfiles import results_of
 from laufband.store import DB_NAME, STATES, Store
 
 RECENT_EVENTS = 5
@@ -147,7 +148,7 @@ class Monitor:
             wf = tx.find_workflow(workflow)
             assert wf is not None
             tx.reset(wf)
-        shutil.rmtree(self.path / "results" / str(wf), ignore_errors=True)
+        shutil.rmtree(results_of(self.path, wf), ignore_errors=True)
 
     def close(self) -> None:
         """Close the database connection."""

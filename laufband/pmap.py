@@ -33,11 +33,18 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from laufband import mpi
-from laufband.errors import RemoteTraceback, TaskFailedError
+from laufband.errors import RemoteTraceback, StateError, TaskFailedError
 from laufband.graphband import Graphband
 from laufband.memo import default_name, first_indices, item_keys
 from laufband.options import resolve
 from laufband.processes import START_METHODS, default_start_method, prepare_helpers
+from laufband.resultfiles import (
+    remove_stale_temporaries,
+    result_file,
+    results_of,
+    write_error,
+    write_file,
+)
 from laufband.store import Scope, Store, Transaction
 
 T = TypeVar("T")
@@ -112,6 +119,8 @@ def pmap(
         ValueError: For a bad ``n``, ``on_error`` or ``start_method``, or an item or
             function that cannot be pickled.
         TaskFailedError: An item never completed (its worker died twice).
+        StateError: The state directory or a result file cannot be written (a full
+            disk): results stored so far are kept, the next call computes the rest.
 
     Example:
         >>> from laufband import pmap
@@ -143,6 +152,7 @@ def pmap(
         job = _Job(func, seqs, todo, plan.scope.restricted, len(plan.todo), str(state),
                    workflow, progress, options)
         job.size, job.completed_before = len(plan.numbers), plan.completed
+        remove_stale_temporaries(results_of(state, plan.wf))
         _compute(job, workers, method)
     outcomes, failed = _read_outcomes(state, plan)
     return _results(keys, plan.numbers, outcomes, failed, on_error, workflow)
@@ -208,6 +218,19 @@ class _Job:
         A ``helper`` leaves as soon as nothing is left to claim; the caller waits for
         tasks running elsewhere (and takes over those of helpers that died).
         """
+        try:
+            self._work(show_progress, on_progress, helper)
+        except StateError:
+            if not helper:
+                raise
+            # A helper leaves quietly: its tasks went back to pending and the caller
+            # runs them, reporting the error itself if it persists (one message, not
+            # one per process).
+
+    def _work(self, show_progress: bool,
+              on_progress: Callable[[int, float, float], bool] | None,
+              helper: bool) -> None:
+        """The worker loop of ``run``."""
         options = dict(self.options)
         tqdm_kwargs = dict(options.pop("tqdm_kwargs", None) or {})
         tqdm_kwargs.setdefault("disable", not show_progress)
@@ -275,8 +298,23 @@ class _Worker(Graphband[Any]):
         except Exception:  # noqa: BLE001 - found and reported item by item below
             packed = None
         if packed is None or len(packed[2]) > LARGE_RESULT:
-            packed = super()._pack([self._checked(outcome) for outcome in outcomes])
+            packed = super()._pack(self._checked_all(outcomes))
         return packed
+
+    def _checked_all(self, outcomes: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Each outcome checked. If a result cannot be stored (a full disk), those
+        before it still complete their tasks: packed into a chunk of their own and
+        taken off ``_outcomes`` (whose head ``outcomes`` is) before the error goes on."""
+        checked: list[tuple[Any, ...]] = []
+        try:
+            for outcome in outcomes:
+                checked.append(self._checked(outcome))
+        except StateError:
+            if checked:
+                self._chunks.append(super()._pack(checked))
+                del self._outcomes[: len(checked)]
+            raise
+        return checked
 
     def _checked(self, outcome: tuple[Any, ...]) -> tuple[Any, ...]:
         seq, kind, value = outcome
@@ -290,7 +328,11 @@ class _Worker(Graphband[Any]):
         if len(pickled) <= LARGE_RESULT:
             return outcome
         assert self._workflow is not None
-        _write_file(_result_file(Path(self._job.path), self._workflow.id, seq), pickled)
+        target = result_file(Path(self._job.path), self._workflow.id, seq)
+        try:
+            write_file(target, pickled)
+        except OSError as error:  # the task stays unfinished: the next call computes it
+            raise write_error(target.parent, error) from None
         return seq, IN_FILE, None
 
 
@@ -433,7 +475,11 @@ def _read_outcomes(state: Path, plan: _Plan) -> tuple[dict[int, Any], bool]:
         ours = set(plan.numbers.values())
         for seq in in_files:
             if seq in ours and seq not in states:
-                outcomes[seq] = pickle.loads(_result_file(state, plan.wf, seq).read_bytes())
+                try:
+                    data = result_file(state, plan.wf, seq).read_bytes()
+                except OSError:  # removed: reopened below, the next call computes it
+                    continue
+                outcomes[seq] = pickle.loads(data)
     if not all(map(outcomes.__contains__, plan.numbers.values())):
         lost = [seq for seq in plan.numbers.values() if seq not in outcomes and seq not in states]
         if lost:  # completed, but the result is gone: the next call computes them again
@@ -507,21 +553,6 @@ def _pickle_error(error: BaseException) -> bytes:
         return pickle.dumps((error, remote))
     except Exception:  # noqa: BLE001 - an exception that does not survive pickling
         return pickle.dumps((RuntimeError(f"{type(error).__name__}: {error}"), remote))
-
-
-def _result_file(state: Path, wf: int, seq: int) -> Path:
-    """Where a large result lives: by workflow and task number, so no name reaches the path."""
-    return state / "results" / str(wf) / str(seq)
-
-
-def _write_file(target: Path, value: bytes) -> None:
-    for directory in (target.parent.parent, target.parent):  # mkdir(parents=) ignores mode
-        directory.mkdir(mode=0o700, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(value)
-    os.replace(temporary, target)
 
 
 def _check_workers(n: int | None) -> int:

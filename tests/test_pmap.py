@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from laufband import PmapResults, RemoteTraceback, TaskFailedError, pmap
+from laufband import PmapResults, RemoteTraceback, StateError, TaskFailedError, pmap
 from laufband.batching import MIN_FLUSH
 from laufband.memo import default_name
 from tests.helpers.procs import HELPERS, Processes, completions, read_log, wait_for
@@ -438,7 +438,9 @@ def test_a_result_file_that_cannot_be_written_is_computed_again(state: Path) -> 
     def big_third(x: int) -> object:
         return bytes(2 << 20) if x == 3 else x
 
-    with pytest.raises(OSError):
+    with pytest.raises(StateError, match=r"^result files cannot be written \(File exists\) in"
+                       r" .*results/1: fix the directory, then call pmap again; finished items"
+                       r" are kept$"):
         pmap(big_third, range(6), n=1, path=state, progress=False, name="files")
     (state / "results").unlink()
     out = pmap(big_third, range(6), n=1, path=state, progress=False, name="files")
