@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import socket
-import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
@@ -18,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from laufband import StateError, pmap
+from tests.helpers.mounts import run, tmpfs
 from tests.helpers.procs import Processes, task_states
 
 pytestmark = pytest.mark.timeout(180)
 SIZE = 1_500_000  # bytes per result: more than LARGE_RESULT, and one fits on the disk
-COMMAND_DEADLINE = 30.0  # seconds a mount or umount may take
 
 
 def big(x: int) -> bytes:
@@ -30,28 +29,16 @@ def big(x: int) -> bytes:
     return bytes(SIZE) + bytes([x])
 
 
-def _run(*command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, check=False,
-                          timeout=COMMAND_DEADLINE)
-
-
 @pytest.fixture
 def tiny_disk(state: Path) -> Iterator[Path]:
     """The state directory on a 2 MiB tmpfs; unmounted at teardown."""
-    state.mkdir()
-    mounted = _run("mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(state))
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
-    try:
-        yield state
-    finally:
-        if _run("umount", str(state)).returncode != 0:
-            _run("umount", "-l", str(state))  # still busy: detach it at least
+    with tmpfs(state, "2m") as disk:
+        yield disk
 
 
 def enlarge(disk: Path) -> None:
     """Free space: the same tmpfs, files kept, now 64 MiB."""
-    remounted = _run("mount", "-o", "remount,size=64m", str(disk))
+    remounted = run("mount", "-o", "remount,size=64m", str(disk))
     assert remounted.returncode == 0, remounted.stderr
 
 

@@ -22,6 +22,8 @@ import pytest
 from filelock import FileLock
 
 from laufband import Laufband, StateError
+from tests.helpers.mounts import COMMAND_DEADLINE, tmpfs
+from tests.helpers.mounts import run as run_command
 from tests.helpers.procs import (
     RUN_DEADLINE,
     STARTUP_DEADLINE,
@@ -38,7 +40,6 @@ CONTENT = b"precious: must stay as it is\n"
 ITEMS = 200  # items of a worker that runs while its state directory breaks
 PAUSE = 0.02  # seconds per item of that worker: ~4 s in all
 FIRST_DONE = 3  # items the worker finishes before the directory breaks
-COMMAND_DEADLINE = 30.0  # seconds a mount, umount or rmtree may take
 ONE_LINE = "laufband.errors.StateError: "
 
 LOOP = textwrap.dedent('''\
@@ -248,26 +249,11 @@ def test_a_removed_directory_stops_the_worker(state: Path, procs: Processes, loo
     assert_all_completed(state)
 
 
-def _run(*command: str) -> subprocess.CompletedProcess[str]:
-    """Run a system command within COMMAND_DEADLINE."""
-    return subprocess.run(command, capture_output=True, text=True, check=False,
-                          timeout=COMMAND_DEADLINE)
-
-
 @pytest.fixture
 def mounted_state(state: Path) -> Iterator[Path]:
     """The state directory on its own 16 MiB tmpfs (0700); every mount undone at teardown."""
-    state.mkdir(mode=0o700)
-    mounted = _run("mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(state))
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
-    try:
-        yield state
-    finally:
-        start = time.monotonic()
-        while os.path.ismount(state) and time.monotonic() - start < COMMAND_DEADLINE:
-            if _run("umount", str(state)).returncode != 0:
-                _run("umount", "-l", str(state))  # still busy: detach it at least
+    with tmpfs(state, "16m") as disk:
+        yield disk
 
 
 def make_read_only(state: Path) -> None:
@@ -280,7 +266,7 @@ def make_read_only(state: Path) -> None:
     """
     for command in (("mount", "--bind", str(state), str(state)),
                     ("mount", "-o", "remount,bind,ro", str(state))):
-        done = _run(*command)
+        done = run_command(*command)
         assert done.returncode == 0, f"{' '.join(command)}: {done.stderr}"
     probe = state / "probe"
     with pytest.raises(OSError, match="Read-only file system"):
@@ -289,7 +275,7 @@ def make_read_only(state: Path) -> None:
 
 def make_writable(state: Path) -> None:
     """Remount the read-only mount of ``make_read_only`` read-write."""
-    done = _run("mount", "-o", "remount,bind,rw", str(state))
+    done = run_command("mount", "-o", "remount,bind,rw", str(state))
     assert done.returncode == 0, done.stderr
 
 
