@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from laufband import Laufband
+from laufband import Laufband, StateError
 
 
 def append(path: Path, text: str) -> None:
@@ -57,6 +57,8 @@ def main() -> int:
                 if item in args.fail_on:
                     raise RuntimeError(f"item {item} fails")
                 append(logs / f"{pid}.done", str(item))
+        except StateError:
+            raise  # the state cannot be used: retrying would loop forever
         except RuntimeError as error:
             print(error, file=sys.stderr)
             continue
