@@ -128,7 +128,11 @@ def retry(
     workflow: WorkflowOption = None,
     path: PathOption = None,
 ) -> None:
-    """Put failed and/or killed tasks back to pending; the next run runs them."""
+    """Put failed and/or killed tasks back to pending; the next run runs them.
+
+    Tasks named by id are also freed when they are stuck running on a worker that is
+    no longer online.
+    """
     monitor = _open(path)
     states = tuple(s for s, chosen in (("failed", failed), ("killed", killed)) if chosen)
     name = _one_workflow(monitor, workflow)

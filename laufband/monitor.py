@@ -130,7 +130,8 @@ class Monitor:
 
     def retry(self, workflow: str, states: tuple[str, ...] = ("failed", "killed"),
               tasks: tuple[str, ...] = ()) -> int:
-        """Put a workflow's failed and/or killed tasks (or only ``tasks``) back to pending."""
+        """Put a workflow's failed and/or killed tasks (or only ``tasks``, which may also
+        be running on a worker that is not online) back to pending."""
         for state in states:
             if state not in STATES:
                 msg = f"unknown task state {state!r}: use one of {', '.join(STATES)}"
