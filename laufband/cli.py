@@ -54,7 +54,8 @@ def _open(path: Path | None) -> Monitor:
 def _fail(message: str) -> None:
     # A Text, not markup: messages quote names and paths, which may hold brackets.
     # One line however narrow the terminal: scripts and logs grep for it.
-    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "red"), " ", message))
+    Console(stderr=True, soft_wrap=True).print(
+        Text.assemble(("error:", "red"), " ", _shown(message)))
     raise typer.Exit(1)
 
 
@@ -220,10 +221,11 @@ def _panel(flow: WorkflowStatus, rate: float | None) -> Panel:
     failures = [e for e in flow.events if e.state != "retried"]
     for event in failures:
         error = (event.error or "").strip().splitlines()
-        parts.append(Text(f"{event.state} {event.task}: {error[-1] if error else ''}",
+        last = _shown(error[-1]) if error else ""
+        parts.append(Text(f"{event.state} {_shown(event.task)}: {last}",
                           style=STATE_STYLES.get(event.state, "white"), overflow="ellipsis",
                           no_wrap=True))
-    return Panel(Group(*parts), title=Text(flow.name, style="bold"), title_align="left")
+    return Panel(Group(*parts), title=Text(_shown(flow.name), style="bold"), title_align="left")
 
 
 def _workers_table(flow: WorkflowStatus) -> Table:
@@ -238,14 +240,22 @@ def _workers_table(flow: WorkflowStatus) -> Table:
     shown = online + [w for w in flow.workers if w.state != "online"][: max(0, 4 - len(online))]
     for w in shown:
         label = w.identifier + (f" [{','.join(w.labels)}]" if w.labels else "")
-        table.add_row(Text(label), Text(w.host), str(w.pid),
+        table.add_row(Text(_shown(label)), Text(_shown(w.host)), str(w.pid),
                       "" if w.rank is None else str(w.rank),
                       Text(w.state, style="green" if w.state == "online" else "dim"),
-                      Text(w.current or ""), f"{w.done:,}", _duration(w.last_seen))
+                      Text(_shown(w.current or "")), f"{w.done:,}", _duration(w.last_seen))
     hidden = len(flow.workers) - len(shown)
     if hidden:
         table.add_row(Text(f"... {hidden} more"), *[""] * 7)
     return table
+
+
+def _shown(text: str) -> str:
+    """``text`` as it is, except characters a terminal would act on (escape sequences,
+    newlines, bidirectional overrides), which are shown escaped: ``\\x1b``, ``\\n``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _duration(seconds: float) -> str:

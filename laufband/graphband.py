@@ -46,7 +46,15 @@ from laufband.options import (
     parse_labels,
     resolve,
 )
-from laufband.store import NewTask, Scope, Store, Transaction, Workflow
+from laufband.store import (
+    NewTask,
+    Scope,
+    Store,
+    Transaction,
+    Workflow,
+    make_directory,
+    refuse_symlink,
+)
 from laufband.task import Task, check_cycles, check_unique
 
 T = TypeVar("T")
@@ -175,7 +183,8 @@ class Graphband(Generic[T]):
             if self.disabled:
                 self._user_lock = threading.RLock()
             else:
-                self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                make_directory(self.path)
+                refuse_symlink(self.path / "user.lock")
                 self._user_lock = FileLock(self.path / "user.lock", mode=0o600,
                                            is_singleton=True)
         return self._user_lock
@@ -437,6 +446,7 @@ class Graphband(Generic[T]):
         if seq is None or self._store is None or self._workflow is None:
             return
         interrupted = isinstance(error, KeyboardInterrupt) or self._interrupted == seq
+        self._not_running()
         # The task stays ours (in _current) until the transaction commits: if a second
         # signal cuts it short, _stop() still hands the task back.
         with self._store.transaction() as tx:
@@ -515,6 +525,7 @@ class Graphband(Generic[T]):
         held = list(self._batch)
         if self._current is not None:  # stopped without the loop body finishing
             held.append(self._current)
+        self._not_running()
         error = self._pack_or_return(held)
         if held or self._finished or self._chunks or self._failures or not self._offline:
             self._hand_back(held)
@@ -529,6 +540,13 @@ class Graphband(Generic[T]):
         _live.discard(self)
         if error is not None:
             raise error
+
+    def _not_running(self) -> None:
+        """Tell reapers no loop body runs any more: if a second signal ends this process
+        while it hands its tasks back, they go back to pending without counting a kill
+        (the worker did not die *on* a task)."""
+        if self._in_flight is not None:
+            self._in_flight.mark(IDLE)
 
     def _hand_back(self, held: list[int]) -> None:
         """Record what finished, release ``held`` and go offline, in one transaction."""

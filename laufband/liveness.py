@@ -13,11 +13,13 @@ job): alive, but its counter stands still.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from pathlib import Path
 
+from laufband.errors import StateError
 from laufband.inflight import forget, last_task
 from laufband.statelock import HOST, lock_waits
 from laufband.store import Store, Transaction, WorkerRecord
@@ -160,7 +162,11 @@ class Heartbeat:
     def _run(self) -> None:
         try:
             while not self._stop.wait(self._interval):
-                with self._store.transaction() as tx:
-                    tx.beat(self._worker)
+                # A beat that fails (a read-only or full filesystem for a moment, an NFS
+                # hiccup) is tried again next interval: a heartbeat thread that died
+                # would get this live worker reaped by its peers for the rest of its run.
+                with contextlib.suppress(StateError):
+                    with self._store.transaction() as tx:
+                        tx.beat(self._worker)
         finally:
             self._store.close()

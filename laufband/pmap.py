@@ -154,7 +154,7 @@ def pmap(
         job.size, job.completed_before = len(plan.numbers), plan.completed
         remove_stale_temporaries(results_of(state, plan.wf))
         _compute(job, workers, method)
-    outcomes, failed = _read_outcomes(state, plan)
+    outcomes, failed = _read_outcomes(state, plan, workflow)
     return _results(keys, plan.numbers, outcomes, failed, on_error, workflow)
 
 
@@ -444,12 +444,16 @@ def _scope_of(tx: Transaction, wf: int, numbers: Iterable[int]) -> Scope:
     return Scope(start=lo, limit=hi + 1, restricted=not solid)
 
 
-def _read_outcomes(state: Path, plan: _Plan) -> tuple[dict[int, Any], bool]:
+def _read_outcomes(state: Path, plan: _Plan, workflow: str) -> tuple[dict[int, Any], bool]:
     """Task number -> result (or ``_Failure``) for every task of this call, and whether
     any failed."""
     store = Store(state)
     try:
         with store.transaction() as tx:
+            if not tx.has_workflow(plan.wf):
+                msg = (f"workflow {workflow!r} in {state} was reset while this pmap call ran"
+                       " (laufband reset): call pmap again to compute it anew")
+                raise StateError(msg)
             scope = plan.scope  # materialized by _register; the restriction is per connection
             if scope.restricted:
                 tx.restrict_to(sorted(plan.numbers.values()))

@@ -38,6 +38,9 @@ def write_file(target: Path, value: bytes) -> None:
     into place; the temporary file is removed if that fails (a full disk)."""
     for directory in (target.parent.parent, target.parent):  # mkdir(parents=) ignores mode
         directory.mkdir(mode=0o700, exist_ok=True)
+        if directory.is_symlink():  # planted: we would write outside the state directory
+            raise OSError(errno.ELOOP, "a symlink where a directory of results belongs",
+                          str(directory))
     temporary = target.with_name(_temporary_name(target.name))
     fd = _create(temporary)
     try:

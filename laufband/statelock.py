@@ -155,9 +155,12 @@ class StateLock:
                 _waited[0] += time.monotonic() - began
 
     def _wait_in_line(self, patience: float | None) -> None:
+        if patience is not None:  # a bounded wait names a stuck holder itself
+            self._poll(patience)
+            return
         with self._watch.waiting():
-            if patience is not None or self._soft:
-                self._poll(patience)
+            if self._soft:
+                self._poll(None)
                 return
             with self._turn(self._descriptor("queue", "state.queue")):
                 # At the head of the line: sleep until state.lock is free, then take it.

@@ -891,6 +891,11 @@ class Transaction:
             self._db.execute(f"DELETE FROM {table} WHERE wf = ?", (wf,))  # fixed names
         self._db.execute("DELETE FROM workflows WHERE id = ?", (wf,))
 
+    def has_workflow(self, wf: int) -> bool:
+        """Whether workflow number ``wf`` still exists (``laufband reset`` deletes it)."""
+        row = self._db.execute("SELECT 1 FROM workflows WHERE id = ?", (wf,)).fetchone()
+        return row is not None
+
     def find_workflow(self, name: str) -> int | None:
         """The number of workflow ``name``, or None."""
         row = self._db.execute("SELECT id FROM workflows WHERE name = ?", (name,)).fetchone()
@@ -983,7 +988,8 @@ class Store:
 
     def _connect(self) -> sqlite3.Connection:
         """Open the database, creating its schema when it has none (under the lock)."""
-        _refuse_symlink(self.db_path)
+        refuse_symlink(self.db_path)
+        refuse_symlink(self.db_path.with_name(DB_NAME + "-journal"))
         try:
             # Created 0600 before SQLite opens it (its journal takes the same mode).
             os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
@@ -1002,6 +1008,11 @@ class Store:
             row = conn.execute(
                 "SELECT value FROM meta WHERE key = 'schema_version'"
             ).fetchone()
+        except sqlite3.OperationalError as error:
+            # "no such table": a SQLite file of someone else's; the rest (full, read-only,
+            # I/O errors) says the directory does not take writes.
+            raise (self._foreign(error) if "no such" in str(error)
+                   else self._write_error(error)) from None
         except sqlite3.DatabaseError as error:
             raise self._foreign(error) from None
         except OSError as error:
@@ -1104,7 +1115,9 @@ def make_directory(path: Path) -> None:
         raise StateError(msg)
 
 
-def _refuse_symlink(path: Path) -> None:
+def refuse_symlink(path: Path) -> None:
+    """Refuse a symlink where laufband keeps a file of its own (nothing in the state
+    directory is followed: a planted link could make us write elsewhere)."""
     if path.is_symlink():
         msg = (f"{str(path)!r} is a symlink: laufband follows none in its state directory;"
                " remove it, or use another path=")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -208,3 +209,20 @@ def test_error_messages_with_markup_are_shown_literally(state: Path, tmp_path: P
     result = wide_cli("status", missing)
     assert result.returncode == 1
     assert f"no laufband state in {str(missing)!r}" in " ".join(result.stderr.split())
+
+
+@pytest.mark.parametrize("command", [["status"], ["watch", "--once"]], ids=["status", "watch"])
+def test_control_characters_in_names_are_shown_escaped(state: Path,
+                                                       command: list[str]) -> None:
+    """Escape sequences, newlines and bidirectional overrides in names and task ids
+    reach the terminal escaped: a name could recolour it, or split a line in two."""
+    name, task = "\x1b[31mansi\x1b[0m", "two\nlines\u202e"
+    with contextlib.suppress(RuntimeError):
+        for _ in Laufband([task], key=str, path=state, name=name,
+                          tqdm_kwargs={"disable": True}):
+            raise RuntimeError("fails\x1b[2J")
+    result = wide_cli(*command, state)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert "\\x1b[31mansi\\x1b[0m" in result.stdout
+    assert "two\\nlines\\u202e" in result.stdout

@@ -88,8 +88,10 @@ def frozen_for_a_while(
              what="the waiter to name the holder")
     before = cpu_seconds(waiter.pid)
     began = time.monotonic()
-    status = subprocess.run([sys.executable, "-m", "laufband", "status", str(state)],
-                            capture_output=True, text=True, timeout=STATUS_DEADLINE + 30)
+    status = subprocess.run(  # warning early: a status that gives up says so only once
+        [sys.executable, "-m", "laufband", "status", str(state)], capture_output=True,
+        text=True, timeout=STATUS_DEADLINE + 30,
+        env={**os.environ, "LAUFBAND_LOCK_WARNING": str(WARN_AFTER)})
     took = time.monotonic() - began
     time.sleep(max(0.0, WAIT_WINDOW - took))  # measuring: the waiter must stay idle
     return took, cpu_seconds(waiter.pid) - before, status
@@ -167,4 +169,5 @@ def test_time_spent_waiting_for_the_lock_is_not_silence(state: Path, procs: Proc
         assert detector.is_dead(watched)
     store.close()
     sleeper.kill()
+    sleeper.wait(timeout=10)
     assert procs.wait_all([holder])[0][0] == 0

@@ -323,7 +323,8 @@ def test_a_failure_that_another_call_retries_is_reported(state: Path) -> None:
     # registers and retries item 1: it is pending again, its failure still stored.
     plan = _register(state, "race", [0, 1, 2])
     assert plan.todo == {1: "pending"}
-    results = _results([0, 1, 2], plan.numbers, *_read_outcomes(state, plan), "return", "race")
+    outcomes = _read_outcomes(state, plan, "race")
+    results = _results([0, 1, 2], plan.numbers, *outcomes, "return", "race")
     assert results[0] == 0 and results[2] == 2
     assert isinstance(results[1], ValueError) and "item 1 fails" in str(results[1])
 
@@ -344,7 +345,7 @@ def test_item_killed_twice_is_reported(state: Path) -> None:
     store.close()
     with pytest.raises(TaskFailedError, match=r"item not computed \(killed: its worker died"
                        r" on it twice\); call pmap again") as info:
-        _results(["only"], plan.numbers, *_read_outcomes(state, plan), "raise", "die")
+        _results(["only"], plan.numbers, *_read_outcomes(state, plan, "die"), "raise", "die")
     assert "item 0 of workflow 'die'" in "".join(info.value.__notes__)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections import Counter
@@ -63,3 +64,42 @@ def test_reset_while_workers_run_then_new_data(state: Path, procs: Processes,
         assert "was reset while this worker ran" in last
         assert err.count("Traceback") == 1
     assert orphans(state) == []
+
+
+@pytest.mark.timeout(120)
+def test_reset_during_pmap_calls_is_one_clear_error(state: Path) -> None:
+    """`laufband reset` of a pmap workflow, again and again while calls run: each call
+    either returns correct results or raises the StateError that says so (a reset
+    between a call's registration and its reading of results gave a raw TypeError)."""
+    import threading
+
+    from laufband import Monitor, StateError, pmap
+
+    pmap(abs, range(3), n=1, path=state, name="pj", progress=False)  # the state exists
+    stop = threading.Event()
+
+    def resetting() -> None:
+        monitor = Monitor(state)
+        while not stop.is_set():
+            with contextlib.suppress(StateError):
+                monitor.reset("pj")
+            stop.wait(0.003)
+        monitor.close()
+
+    thread = threading.Thread(target=resetting)
+    thread.start()
+    outcomes: Counter[str] = Counter()
+    try:
+        for _ in range(150):
+            try:
+                result = pmap(abs, range(-20, 0), n=1, path=state, name="pj", progress=False)
+            except StateError as error:
+                assert "was reset while" in str(error), error
+                outcomes["reset"] += 1
+            else:
+                assert result == list(range(20, 0, -1))
+                outcomes["ok"] += 1
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert outcomes["ok"] and outcomes["reset"], outcomes

@@ -99,3 +99,24 @@ def test_reaper_reads_and_removes_no_linked_record(state: Path, tmp_path: Path) 
     forget(state, 2)
     assert (outside / "2").read_bytes() == blame_seven
     assert record.read_bytes() == blame_seven
+
+
+def test_a_symlinked_results_directory_is_not_written_through(state: Path,
+                                                              tmp_path: Path) -> None:
+    """``results/<workflow>`` replaced by a link to a directory elsewhere: a large
+    result is not written there (a file of the same name was overwritten)."""
+    from laufband import StateError, pmap
+
+    def big(x: int) -> object:
+        return bytes(2 << 20) if x == 5 else x
+
+    assert pmap(big, [0], n=1, path=state, name="big", progress=False) == [0]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "1").write_bytes(b"PRECIOUS")
+    (state / "results").mkdir(mode=0o700, exist_ok=True)
+    (state / "results" / "1").symlink_to(elsewhere)  # workflow 1; item 5 is its task 1
+    with pytest.raises(StateError, match="symlink"):
+        pmap(big, [0, 5], n=1, path=state, name="big", progress=False)
+    assert (elsewhere / "1").read_bytes() == b"PRECIOUS"
+    assert [p.name for p in elsewhere.iterdir()] == ["1"]

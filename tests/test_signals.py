@@ -216,3 +216,34 @@ def test_sigint_and_sigterm_storm_on_loop_workers(state: Path, procs: Processes,
     assert code == 0, err[-2000:]
     assert set(task_states(state, "work").values()) == {"completed"}
     assert set(completions(logs)) == {str(i) for i in range(300)}
+
+
+@pytest.mark.timeout(300)
+def test_one_ctrl_c_of_pmap_counts_no_kill(state: Path, procs: Processes,
+                                           tmp_path: Path) -> None:
+    """One terminal Ctrl-C of pmap(n=4), six times: helpers hand their tasks back while
+    the caller ends them with SIGTERM, so a hand-back may be cut short. Those tasks go
+    back without a kill counted: two such cuts on one item made a later, clean call
+    fail with "its worker died on it twice"."""
+    from tests.helpers.procs import task_events
+
+    script = tmp_path / "storm.py"
+    script.write_text(PMAP_SCRIPT)
+    logs = tmp_path / "logs"
+    rng = random.Random(2)
+    for attempt in range(6):
+        caller = start_logged(procs, script, state, logs, stderr=tmp_path / f"{attempt}.err",
+                              new_session=True)
+        time.sleep(rng.uniform(0.5, 1.3))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(caller.pid, signal.SIGINT)
+        try:
+            caller.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(caller.pid, signal.SIGKILL)
+    final = procs.start(script, state, logs)
+    [(code, out, err)] = procs.wait_all([final], deadline=120)
+    assert code == 0 and "complete" in out, err[-2000:]
+    assert [e for e in task_events(state, "storm") if e[1] == "killed"] == []
+    assert orphans(state) == []

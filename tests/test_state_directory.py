@@ -9,12 +9,14 @@ next worker finishes the work. Real processes, real files, real (tmpfs) mounts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import subprocess
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from tests.helpers.procs import (
     Processes,
     completions,
     integrity,
+    task_events,
     task_states,
     wait_for,
 )
@@ -324,4 +327,49 @@ def test_a_file_given_as_directory_is_refused(tmp_path: Path, procs: Processes,
     assert "is a file" in refused(target)
     line = assert_one_state_error(*run(procs, loop, target), target)
     assert "is a file" in line, line
+    assert target.read_bytes() == CONTENT
+
+
+def test_a_read_only_moment_kills_no_live_worker(mounted_state: Path, procs: Processes,
+                                                 tmp_path: Path) -> None:
+    """The state turns read-only for a moment while two workers are deep in long tasks:
+    their heartbeats fail then, and must resume after (a heartbeat thread that died got
+    live workers reaped by each other: finished tasks ended `killed`, bodies ran twice)."""
+    logs = tmp_path / "logs"
+    beats = {"LAUFBAND_HEARTBEAT_INTERVAL": "0.2", "LAUFBAND_HEARTBEAT_TIMEOUT": "1.5"}
+    workers = [procs.worker(mounted_state, logs, "--items", 8, "--sleep", 1.5, env=beats)
+               for _ in range(2)]
+    wait_for(lambda: len(completions(logs, "start")) == 2, what="both workers in a task")
+    make_read_only(mounted_state)
+    time.sleep(1.0)  # several failed beats each
+    make_writable(mounted_state)
+    for code, _, err in procs.wait_all(workers):
+        assert code == 0, err[-3000:]
+    assert [e for e in task_events(mounted_state, "work") if e[1] == "killed"] == []
+    assert completions(logs) == Counter({str(i): 1 for i in range(8)})
+
+
+def test_a_full_disk_while_creating_the_state_says_so(mounted_state: Path) -> None:
+    """No room for the database: "the disk is full", not "not a laufband state database"
+    (which invites deleting the state)."""
+    filler = mounted_state / "filler"
+    with open(filler, "wb") as out:
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(bytes(64 * 1024))
+                out.flush()
+    message = refused(mounted_state / "new")
+    assert message.startswith("the disk is full in PATH"), message
+
+
+def test_a_symlinked_user_lock_is_refused(state: Path, tmp_path: Path) -> None:
+    """``user.lock`` (behind ``worker.lock``) linking elsewhere: one StateError line."""
+    target = outside_file(tmp_path)
+    state.mkdir(mode=0o700)
+    (state / "user.lock").symlink_to(target)
+    worker = Laufband(range(2), path=state, tqdm_kwargs=QUIET)
+    with pytest.raises(StateError, match="user.lock' is a symlink"):
+        for _ in worker:
+            with worker.lock:
+                pass
     assert target.read_bytes() == CONTENT

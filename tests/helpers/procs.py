@@ -74,10 +74,11 @@ def read_log(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def completions(log_dir: Path) -> Counter[str]:
-    """How often each item was logged as done across all worker logs in ``log_dir``."""
+def completions(log_dir: Path, kind: str = "done") -> Counter[str]:
+    """How often each item was logged as done (or as started, ``kind="start"``) across
+    all worker logs in ``log_dir``."""
     counts: Counter[str] = Counter()
-    for log in log_dir.glob("*.done"):
+    for log in log_dir.glob(f"*.{kind}"):
         counts.update(read_log(log))
     return counts
 
