@@ -17,6 +17,11 @@ Task life cycle and who writes each transition::
                                                                      kills left: pending)
     pending --(a dependency failed or was killed for good)--> blocked
 
+Invariant: no task is ``running`` unless a worker that is online (or not yet found
+dead) holds it. A worker goes offline (``set_offline``) only in the transaction that
+releases what it holds; ``reap`` returns a dead worker's tasks in the transaction
+that marks it dead; ``return_orphans`` is the safety net for anything else.
+
 Routine claims and completions are not logged; transitions off the happy path
 are rows in ``events``. Every transition also moves a per-state counter in
 ``workflows`` (``_shift``; pending = total minus the others), so progress and
@@ -366,19 +371,12 @@ class Transaction:
         way nobody foresaw. It scans the workflow's tasks: call it rarely (a worker
         about to wait for tasks running elsewhere does, once in a while).
         """
-        online = "SELECT id FROM workers WHERE state = 'online'"
-        rows = self._db.execute(
-            "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND state ="
-            f" 'running' AND max_workers = 1 AND coalesce(worker, -1) NOT IN ({online})"
-            " RETURNING seq", (wf,)).fetchall()
-        self._shift(wf, len(rows), "running", "pending")
+        rows = self._retry_orphans(wf)
         multis = self._db.execute(
-            f"DELETE FROM holders WHERE wf = ? AND done = 0 AND worker NOT IN ({online})"
-            " RETURNING seq", (wf,)).fetchall()
+            "DELETE FROM holders WHERE wf = ? AND done = 0 AND worker NOT IN"
+            " (SELECT id FROM workers WHERE state = 'online') RETURNING seq", (wf,)).fetchall()
         for (seq,) in multis:
             self._return_multi(wf, seq)
-        if rows:
-            self._lower_floor(wf, min(seq for (seq,) in rows))
         return len(rows) + len(multis)
 
     def beat(self, worker: int) -> None:
@@ -874,7 +872,9 @@ class Transaction:
             self._event_many(wf, [seq for (seq,) in retried], "retried")
         return len(retried)
 
-    def _retry_orphans(self, wf: int, where: str, params: Sequence[object]) -> list[tuple[int]]:
+    def _retry_orphans(self, wf: int, where: str = "",
+                       params: Sequence[object] = ()) -> list[tuple[int]]:
+        """Make running single-worker tasks whose worker is not online pending again."""
         rows = self._db.execute(
             "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND state ="
             " 'running' AND max_workers = 1 AND coalesce(worker, -1) NOT IN (SELECT id FROM"
