@@ -21,6 +21,7 @@ is built so that a crowd of workers costs no CPU and a stuck holder is named:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import socket
@@ -37,6 +38,7 @@ from laufband.errors import StateError
 from laufband.options import check_seconds, resolve
 
 POLL_FIRST, POLL_LAST = 0.001, 0.05  # seconds between attempts where we must poll
+_NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
 HOLDER_SIZE = 512  # bytes of the holder record: one pwrite, never a partial line
 HOST = socket.gethostname()
 
@@ -162,14 +164,22 @@ class StateLock:
             if self._soft:
                 self._poll(None)
                 return
-            with self._turn(self._descriptor("queue", "state.queue")):
-                # At the head of the line: sleep until state.lock is free, then take it.
-                free = self._descriptor("wait", "state.lock")
-                while True:
-                    with self._turn(free):
-                        pass
-                    if self._try():
-                        return
+            try:
+                self._wait_on_flocks()
+            except OSError as error:
+                if error.errno not in _NO_FLOCK:
+                    raise
+                self._poll(None)  # a filesystem without flock (filelock falls back too)
+
+    def _wait_on_flocks(self) -> None:
+        with self._turn(self._descriptor("queue", "state.queue")):
+            # At the head of the line: sleep until state.lock is free, then take it.
+            free = self._descriptor("wait", "state.lock")
+            while True:
+                with self._turn(free):
+                    pass
+                if self._try():
+                    return
 
     def _poll(self, patience: float | None) -> None:
         """Poll with backoff (soft locks; or a bounded wait that must be able to stop)."""
