@@ -41,11 +41,13 @@ from laufband.legacy import warn_about_original_state
 from laufband.liveness import HOST, DeadWorkerDetector, Heartbeat, process_token
 from laufband.options import (
     check_count,
+    check_heartbeat,
     check_seconds,
     parse_bool,
     parse_labels,
     resolve,
 )
+from laufband.statelock import SHIELD
 from laufband.store import (
     NewTask,
     Scope,
@@ -125,6 +127,7 @@ class Graphband(Generic[T]):
             "heartbeat_interval", resolve("heartbeat_interval", heartbeat_interval, 10.0, float))
         self.heartbeat_timeout = check_seconds(
             "heartbeat_timeout", resolve("heartbeat_timeout", heartbeat_timeout, 30.0, float))
+        check_heartbeat(self.heartbeat_interval, self.heartbeat_timeout)
         self.disabled = resolve("disabled", disabled, False, parse_bool)
         self._soft_lock = resolve("lock", None, "file", str).lower() == "soft"
         found = mpi.rank_and_size()
@@ -146,6 +149,7 @@ class Graphband(Generic[T]):
         self._scope = Scope()
         self._mine: list[int] | None = None  # our task numbers, when ids are keys
         self._running = False
+        self._stopping = False  # _stop() began and has not finished
         self._closed = False
         self._batch: list[int] = []
         self._current: int | None = None
@@ -235,6 +239,8 @@ class Graphband(Generic[T]):
             return
         self._closed = False
         self._consumer = sys._getframe(1).f_code  # the code running the for-loop
+        if self._running:  # an earlier stop was cut short (an interrupt caught and the
+            self._stop()   # loop run again, as in Jupyter): finish it, then start anew
         try:
             batch = self._start(claim=True)
             while not self._closed:
@@ -473,7 +479,12 @@ class Graphband(Generic[T]):
         in the same transaction (one lock turn per starting worker, not two)."""
         if self._running:
             return []
+        self._interrupted = None
         self._watch_interrupts()
+        for other in list(_live):  # stops of this process that an interrupt cut short:
+            if other._stopping:    # their tasks would wait for a heartbeat timeout
+                with contextlib.suppress(StateError):
+                    other._stop()
         warn_about_original_state(Path(os.curdir))
         self._store = Store(self.path, soft_lock=self._soft_lock, rank=self._rank)
         tasks = self._collect()
@@ -518,6 +529,7 @@ class Graphband(Generic[T]):
         if not self._running:
             return
         assert self._store is not None and self._workflow is not None
+        self._stopping = True  # until done: a stop cut short is finished by the next start
         if self._heartbeat is not None:
             self._heartbeat.stop()
         # The whole batch: the tasks of it that finished are completed first, in the
@@ -529,7 +541,7 @@ class Graphband(Generic[T]):
         error = self._pack_or_return(held)
         if held or self._finished or self._chunks or self._failures or not self._offline:
             self._hand_back(held)
-        self._running = False
+        self._running = self._stopping = False
         self._batch, self._current = [], None
         if self._bar is not None:
             self._bar.close()
@@ -658,13 +670,14 @@ class Graphband(Generic[T]):
 def _on_interrupt(signum: int, frame: Any) -> None:
     for worker in list(_live):
         worker._interrupted = worker._current
-    raise KeyboardInterrupt
+    SHIELD.deliver(KeyboardInterrupt())  # at once, or as the state lock is released
 
 
 def _on_terminate(signum: int, frame: Any) -> None:
     for worker in list(_live):
         worker._interrupted = worker._current
-    raise SystemExit(128 + signum)  # unwinds the loop: cleanup runs, exit status 143
+    # Unwinds the loop: cleanup runs, exit status 143.
+    SHIELD.deliver(SystemExit(128 + signum))
 
 
 def _describe(failure: tuple[Store, int, int, int, Any], text: str) -> None:

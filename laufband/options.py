@@ -51,6 +51,16 @@ def check_count(name: str, value: int) -> int:
     return value
 
 
+def check_heartbeat(interval: float, timeout: float) -> None:
+    """Reject a heartbeat timeout shorter than two intervals: a live worker would be
+    taken for dead between two of its beats, and its tasks run twice."""
+    if timeout < 2 * interval:
+        msg = (f"heartbeat_timeout ({timeout:g} s) must be at least twice heartbeat_interval"
+               f" ({interval:g} s), or live workers are taken for dead: raise the timeout"
+               " (LAUFBAND_HEARTBEAT_TIMEOUT) or shorten the interval")
+        raise ValueError(msg)
+
+
 def check_seconds(name: str, value: float) -> float:
     """Reject durations that are not positive numbers."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:

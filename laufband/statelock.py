@@ -40,6 +40,7 @@ from laufband.options import check_seconds, resolve
 POLL_FIRST, POLL_LAST = 0.001, 0.05  # seconds between attempts where we must poll
 _NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
 HOLDER_SIZE = 512  # bytes of the holder record: one pwrite, never a partial line
+WATCH_THREAD = "laufband-lock-watch"
 HOST = socket.gethostname()
 
 
@@ -97,13 +98,17 @@ class StateLock:
             from filelock import SoftFileLock as lock_type  # type: ignore[assignment]
         # One lock instance per path and process (two on one path in one thread
         # deadlock); thread-local so the heartbeat thread excludes the main thread.
-        self._lock = lock_type(path / "state.lock", mode=0o600, is_singleton=True,
-                               thread_local=True)
+        SHIELD.enter()  # filelock's registry takes locks of its own: no interrupt inside
+        try:
+            self._lock = lock_type(path / "state.lock", mode=0o600, is_singleton=True,
+                                   thread_local=True)
+        finally:
+            SHIELD.leave()
         self._soft = soft or os.name != "posix"
         self._local = threading.local()  # per thread: queue and wait descriptors
+        self._shielded = threading.local()  # .on while this thread's attempt is shielded
         self._rank = "" if rank is None else str(rank)
         self._holder_fd = (-1, -1)  # (fd, pid): reopened in a forked child
-        self._watch = _Watch(path)
         self._directory = _identity(path)
 
     def _removed(self) -> bool:
@@ -121,31 +126,46 @@ class StateLock:
         try:
             if not self._try():
                 self._wait(patience)
-        except OSError as error:
-            msg = (f"cannot take the state lock {str(self.path / 'state.lock')!r}"
-                   f" ({error.strerror or error}): fix the state directory or pass another"
-                   " path=")
-            raise StateError(msg) from None
-        if self._removed():  # removed while we waited; filelock made a new one for us
-            self._lock.release()
-            with contextlib.suppress(OSError):
-                os.chmod(self.path, 0o700)
-            raise StateError(self._removed_message())
-        self._write_holder()
+            if self._removed():  # removed while we waited; filelock made a new one
+                with contextlib.suppress(OSError):
+                    os.chmod(self.path, 0o700)
+                raise StateError(self._removed_message())
+            self._write_holder()
+        except BaseException as error:
+            self.release()  # whatever happened, nothing stays held
+            if isinstance(error, OSError):
+                msg = (f"cannot take the state lock {str(self.path / 'state.lock')!r}"
+                       f" ({error.strerror or error}): fix the state directory or pass"
+                       " another path=")
+                raise StateError(msg) from None
+            raise
 
     def _removed_message(self) -> str:
         return (f"state directory {str(self.path)!r} was removed while this process used it:"
                 " this worker stops; start the workers again")
 
     def release(self) -> None:
-        """Let the next worker in."""
-        self._lock.release()
+        """Let the next worker in (if this thread holds the lock: safe in ``finally``);
+        an interrupt that arrived meanwhile is raised now."""
+        try:
+            if self._lock.is_locked:
+                self._lock.release()
+        finally:
+            if self._shielded.__dict__.pop("on", False):
+                SHIELD.leave()
 
     def _try(self) -> bool:
+        """One attempt; a success stays shielded from interrupts until ``release``."""
+        SHIELD.enter()
+        self._shielded.on = True
         try:
             self._lock.acquire(timeout=0)
-        except Timeout:
-            return False
+        except BaseException as error:
+            del self._shielded.on
+            SHIELD.leave()  # may raise an interrupt that came during the attempt
+            if isinstance(error, Timeout):
+                return False
+            raise
         return True
 
     def _wait(self, patience: float | None) -> None:
@@ -160,7 +180,7 @@ class StateLock:
         if patience is not None:  # a bounded wait names a stuck holder itself
             self._poll(patience)
             return
-        with self._watch.waiting():
+        with _WATCH.waiting(self.path):
             if self._soft:
                 self._poll(None)
                 return
@@ -206,11 +226,11 @@ class StateLock:
     def _turn(fd: int) -> Iterator[None]:
         import fcntl
 
-        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks in the kernel: no CPU while waiting
-        try:
+        try:  # unlocked in any case: an interrupt may land right after flock returns
+            fcntl.flock(fd, fcntl.LOCK_EX)  # blocks in the kernel: no CPU while waiting
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)  # a no-op when we never got it
 
     def _write_holder(self) -> None:
         fd, pid = self._holder_fd
@@ -239,22 +259,22 @@ def _stuck_message(path: Path, holder: Holder | None) -> str:
 
 
 class _Watch:
-    """One daemon thread per process that names the holder of a wait gone on too long."""
+    """The one daemon thread of a process that names the holder of a wait for a state
+    lock gone on too long (forked children start afresh: see ``_WATCH``)."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
+    def __init__(self) -> None:
         self._threshold: float | None = None
-        self._waits: dict[int, float] = {}  # thread -> monotonic time its wait began
+        # (thread, state directory) -> monotonic time its wait began
+        self._waits: dict[tuple[int, Path], float] = {}
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._pid = -1
 
     @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
-        key = threading.get_ident()
+    def waiting(self, path: Path) -> Iterator[None]:
+        key = (threading.get_ident(), path)
         with self._changed:
             self._waits[key] = time.monotonic()
-            if self._thread is None or self._pid != os.getpid():  # none yet, or forked
+            if self._thread is None:
                 self._start()
             self._changed.notify()
         try:
@@ -266,15 +286,13 @@ class _Watch:
     def _start(self) -> None:
         self._threshold = check_seconds(
             "lock_warning", resolve("lock_warning", None, 30.0, float))
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="laufband-lock-watch",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=WATCH_THREAD, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         assert self._threshold is not None
-        late: set[tuple[int, float]] = set()  # waits already past the threshold
-        named: set[Holder | None] = set()  # holders named: once per process, not per thread
+        late: set[tuple[tuple[int, Path], float]] = set()  # waits past the threshold
+        named: set[tuple[Path, Holder | None]] = set()  # once per process, not per thread
         with self._changed:
             while True:
                 now = time.monotonic()
@@ -283,12 +301,60 @@ class _Watch:
                 for wait in waits - late:
                     if now - wait[1] >= self._threshold:
                         late.add(wait)
-                        holder = read_holder(self._path)
-                        if holder not in named:
-                            named.add(holder)
-                            _say(self._path, holder, now - wait[1])
+                        path = wait[0][1]
+                        holder = read_holder(path)
+                        if (path, holder) not in named:
+                            named.add((path, holder))
+                            _say(path, holder, now - wait[1])
                 due = [self._threshold - (now - began) for _, began in waits - late]
                 self._changed.wait(timeout=min(due) if due else None)
+
+
+_WATCH = _Watch()
+
+
+def _watch_afresh() -> None:
+    """In a forked child: no watcher thread yet, and no lock its parent's may hold."""
+    global _WATCH
+    _WATCH = _Watch()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_watch_afresh)
+
+
+class _Shield:
+    """Keeps a Ctrl-C or SIGTERM (laufband's own handlers) from landing while the main
+    thread holds the state lock: it is raised when the lock is released. Waiting for
+    the lock stays interruptible; holding it lasts milliseconds. Without this, an
+    interrupt between taking the lock and the ``try`` that releases it leaked the
+    lock in a long-lived process (a Jupyter kernel), and every worker then waited."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: BaseException | None = None
+
+    def enter(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.depth += 1
+
+    def leave(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.depth -= 1
+        if self.depth == 0 and self.pending is not None:
+            pending, self.pending = self.pending, None
+            raise pending
+
+    def deliver(self, error: BaseException) -> None:
+        """Raise ``error`` now, or when the lock is released if it is held."""
+        if self.depth > 0:
+            self.pending = self.pending or error
+            return
+        raise error
+
+
+SHIELD = _Shield()
 
 
 def _say(path: Path, holder: Holder | None, waited: float) -> None:

@@ -1029,8 +1029,8 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Run the enclosed operations atomically under the state lock."""
-        self._lock.acquire(self._patience)
         try:
+            self._lock.acquire(self._patience)
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")

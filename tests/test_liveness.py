@@ -152,7 +152,8 @@ def test_worker_on_another_host_is_dead_after_heartbeat_timeout(
     store.close()
     logs = state.parent / "logs"
     began = time.monotonic()
-    local = procs.worker(state, logs, "--items", 2, env={"LAUFBAND_HEARTBEAT_TIMEOUT": "1"})
+    local = procs.worker(state, logs, "--items", 2, env={"LAUFBAND_HEARTBEAT_TIMEOUT": "1",
+                                                         "LAUFBAND_HEARTBEAT_INTERVAL": "0.2"})
     assert procs.wait_all([local])[0][0] == 0
     assert time.monotonic() - began < 15
     assert Counter(read_log(logs / f"{local.pid}.done")) == {"0": 1, "1": 1}

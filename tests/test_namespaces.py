@@ -39,7 +39,8 @@ WORKER = HELPERS / "worker.py"
 PROBE_DEADLINE = 10.0  # seconds for `unshare ... true`
 RUN = 30.0  # seconds for a group of workers to share the items (about 2 s; 5 s in test 3)
 SURVIVOR_DEADLINE = 20.0  # seconds for a worker to finish after a namespaced one died
-HEARTBEAT = {"LAUFBAND_HEARTBEAT_TIMEOUT": "1.5"}  # for every worker of a test
+HEARTBEAT = {"LAUFBAND_HEARTBEAT_TIMEOUT": "1.5",  # for every worker of a test
+             "LAUFBAND_HEARTBEAT_INTERVAL": "0.5"}
 BEAT = ("--heartbeat-interval", "0.2")
 
 Spawn = Callable[..., "subprocess.Popen[str]"]

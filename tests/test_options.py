@@ -275,3 +275,19 @@ def test_has_more_jobs_before_the_loop_keeps_a_working_bar(state: Path) -> None:
     assert worker.has_more_jobs
     assert list(worker) == list(range(5))
     assert worker.iterator.n == 5
+
+
+def test_a_heartbeat_timeout_shorter_than_two_beats_is_refused(monkeypatch) -> None:
+    """A timeout under two intervals takes live workers for dead between two beats
+    (their tasks then ran twice): refused in one line that says what to change."""
+    from laufband import Laufband
+
+    with pytest.raises(ValueError, match=r"heartbeat_timeout \(2 s\) must be at least twice"
+                       r" heartbeat_interval \(10 s\)"):
+        Laufband(range(2), heartbeat_timeout=2)
+    monkeypatch.setenv("LAUFBAND_HEARTBEAT_TIMEOUT", "5")
+    monkeypatch.setenv("LAUFBAND_HEARTBEAT_INTERVAL", "3")
+    with pytest.raises(ValueError, match="LAUFBAND_HEARTBEAT_TIMEOUT"):
+        Laufband(range(2))
+    monkeypatch.setenv("LAUFBAND_HEARTBEAT_INTERVAL", "2.5")
+    assert Laufband(range(2)).heartbeat_timeout == 5.0

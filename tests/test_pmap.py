@@ -499,7 +499,8 @@ STALLED = textwrap.dedent("""
         return 42
 
     print(pmap(value, ["x"], n=1, path=path, progress=False, on_error="return",
-               heartbeat_timeout=0.5, heartbeat_interval=100))
+               **({"heartbeat_timeout": 200, "heartbeat_interval": 100} if role == "stalled"
+                  else {"heartbeat_timeout": 0.5, "heartbeat_interval": 0.1})))
 """)
 
 

@@ -247,3 +247,61 @@ def test_one_ctrl_c_of_pmap_counts_no_kill(state: Path, procs: Processes,
     assert code == 0 and "complete" in out, err[-2000:]
     assert [e for e in task_events(state, "storm") if e[1] == "killed"] == []
     assert orphans(state) == []
+
+
+
+REUSER = """
+import os, signal, sys, time
+from pathlib import Path
+from laufband import Laufband
+
+state, logs = sys.argv[1], Path(sys.argv[2])
+logs.mkdir(exist_ok=True)
+worker = Laufband(list(range(6)), path=state, name="work", tqdm_kwargs={"disable": True})
+for attempt in range(10):  # a notebook user: Ctrl-C, then run the same cell again
+    try:
+        for item in worker:
+            with open(logs / "start", "a") as log:
+                log.write(f"{item}\\n")
+            time.sleep(0.3 if attempt else 60)
+            with open(logs / "done", "a") as log:
+                log.write(f"{item}\\n")
+        break
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_loop_run_again_after_an_interrupted_stop(state: Path, procs: Processes,
+                                                    tmp_path: Path) -> None:
+    """Ctrl-C, and more Ctrl-Cs while the worker stops; the program catches them and
+    iterates the same worker again while another worker joins. The first stop was cut
+    short after its heartbeat had stopped, the new iteration did not restart it, and
+    the live worker was reaped: its tasks ran twice at once."""
+    from tests.helpers.procs import task_events
+
+    script = tmp_path / "reuser.py"
+    script.write_text(REUSER)
+    logs = tmp_path / "logs"
+    beats = {"LAUFBAND_HEARTBEAT_INTERVAL": "0.2", "LAUFBAND_HEARTBEAT_TIMEOUT": "1.5",
+             "LAUFBAND_LOCK_WARNING": "0.2"}
+    user = procs.start(script, state, logs, env=beats)
+    wait_for(lambda: (logs / "start").exists(), what="the first item to start")
+    lock = FileLock(state / "state.lock")
+    lock.acquire(timeout=10)  # the stop has to wait for it: interrupts land inside
+    try:
+        for _ in range(3):
+            user.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+    finally:
+        lock.release()
+    other = procs.worker(state, tmp_path / "other-logs", "--items", 6, "--sleep", 0.3,
+                         env=beats)
+    results = procs.wait_all([user, other])
+    assert [code for code, _, _ in results] == [0, 0], results
+    done = Counter(read_log(logs / "done")) + completions(tmp_path / "other-logs")
+    assert done == Counter({str(i): 1 for i in range(6)})
+    assert [e for e in task_events(state, "work") if e[1] == "killed"] == []
+    assert orphans(state) == []
