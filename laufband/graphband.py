@@ -504,6 +504,7 @@ class Graphband(Generic[T]):
                 batch = self._claim(tx)
                 self._batch = batch  # for _stop(), as in _next_batch
             self._running = True  # from the commit on, _stop() hands the batch back
+            _live.add(self)  # at exit, or at the next start, a stop cut short is finished
             self._offline = False
         # Dead workers are looked for when no task is left to claim, and every
         # heartbeat interval: not by every worker as it starts.
@@ -511,7 +512,6 @@ class Graphband(Generic[T]):
         self._sizer.observe_transaction(self._last_reap - began)
         if self._bar_closed:  # a new iteration after an earlier one: a new bar
             self._bar, self._bar_closed, self._progress = None, False, None
-        _live.add(self)
         self._in_flight = InFlight(self.path, self._worker)
         self._heartbeat = Heartbeat(self._store, self._worker, self.heartbeat_interval)
         self._heartbeat.start()
