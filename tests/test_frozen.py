@@ -22,7 +22,6 @@ from tests.helpers.procs import (
     task_states,
     wait_for,
 )
-from tests.test_signals import start_logged
 
 WARN_AFTER = 1.0  # LAUFBAND_LOCK_WARNING for these tests, in seconds
 WARN_DEADLINE = 15.0  # seconds until the warning must have been printed
@@ -58,7 +57,7 @@ def test_frozen_lock_holder_is_named_and_waited_for_cheaply(
         state: Path, procs: Processes, tmp_path: Path) -> None:
     holder = frozen_holder(procs, state)
     logs, err = tmp_path / "logs", tmp_path / "waiter.err"
-    waiter = start_logged(procs, Path(__file__).parent / "helpers" / "worker.py", state, logs,
+    waiter = procs.start_logged(Path(__file__).parent / "helpers" / "worker.py", state, logs,
                           "--items", 5, stderr=err,
                           env={"LAUFBAND_LOCK_WARNING": str(WARN_AFTER)})
     try:

@@ -34,19 +34,6 @@ IN_HAND_BACK = 2.0  # seconds to wait for the worker to say it waits for the loc
 FINISH_DEADLINE = 45.0  # seconds a clean run over what is left may take
 
 
-def start_logged(procs: Processes, script: Path, *args: object, stderr: Path,
-                 env: dict[str, str] | None = None,
-                 new_session: bool = False) -> subprocess.Popen[str]:
-    """Run a helper script with its stderr in a file we can read while it runs."""
-    with open(stderr, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), *map(str, args)], stdout=subprocess.DEVNULL,
-            stderr=err, env={**os.environ, **(env or {})}, text=True,
-            start_new_session=new_session)
-    procs.started.append(proc)
-    return proc
-
-
 def finish_cleanly(procs: Processes, state: Path, logs: Path, items: int = ITEMS) -> None:
     """A fresh worker must finish everything left, and leave every task completed."""
     [(code, _, err)] = procs.wait_all([procs.worker(state, logs, "--items", items)],
@@ -64,7 +51,7 @@ def test_second_interrupt_inside_the_hand_back(state: Path, procs: Processes,
     gone (a later worker then waited for it forever)."""
     logs = tmp_path / "logs"
     err = tmp_path / "w.err"
-    worker = start_logged(procs, HELPERS / "worker.py", state, logs, "--items", ITEMS,
+    worker = procs.start_logged(HELPERS / "worker.py", state, logs, "--items", ITEMS,
                           "--sleep-on", 5, "--sleep", 60, stderr=err,
                           env={"LAUFBAND_LOCK_WARNING": "0.2"})
     wait_for(lambda: "5" in read_log(logs / f"{worker.pid}.start"), what="item 5 to start")
@@ -146,7 +133,7 @@ def test_ctrl_c_storm_on_pmap(state: Path, procs: Processes, tmp_path: Path) -> 
     rng = random.Random(11)
     for attempt in range(12):
         err = tmp_path / f"storm-{attempt}.err"
-        caller = start_logged(procs, script, state, logs, stderr=err, new_session=True)
+        caller = procs.start_logged(script, state, logs, stderr=err, new_session=True)
         time.sleep(rng.uniform(0.3, 1.5))
         for _ in range(rng.choice([1, 2, 2, 3])):  # to the whole group, like a terminal
             with contextlib.suppress(ProcessLookupError):
@@ -232,7 +219,7 @@ def test_one_ctrl_c_of_pmap_counts_no_kill(state: Path, procs: Processes,
     logs = tmp_path / "logs"
     rng = random.Random(2)
     for attempt in range(6):
-        caller = start_logged(procs, script, state, logs, stderr=tmp_path / f"{attempt}.err",
+        caller = procs.start_logged(script, state, logs, stderr=tmp_path / f"{attempt}.err",
                               new_session=True)
         time.sleep(rng.uniform(0.5, 1.3))
         with contextlib.suppress(ProcessLookupError):

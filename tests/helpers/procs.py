@@ -34,6 +34,19 @@ class Processes:
         self.started.append(proc)
         return proc
 
+    def start_logged(self, script: Path, *args: object, stderr: Path,
+                     env: dict[str, str] | None = None,
+                     new_session: bool = False) -> subprocess.Popen[str]:
+        """Run ``python SCRIPT ARGS...`` with its stderr in a file that can be read while
+        it runs (and, with ``new_session``, in a process group of its own)."""
+        with open(stderr, "w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(script), *map(str, args)], stdout=subprocess.DEVNULL,
+                stderr=err, env={**os.environ, **(env or {})}, text=True,
+                start_new_session=new_session)
+        self.started.append(proc)
+        return proc
+
     def worker(self, *args: object, **kwargs: object) -> subprocess.Popen[str]:
         """Run ``tests/helpers/worker.py ARGS...``."""
         return self.start(HELPERS / "worker.py", *map(str, args), **kwargs)  # type: ignore[arg-type]
