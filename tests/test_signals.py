@@ -159,9 +159,9 @@ from laufband import Laufband
 
 state, logs = sys.argv[1], Path(sys.argv[2])
 logs.mkdir(exist_ok=True)
-for item in Laufband(list(range(300)), path=state, name="work",
+for item in Laufband(list(range(1000)), path=state, name="work",
                      tqdm_kwargs={"disable": True}):
-    time.sleep(0.005)
+    time.sleep(0.02)
     with open(logs / f"{os.getpid()}.done", "a") as log:
         log.write(f"{item}\\n")
 """
@@ -202,7 +202,7 @@ def test_sigint_and_sigterm_storm_on_loop_workers(state: Path, procs: Processes,
     [(code, _, err)] = procs.wait_all([final], deadline=FINISH_DEADLINE)
     assert code == 0, err[-2000:]
     assert set(task_states(state, "work").values()) == {"completed"}
-    assert set(completions(logs)) == {str(i) for i in range(300)}
+    assert set(completions(logs)) == {str(i) for i in range(1000)}
 
 
 @pytest.mark.timeout(300)
