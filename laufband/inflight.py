@@ -1,14 +1,24 @@
-"""The task a worker is running, kept where a reaper finds it after the worker dies.
+"""What a worker was doing when it died, kept where a reaper finds it afterwards.
 
 A worker claims tasks in batches and writes the finished ones about every 0.2 s, so
-the store alone cannot tell which task of a dead worker's batch was running: the
-lowest unfinished one may have completed since the last flush. Each worker therefore
-keeps the number of its running task in a small memory-mapped file of the state
-directory (``running/<worker>``). Marking a task is a store into shared memory (no
-system call), and the kernel keeps the page when the process dies, even by SIGKILL,
-so the reaper blames exactly the task in flight, or none when the worker died
-between tasks. Where the file cannot be made or read, reaping falls back to the
-lowest running task.
+the store alone cannot tell, of a dead worker's batch, which tasks finished since
+its last flush and which one was running. Each worker therefore keeps its batch and
+its position in it in a small memory-mapped file of the state directory
+(``running/<worker>``)::
+
+    word 0: position p    2*i: tasks batch[:i] finished, none running
+                          2*i + 1: batch[:i] finished, batch[i] running
+    word 1: n | flags     how many tasks the batch has; FINAL if a finished body
+                          is all a task needs (pmap's also need their result)
+    words 2 .. 2+n-1      the batch, in the order the loop runs it
+
+Moving on to the next task is one store into shared memory (no system call), and
+the kernel keeps the page when the process dies, even by SIGKILL, so on the same
+host the reaper completes the tasks that finished and counts a kill only for the
+one in flight. A reaper on another host may see a stale copy (no shared page cache):
+it ignores the record, and the lowest running task counts the kill, so what finished
+since the last flush runs again there. Where the file cannot be made or read,
+reaping falls back to the same.
 """
 
 from __future__ import annotations
@@ -18,13 +28,30 @@ import mmap
 import os
 import stat
 import struct
+from array import array
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
-IDLE = -1  # between tasks: nothing to blame
-UNKNOWN = None  # no record: blame the lowest running task
-_SLOT = struct.Struct("<q")
+from laufband.batching import MAX_BATCH
+
+CAPACITY = MAX_BATCH  # tasks a record holds: a batch is never longer
+FINAL = 1 << 32  # flag in word 1: the finished bodies of the batch are all their tasks need
+_HEADER = struct.Struct("<qq")
+_WORD = struct.Struct("<q")
+_SIZE = _HEADER.size + CAPACITY * _WORD.size
+
+
+class Record(NamedTuple):
+    """What a dead worker's record says: the tasks of its batch that finished (only
+    those whose finished body is all they need), and the one running (None: between
+    tasks)."""
+
+    finished: list[int]
+    running: int | None
+
+
 # Whoever can write the state directory could plant a symlink or hard link named like
 # a record, to make the next worker truncate a file of their choice: ``running/`` is
 # opened without following a symlink, records are opened relative to it, never
@@ -63,8 +90,8 @@ def _map_record(state: Path, worker: int) -> mmap.mmap | None:
         finally:
             os.close(directory)
         try:
-            os.ftruncate(fd, _SLOT.size)
-            return mmap.mmap(fd, _SLOT.size)
+            os.ftruncate(fd, _SIZE)  # sparse: only the pages a batch touches are real
+            return mmap.mmap(fd, _SIZE)
         finally:
             os.close(fd)
     except _UNSAFE:  # e.g. no shared mmap on this filesystem
@@ -72,14 +99,41 @@ def _map_record(state: Path, worker: int) -> mmap.mmap | None:
 
 
 class InFlight:
-    """A worker's record of its running task; ``mark(seq)`` costs ~0.15 us."""
+    """A worker's record of its batch and its position in it.
 
-    def __init__(self, state: Path, worker: int) -> None:
+    ``begin(batch)`` before running a batch; ``mark(2*i + 1)`` as ``batch[i]`` starts
+    (~0.15 us: batch[:i] are finished from then on); ``settle(...)`` when no body
+    runs any more; ``close()`` once the worker stopped cleanly.
+    """
+
+    def __init__(self, state: Path, worker: int, final: bool = True) -> None:
         self._state, self._worker = state, worker
+        self._flags = FINAL if final else 0
         self._map = _map_record(state, worker)
         self.mark: Callable[[int], None] = (
-            _ignore if self._map is None else partial(_SLOT.pack_into, self._map, 0))
-        self.mark(IDLE)
+            _ignore if self._map is None else partial(_WORD.pack_into, self._map, 0))
+        self.begin([])
+
+    def begin(self, batch: list[int]) -> None:
+        """Record a new batch, none of it started (the position first: a death while
+        the batch is written finds nothing finished)."""
+        if self._map is None:
+            return
+        if len(batch) > CAPACITY:
+            msg = f"a batch of {len(batch)} tasks exceeds the record's {CAPACITY}"
+            raise ValueError(msg)
+        self.mark(0)
+        self._map[_HEADER.size: _HEADER.size + len(batch) * _WORD.size] = array("q", batch)
+        _WORD.pack_into(self._map, _WORD.size, len(batch) | self._flags)
+
+    def settle(self, body_finished: bool) -> None:
+        """No loop body runs any more: the task at the position finished, or did not
+        (it failed, or is handed back). A death from now on counts no kill."""
+        if self._map is None:
+            return
+        position = _WORD.unpack_from(self._map, 0)[0]
+        if position % 2:
+            self.mark(position + 1 if body_finished else position - 1)
 
     def close(self) -> None:
         """Forget the record: the worker stopped cleanly."""
@@ -90,13 +144,13 @@ class InFlight:
             forget(self._state, self._worker)
 
 
-def _ignore(seq: int) -> None:
+def _ignore(position: int) -> None:
     pass
 
 
-def last_task(state: Path, worker: int) -> int | None:
-    """The task a dead worker was running, ``IDLE`` if none, ``UNKNOWN`` if no record
-    (or none that is a regular file reached without following a symlink)."""
+def read_record(state: Path, worker: int) -> Record | None:
+    """What a dead worker's record says, or None without a usable record (none, not a
+    regular file reached without following a symlink, or inconsistent)."""
     try:
         directory = _open_running(state)
         try:
@@ -105,11 +159,20 @@ def last_task(state: Path, worker: int) -> int | None:
             os.close(directory)
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return UNKNOWN
-            data = handle.read(_SLOT.size + 1)  # a longer file is no record
+                return None
+            data = handle.read(_SIZE + 1)  # a longer file is no record
     except _UNSAFE:
-        return UNKNOWN
-    return _SLOT.unpack(data)[0] if len(data) == _SLOT.size else UNKNOWN
+        return None
+    if len(data) != _SIZE:
+        return None
+    position, word = _HEADER.unpack_from(data)
+    size, final = word & (FINAL - 1), bool(word & FINAL)
+    if not 0 <= size <= CAPACITY or not 0 <= position <= 2 * size or word >> 33:
+        return None
+    batch = array("q", data[_HEADER.size: _HEADER.size + size * _WORD.size]).tolist()
+    index = position // 2
+    running = batch[index] if position % 2 and index < size else None
+    return Record(batch[:index] if final else [], running)
 
 
 def forget(state: Path, worker: int) -> None:

@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 
 from laufband.errors import StateError
-from laufband.inflight import forget, last_task
+from laufband.inflight import forget, read_record
 from laufband.statelock import HOST, lock_waits
 from laufband.store import Store, Transaction, WorkerRecord
+
+IDLE = -1  # what a reaper passes for a worker that died between tasks
 
 
 def _boot_id() -> str:
@@ -68,6 +70,12 @@ def is_checkable(host: str, token: str) -> bool:
     """Whether this process can look a worker's pid up: same host, boot and pid
     namespace (no token: a system without /proc, where the pid is all there is)."""
     return host == HOST and (not token or token.rpartition(":")[0] == _PLACE)
+
+
+def shares_memory(host: str, token: str) -> bool:
+    """Whether a worker ran on this machine since its boot (same host and boot, any pid
+    namespace): then its memory-mapped record is the page it wrote, not a stale copy."""
+    return host == HOST and (not token or token.partition(":")[0] == _BOOT)
 
 
 def is_alive(pid: int, token: str) -> bool:
@@ -127,12 +135,16 @@ class DeadWorkerDetector:
         return returned
 
     def _reap(self, tx: Transaction, dead: WorkerRecord, max_killed_retries: int) -> int:
-        record = last_task(self._state, dead.id)
-        if dead.host != HOST and record is not None and record < 0:
-            # Written on another host, it may not have reached us yet (a shared
-            # filesystem writes back within seconds): "between tasks" may be stale.
-            record = None
-        returned = tx.reap(dead, max_killed_retries, record)
+        # Only a record written on this machine is current: another host's may reach
+        # us late (a shared filesystem writes back within seconds), naming tasks as
+        # finished or running that were not.
+        record = read_record(self._state, dead.id) if shares_memory(dead.host, dead.token) \
+            else None
+        if record is None:
+            returned = tx.reap(dead, max_killed_retries)
+        else:
+            running = IDLE if record.running is None else record.running
+            returned = tx.reap(dead, max_killed_retries, running, record.finished)
         # Gone even if the transaction rolls back: the next reaper then blames the
         # lowest running task, as without a record.
         forget(self._state, dead.id)

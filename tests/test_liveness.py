@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from laufband.batching import MIN_FLUSH
-from laufband.inflight import IDLE, InFlight
+from laufband.inflight import InFlight
 from laufband.liveness import HOST, DeadWorkerDetector
 from laufband.store import Scope, Store
 from tests.helpers.procs import (
@@ -130,7 +130,7 @@ def test_a_between_tasks_record_is_trusted_on_this_host_only(state: Path) -> Non
                 for host in (HOST, "another-host")}
         for number in dead.values():
             assert len(tx.claim(wf, number, 2, [], Scope())) == 2
-            InFlight(state, number).mark(IDLE)  # it died between tasks (or so it says)
+            InFlight(state, number)  # it died between tasks (or so its record says)
         detector = DeadWorkerDetector(timeout=0, state=state)
         detector.reap(tx, me=-1, max_killed_retries=1)  # another host: seen once, alive
         detector.reap(tx, me=-1, max_killed_retries=1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from laufband import Laufband
-from laufband.inflight import UNKNOWN, forget, last_task
+from laufband.inflight import forget, read_record
 
 pytestmark = pytest.mark.timeout(120)
 QUIET = {"disable": True}
@@ -90,12 +90,12 @@ def test_reaper_reads_and_removes_no_linked_record(state: Path, tmp_path: Path) 
     record.write_bytes(blame_seven)
     running = make_state(state)
     (running / "1").symlink_to(record)
-    assert last_task(state, 1) is UNKNOWN
+    assert read_record(state, 1) is None
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "2").write_bytes(blame_seven)
     link_running_to(state, outside)
-    assert last_task(state, 2) is UNKNOWN
+    assert read_record(state, 2) is None
     forget(state, 2)
     assert (outside / "2").read_bytes() == blame_seven
     assert record.read_bytes() == blame_seven

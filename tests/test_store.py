@@ -157,14 +157,30 @@ def test_reaping_with_a_record_blames_the_recorded_task_or_none(store: Store) ->
         assert [event[:2] for event in tx.events(wf)] == [("3", "killed")]
         c = worker(tx, "c", wf)
         assert tx.claim(wf, c, 10, [], Scope()) == list(range(10))  # all claimable again
-        # A stale record naming no task running on the dead worker: its lowest counts.
+        # A record naming a task no longer running on the dead worker: nobody is blamed.
         d = worker(tx, "d", wf)
         tx.release(wf, c, [6, 7, 8, 9])
         assert tx.claim(wf, d, 4, [], Scope()) == [6, 7, 8, 9]
         tx.reap(record(tx, d), max_killed_retries=1, in_flight=2)  # 2 runs on c
         states = tx.task_states(wf)
         assert (states["2"], states["6"], states["7"]) == ("running", "pending", "pending")
-        assert [event[:2] for event in tx.events(wf)] == [("3", "killed"), ("6", "killed")]
+        assert [event[:2] for event in tx.events(wf)] == [("3", "killed")]
+
+
+def test_reaping_completes_what_the_record_says_finished(store: Store) -> None:
+    with store.transaction() as tx:
+        wf = tx.open_workflow("w", keyed=False).id
+        tx.register_positions(wf, 10)
+        a, b = worker(tx, "a", wf), worker(tx, "b", wf)
+        assert tx.claim(wf, a, 5, [], Scope()) == [0, 1, 2, 3, 4]
+        assert tx.claim(wf, b, 5, [], Scope()) == [5, 6, 7, 8, 9]
+        # 0-2 finished but were not flushed, 3 was running; 5 "finished" is b's, not a's
+        tx.reap(record(tx, a), max_killed_retries=1, in_flight=3, finished=[0, 1, 2, 5])
+        states = tx.task_states(wf)
+        assert [states[str(i)] for i in range(6)] == [
+            "completed", "completed", "completed", "pending", "pending", "running"]
+        assert [event[:2] for event in tx.events(wf)] == [("3", "killed")]
+        assert tx.counts(wf) == tx.scan_counts(wf)
 
 
 def test_reaping_counts_a_kill_only_for_the_task_in_flight(store: Store) -> None:

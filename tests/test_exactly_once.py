@@ -1,0 +1,83 @@
+"""A loop body that finished is never run again, even when its worker is SIGKILLed
+before it wrote its finished work to the store (same host): only the task in flight
+runs again."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.procs import HELPERS, Processes, completions, task_states
+
+
+def rows_of(path: Path) -> Counter[int]:
+    """How often each item appears in the shared output file."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return Counter(int(line.split()[0]) for line in lines)
+
+
+@pytest.mark.timeout(180)
+def test_fast_tasks_finished_before_a_sigkill_do_not_run_again(
+        state: Path, procs: Processes) -> None:
+    """2 ms tasks: a worker finishes ~100 between two flushes. Each SIGKILL may make
+    only the task in flight run again (on main: every task since the last flush)."""
+    logs = state.parent / "logs"
+    rng = random.Random(5)
+    args = (state, logs, "--items", 4000, "--sleep", 0.002, "--max-killed-retries", 100)
+    workers = [procs.worker(*args) for _ in range(2)]
+    kills = 0
+    for _ in range(8):
+        time.sleep(rng.uniform(0.3, 0.6))
+        alive = [w for w in workers if w.poll() is None]
+        if not alive:
+            break
+        victim = rng.choice(alive)
+        victim.kill()
+        victim.wait()
+        kills += 1
+        workers.append(procs.worker(*args))
+    finished = procs.wait_all([w for w in workers if w.poll() is None])
+    assert all(code == 0 for code, _, _ in finished), finished
+    done = completions(logs)
+    again = sum(done.values()) - len(done)
+    assert kills >= 6
+    assert len(done) == 4000
+    assert set(task_states(state, "work").values()) == {"completed"}
+    assert again <= kills, f"{again} finished bodies ran again after {kills} SIGKILLs"
+
+
+@pytest.mark.timeout(180)
+def test_rows_written_under_worker_lock_are_unique_after_sigkills(
+        state: Path, procs: Processes) -> None:
+    """The issue's scenario: 150 items of 0.1 s, 4 workers, 8 SIGKILLs, each body
+    appends a row under worker.lock. On main: ~160 rows for 150 items."""
+    rows = state.parent / "rows.txt"
+    rng = random.Random(11)
+
+    def start() -> object:
+        return procs.start(HELPERS / "rows_worker.py", state, rows, 150, 0.1,
+                           env={"LAUFBAND_MAX_KILLED_RETRIES": "20"})
+
+    workers = [start() for _ in range(4)]
+    kills = 0
+    while kills < 8:
+        time.sleep(rng.uniform(0.2, 0.5))
+        alive = [w for w in workers if w.poll() is None]  # type: ignore[attr-defined]
+        if not alive:
+            break
+        victim = rng.choice(alive)
+        victim.kill()  # type: ignore[attr-defined]
+        victim.wait()  # type: ignore[attr-defined]
+        kills += 1
+        workers.append(start())
+    finished = procs.wait_all([w for w in workers if w.poll() is None])  # type: ignore
+    assert all(code == 0 for code, _, _ in finished), finished
+    assert kills == 8
+    counts = rows_of(rows)
+    assert sorted(counts) == list(range(150))
+    duplicated = {item: n for item, n in counts.items() if n > 1}
+    assert not duplicated, f"rows written twice after {kills} SIGKILLs: {duplicated}"
