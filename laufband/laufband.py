@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import PurePath
+from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any, TypeVar
 
 from laufband.errors import TaskGraphError, WorkflowMismatchError
 from laufband.graphband import Graphband
+from laufband.itemdigest import DataDigests, covered
 from laufband.store import Scope, Transaction
 
 T = TypeVar("T")
 
-_PLAIN = (type(None), bool, int, float, complex, str, bytes, PurePath)
-_PLAIN_LIMIT = 1000  # elements looked at per item; bigger items are checked by type
 
 
 class Laufband(Graphband[T]):
@@ -43,12 +40,25 @@ class Laufband(Graphband[T]):
     def __init__(
         self, data: Iterable[T], *, key: Callable[[T], str] | None = None, **options: Any
     ) -> None:
+        self._sized = isinstance(data, Sized)  # len() of a generator is a TypeError
+        self._source_type = type(data).__name__
         self.data: Sequence[T] = data if isinstance(data, Sequence) else list(data)
         self._key = key
         self._keyed = key is not None
+        self._digests: DataDigests | None = None
         super().__init__((), **options)
 
+    def __len__(self) -> int:
+        """The number of items, like ``len(tqdm(data))``: a TypeError for a generator."""
+        if not self._sized:
+            msg = f"object of type '{self._source_type}' has no len()"
+            raise TypeError(msg)
+        return len(self.data)
+
     def _collect(self) -> list[Any]:
+        # Digest the data before the state lock is taken: pickling may run user code.
+        if self._key is None and self._digests is None:
+            self._digests = DataDigests(self.data)
         return []
 
     def _plain_items(self) -> Iterable[Any]:
@@ -77,18 +87,22 @@ class Laufband(Graphband[T]):
         return Scope(limit=len(self.data))
 
     def _check_fingerprint(self, tx: Transaction) -> None:
-        assert self._workflow is not None
-        stored = self._workflow.fingerprint
-        if stored is None:
-            probes = _probe_positions(len(self.data))
-            tx.set_fingerprint(self._workflow.id, {str(p): _digest(self.data[p]) for p in probes})
-            return
-        for position, digest in stored.items():
-            if _digest(self.data[int(position)]) != digest:
-                msg = (f"item {position} of the data differs from the run that created workflow"
-                       f" {self._workflow.name!r} in {self.path}: pass the same data, key= for"
-                       f" stable ids, a new name=, or remove {self.path} to start over")
+        """Refuse data whose items differ from the run that created the workflow (an
+        insert, a removal, a reordering or a changed item); store the digests of more."""
+        assert self._workflow is not None and self._digests is not None
+        stored = tx.fingerprint(self._workflow.id)
+        if stored is not None:
+            differs = self._digests.first_difference(stored)
+            if differs is not None:
+                lo, hi = differs
+                msg = (f"the data differs from the run that created workflow"
+                       f" {self._workflow.name!r} in {self.path}: one of items {lo} to"
+                       f" {hi - 1} was inserted, removed, reordered or changed. Pass the"
+                       f" same data, key= (stable ids from the items) to let the data"
+                       f" change between runs, a new name=, or remove {self.path}")
                 raise WorkflowMismatchError(msg)
+        if stored is None or covered(stored) < self._digests.length:
+            tx.set_fingerprint(self._workflow.id, self._digests.pack())
 
     def _register_keys(self, tx: Transaction) -> Scope:
         assert self._workflow is not None and self._key is not None
@@ -117,39 +131,6 @@ class Laufband(Graphband[T]):
             return self.data.__getitem__
         data, index_of = self.data, self._index_of
         return lambda seq: data[index_of[seq]]
-
-
-def _probe_positions(length: int) -> list[int]:
-    """Positions checked on later runs: 0, 1, 3, 7, 15, ... (at most ~20 items)."""
-    positions, step = [], 1
-    while step - 1 < length:
-        positions.append(step - 1)
-        step *= 2
-    return positions
-
-
-def _digest(item: Any) -> str:
-    """A digest that is equal across runs for equal plain data (numbers, strings, paths...).
-
-    Other objects (whose repr may hold a memory address, whose pickle may depend on
-    hash seeds) are compared by type only.
-    """
-    budget = [_PLAIN_LIMIT]
-    text = repr(item) if _is_plain(item, budget) else f"<{type(item).__qualname__}>"
-    return hashlib.blake2b(text.encode(errors="replace"), digest_size=8).hexdigest()
-
-
-def _is_plain(item: Any, budget: list[int]) -> bool:
-    budget[0] -= 1
-    if budget[0] < 0:
-        return False
-    if isinstance(item, _PLAIN):
-        return True
-    if isinstance(item, (list, tuple)):
-        return all(_is_plain(x, budget) for x in item)
-    if isinstance(item, dict):
-        return all(_is_plain(k, budget) and _is_plain(v, budget) for k, v in item.items())
-    return False
 
 
 __all__ = ["Laufband"]

@@ -35,7 +35,9 @@ def test_changed_data_is_refused(state: Path) -> None:
     finished_run(state, [f"file-{i}" for i in range(10)])
     changed = [f"file-{i}" for i in range(10)]
     changed[7] = "other"
-    with pytest.raises(WorkflowMismatchError, match="item 7 of the data differs from the run"):
+    with pytest.raises(WorkflowMismatchError, match=r"the data differs from the run that created"
+                       r" workflow 'w' in .*: one of items 0 to 9 was inserted, removed,"
+                       r" reordered or changed\. Pass the same data, key="):
         run(Laufband(changed, path=state, name="w", tqdm_kwargs=QUIET))
     assert len(task_states(state, "w")) == 10
 
@@ -165,7 +167,7 @@ def test_newer_schema_is_refused(state: Path) -> None:
     finished_run(state, [1, 2])
     with sqlite3.connect(state / "state.db") as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StateError, match="has schema version 99, this laufband reads version 3"):
+    with pytest.raises(StateError, match="has schema version 99, this laufband reads version 4"):
         run(Laufband([1, 2], path=state, name="w", tqdm_kwargs=QUIET))
 
 

@@ -1,0 +1,90 @@
+"""A later run whose data has an item inserted, removed, reordered or changed is refused
+(every item is compared, objects by their pickle); appending items stays allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from laufband import Laufband, WorkflowMismatchError
+
+PROGRAM = textwrap.dedent("""
+    import json, sys
+    from laufband import Laufband, WorkflowMismatchError
+
+    class Atoms:  # like ase.Atoms: an object whose repr says little
+        def __init__(self, numbers, positions):
+            self.numbers, self.positions = numbers, positions
+            self.info = {}
+
+    edit, count = sys.argv[2], int(sys.argv[3])
+    data = [Atoms([1, 8, 1], [[0.0, 0.0, float(i)]] * 3) for i in range(count)]
+    if edit.startswith("insert:"):
+        data.insert(int(edit[7:]), Atoms([6], [[9.9, 9.9, 9.9]]))
+    elif edit.startswith("change:"):
+        data[int(edit[7:])].positions[1] = [0.0, 0.1, 0.0]
+    elif edit == "swap":
+        data[3], data[4] = data[4], data[3]
+    try:
+        ran = [int(a.positions[0][2]) for a in Laufband(data, path=sys.argv[1], name="atoms",
+                                                          tqdm_kwargs={"disable": True})]
+    except WorkflowMismatchError as error:
+        print(json.dumps({"error": str(error)}))
+    else:
+        print(json.dumps({"ran": ran}))
+""")
+
+
+def run(tmp_path: Path, state: Path, edit: str, count: int = 100) -> dict[str, object]:
+    import json
+
+    script = tmp_path / "atoms.py"
+    script.write_text(PROGRAM)
+    done = subprocess.run([sys.executable, str(script), str(state), edit, str(count)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("edit", ["insert:5", "change:5", "change:50", "change:64", "swap"])
+def test_a_changed_list_of_objects_is_refused(tmp_path: Path, state: Path, edit: str) -> None:
+    assert run(tmp_path, state, "none") == {"ran": list(range(100))}
+    outcome = run(tmp_path, state, edit)
+    assert "error" in outcome, f"{edit} was accepted: {outcome}"
+    error = str(outcome["error"])
+    assert "'atoms'" in error and str(state) in error and "key=" in error
+    assert "\n" not in error
+
+
+@pytest.mark.timeout(120)
+def test_appending_objects_stays_allowed(tmp_path: Path, state: Path) -> None:
+    assert run(tmp_path, state, "none", count=70) == {"ran": list(range(70))}
+    assert run(tmp_path, state, "none", count=150) == {"ran": list(range(70, 150))}
+    assert run(tmp_path, state, "none", count=150) == {"ran": []}
+    assert "error" in run(tmp_path, state, "change:69", count=150)
+    assert "error" in run(tmp_path, state, "change:149", count=150)
+
+
+def test_changed_plain_values_are_refused_at_every_position(state: Path) -> None:
+    data = list(range(1000))
+    assert list(Laufband(data, path=state, name="ints")) == data
+    for position in (5, 50, 64, 999):
+        changed = [*data[:position], -1, *data[position + 1:]]
+        with pytest.raises(WorkflowMismatchError, match="ints"):
+            list(Laufband(changed, path=state, name="ints"))
+    assert list(Laufband([*data, 1000, 1001], path=state, name="ints")) == [1000, 1001]
+    with pytest.raises(WorkflowMismatchError):  # True is not 1, "1" is not 1
+        list(Laufband([True, *data[1:], 1000, 1001], path=state, name="ints"))
+
+
+def test_unpicklable_items_name_the_item_and_key(state: Path) -> None:
+    data = [1, 2, lambda: 3]
+    with pytest.raises(TypeError, match=r"item 2 \(function\).*key="):
+        list(Laufband(data, path=state, name="lambdas"))
+    keyed = Laufband(data, path=state, name="keyed", key=lambda item: str(id(item)))
+    assert len(list(keyed)) == 3
