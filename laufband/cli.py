@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console, Group
@@ -43,12 +43,38 @@ PathOption = Annotated[Path | None, typer.Option("--path", help="State directory
 WorkflowOption = Annotated[str | None, typer.Option("--workflow", "-w", help="The workflow.")]
 
 
+def _refuse_original(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> None:
+    """Refuse laufband 0.2.x's ``--db``/``--lock`` with one line naming the replacement."""
+    if value is None or ctx.resilient_parsing:
+        return
+    what = "its state" if param.name == "db" else "its lock files"
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(
+        ("error:", "red"), f" {param.opts[0]} is from laufband 0.2.x: laufband keeps {what} in"
+        " a directory; pass --path DIR (default ./.laufband)"))
+    raise typer.Exit(2)
+
+
+# Hidden options of every command: laufband 0.2.x's `laufband status --db FILE --lock FILE`.
+OriginalDb = Annotated[str | None, typer.Option(
+    "--db", hidden=True, is_eager=True, callback=_refuse_original)]
+OriginalLock = Annotated[str | None, typer.Option(
+    "--lock", hidden=True, is_eager=True, callback=_refuse_original)]
+
+
 def _open(path: Path | None) -> Monitor:
     try:
         return Monitor(path)
     except StateError as error:
         _fail(str(error))
         raise  # unreachable: _fail exits
+
+
+def _either(argument: Path | None, option: Path | None) -> Path | None:
+    """The state directory given as DIR or as --path DIR (the other commands' spelling)."""
+    if argument is not None and option is not None and argument != option:
+        _fail(f"two state directories given, {str(argument)!r} and --path {str(option)!r}:"
+              " give one")
+    return argument if argument is not None else option
 
 
 def _fail(message: str) -> None:
@@ -77,6 +103,8 @@ def _show_version(value: bool) -> None:
 def main(
     version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
+    db: OriginalDb = None,
+    lock: OriginalLock = None,
 ) -> None:
     """Watch and manage laufband state directories."""
 
@@ -87,9 +115,12 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (shape documented in"
                                           " the README).")] = False,
     workflow: WorkflowOption = None,
+    path_option: PathOption = None,
+    db: OriginalDb = None,
+    lock: OriginalLock = None,
 ) -> None:
     """Show every workflow once: progress, tasks per state, workers, latest failures."""
-    monitor = _open(path)
+    monitor = _open(_either(path, path_option))
     found = _status(monitor, workflow)
     if as_json:
         typer.echo(json.dumps({"state": str(monitor.path),
@@ -104,9 +135,12 @@ def watch(
     workflow: WorkflowOption = None,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 0.5,
+    path_option: PathOption = None,
+    db: OriginalDb = None,
+    lock: OriginalLock = None,
 ) -> None:
     """Follow all workers live (Ctrl-C to quit)."""
-    monitor = _open(path)
+    monitor = _open(_either(path, path_option))
     rates = _Rates()
     if once:
         Console().print(_render(monitor.path, _status(monitor, workflow), {}))
@@ -128,6 +162,8 @@ def retry(
     killed: Annotated[bool, typer.Option("--killed", help="Retry killed tasks.")] = False,
     workflow: WorkflowOption = None,
     path: PathOption = None,
+    db: OriginalDb = None,
+    lock: OriginalLock = None,
 ) -> None:
     """Put failed and/or killed tasks back to pending; the next run runs them.
 
@@ -149,6 +185,8 @@ def reset(
     workflow: WorkflowOption = None,
     path: PathOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first.")] = False,
+    db: OriginalDb = None,
+    lock: OriginalLock = None,
 ) -> None:
     """Delete a workflow's state: the next run starts it from scratch."""
     monitor = _open(path)
@@ -222,7 +260,7 @@ def _panel(flow: WorkflowStatus, rate: float | None) -> Panel:
     for event in failures:
         error = (event.error or "").strip().splitlines()
         last = _shown(error[-1]) if error else ""
-        parts.append(Text(f"{event.state} {_shown(event.task)}: {last}",
+        parts.append(Text(f"{event.state} {_shown(event.task)}{_info(event.info)}: {last}",
                           style=STATE_STYLES.get(event.state, "white"), overflow="ellipsis",
                           no_wrap=True))
     return Panel(Group(*parts), title=Text(_shown(flow.name), style="bold"), title_align="left")
@@ -243,11 +281,17 @@ def _workers_table(flow: WorkflowStatus) -> Table:
         table.add_row(Text(_shown(label)), Text(_shown(w.host)), str(w.pid),
                       "" if w.rank is None else str(w.rank),
                       Text(w.state, style="green" if w.state == "online" else "dim"),
-                      Text(_shown(w.current or "")), f"{w.done:,}", _duration(w.last_seen))
+                      Text(_shown(w.current or "") + _info(w.current_info)), f"{w.done:,}",
+                      _duration(w.last_seen))
     hidden = len(flow.workers) - len(shown)
     if hidden:
         table.add_row(Text(f"... {hidden} more"), *[""] * 7)
     return table
+
+
+def _info(info: dict[str, Any]) -> str:
+    """``Task.info`` after a task id, as compact JSON: `` {"lr": 0.1}``; empty if none."""
+    return " " + _shown(json.dumps(info, ensure_ascii=False)) if info else ""
 
 
 def _shown(text: str) -> str:

@@ -26,7 +26,8 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -36,8 +37,8 @@ from tqdm import tqdm
 from laufband import mpi
 from laufband.batching import BatchSizer
 from laufband.errors import StateError
-from laufband.inflight import IDLE, InFlight
-from laufband.legacy import warn_about_original_state
+from laufband.inflight import InFlight
+from laufband.legacy import refuse_replaced, warn_about_original_state
 from laufband.liveness import HOST, DeadWorkerDetector, Heartbeat, process_token
 from laufband.options import (
     check_count,
@@ -52,6 +53,7 @@ from laufband.store import (
     NewTask,
     Scope,
     Store,
+    Stuck,
     Transaction,
     Workflow,
     make_directory,
@@ -82,8 +84,8 @@ class Graphband(Generic[T]):
         tasks: Iterable of :class:`Task`; read once when iteration starts.
         path: State directory (``LAUFBAND_PATH``, default ``./.laufband``).
         name: Workflow name (``LAUFBAND_NAME``, default the running script's stem).
-        identifier: Unique worker name (``LAUFBAND_IDENTIFIER``, default host, pid, rank
-            and a counter).
+        identifier: Unique worker name, or a function returning one
+            (``LAUFBAND_IDENTIFIER``, default host, pid, rank and a counter).
         labels: Labels of this worker (``LAUFBAND_LABELS``, comma-separated).
         max_killed_retries: Re-runs of a task whose worker died (default 1).
         max_failed_retries: Re-runs of a task that failed (default 0).
@@ -92,6 +94,12 @@ class Graphband(Generic[T]):
             dead (default 30).
         tqdm_kwargs: Passed to the progress bar (under MPI only rank 0 draws one by default).
         disabled: Run as a plain tqdm loop with no coordination (``LAUFBAND_DISABLED=1``).
+        lock: ``"file"`` (default) or ``"soft"``: how the state is locked
+            (``LAUFBAND_LOCK``; soft where ``flock`` does not work); or a lock object
+            (e.g. a ``filelock.FileLock``) to use as ``worker.lock``, as in 0.2.x.
+        failure_policy: ``"continue"`` (default): a failed task fails alone; ``"stop"``:
+            once a task has failed, every worker stops with a ``RuntimeError`` naming it
+            (``LAUFBAND_FAILURE_POLICY``).
 
     Example:
         >>> from laufband import Graphband, Task
@@ -106,7 +114,7 @@ class Graphband(Generic[T]):
         *,
         path: str | os.PathLike[str] | None = None,
         name: str | None = None,
-        identifier: str | None = None,
+        identifier: str | Callable[[], str] | None = None,
         labels: Iterable[str] | None = None,
         max_killed_retries: int | None = None,
         max_failed_retries: int | None = None,
@@ -114,10 +122,16 @@ class Graphband(Generic[T]):
         heartbeat_timeout: float | None = None,
         tqdm_kwargs: dict[str, Any] | None = None,
         disabled: bool | None = None,
+        lock: str | AbstractContextManager[Any] | None = None,
+        failure_policy: str | None = None,
+        **replaced: Any,
     ) -> None:
+        refuse_replaced(replaced)
         self._source = tasks
         self.path = Path(resolve("path", path, ".laufband", str)).absolute()
         self.name = resolve("name", name, _script_name(), str)
+        if callable(identifier):  # as in laufband 0.2.x: a function naming the worker
+            identifier = identifier()
         self.labels = frozenset(resolve("labels", labels, frozenset(), parse_labels))
         self.max_killed_retries = check_count(
             "max_killed_retries", resolve("max_killed_retries", max_killed_retries, 1, int))
@@ -129,7 +143,11 @@ class Graphband(Generic[T]):
             "heartbeat_timeout", resolve("heartbeat_timeout", heartbeat_timeout, 30.0, float))
         check_heartbeat(self.heartbeat_interval, self.heartbeat_timeout)
         self.disabled = resolve("disabled", disabled, False, parse_bool)
-        self._soft_lock = resolve("lock", None, "file", str).lower() == "soft"
+        self._user_lock: Any = None if lock is None or isinstance(lock, str) else lock
+        self._soft_lock = _lock_kind(resolve("lock", lock if isinstance(lock, str) else None,
+                                             "file", str)) == "soft"
+        self.failure_policy = _failure_policy(
+            resolve("failure_policy", failure_policy, "continue", str))
         found = mpi.rank_and_size()
         # Workers known to come (every MPI rank; pmap's forked helpers): counted in
         # batch sizes from the start, online yet or not.
@@ -138,7 +156,6 @@ class Graphband(Generic[T]):
             self._rank)
         self._tqdm_kwargs = dict(tqdm_kwargs or {})
         self._tqdm_kwargs.setdefault("disable", self._rank not in (None, 0))
-        self._user_lock: Any = None
         self._tasks: list[Task] | None = None
         self._bar: tqdm[Any] | None = None
         self._bar_closed = False  # closed by _stop(); a new iteration draws a new one
@@ -172,6 +189,7 @@ class Graphband(Generic[T]):
         self._waits = True  # wait for tasks running elsewhere (pmap helpers do not)
         self._offline = False  # set offline by the transaction that found nothing left
         self._evicted = False  # another worker took us for dead; we found out flushing
+        self._stuck: Stuck | None = None  # what we could run waits for missing labels
 
     # -- public API ---------------------------------------------------------------------
 
@@ -225,6 +243,40 @@ class Graphband(Generic[T]):
         self._closed = True
         self._stop()
 
+    @contextlib.contextmanager
+    def catch(self, *exceptions: type[BaseException]) -> Iterator[None]:
+        """Record an exception raised inside as the failure of the current task, and go
+        on with the next item instead of leaving the loop::
+
+            for item in worker:
+                with worker.catch():
+                    compute(item)  # an exception fails this item only
+
+        The failure (type and message) is written at once; ``max_failed_retries`` and
+        ``failure_policy`` apply as for any failure. Catches ``Exception`` unless
+        given exception types; Ctrl-C and SIGTERM are never caught.
+        """
+        caught = exceptions or (Exception,)
+        if self._current is None:
+            msg = "worker.catch() belongs inside the body of the loop over this worker"
+            raise RuntimeError(msg)
+        try:
+            yield
+        except caught as error:
+            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+                raise
+            self._fail_current(f"{type(error).__name__}: {error}")
+
+    def __len__(self) -> int:
+        """The number of tasks given, like ``len(tqdm(...))``: a TypeError for a generator."""
+        if not isinstance(self._source, Sized):
+            msg = f"object of type '{type(self._source).__name__}' has no len()"
+            raise TypeError(msg)
+        return len(self._source)
+
+    def __bool__(self) -> bool:
+        return True  # a worker is a worker, whatever len() says
+
     def __enter__(self) -> Graphband[T]:
         return self
 
@@ -266,8 +318,9 @@ class Graphband(Generic[T]):
     # -- the loop -----------------------------------------------------------------------
 
     def _run_batch(self, batch: list[int]) -> Iterator[T]:
-        # The hot path: per task one yield, one list append and one clock read.
-        # _batch and _current always tell _stop() which claimed tasks are still ours.
+        # The hot path: per task one yield, one list append, one store into the
+        # in-flight record and one clock read. _batch and _current always tell _stop()
+        # which claimed tasks are still ours; the record tells a reaper which finished.
         item = self._item_getter()
         finished = self._finished
         flush_every = self._sizer.flush_interval()
@@ -275,12 +328,14 @@ class Graphband(Generic[T]):
         # A batch about to end is flushed by the claim that follows it, not twice.
         expected_end = started + len(batch) * self._sizer.task_time
         assert self._in_flight is not None
-        mark = self._in_flight.mark  # the task a reaper blames if this process dies
-        for seq in batch:
+        record = self._in_flight
+        record.begin(batch)
+        mark = record.mark
+        for position, seq in zip(itertools.count(1, 2), batch):
             # Current first, finished before not current: an interrupt between two
             # of these statements finds the task in _stop() either way.
             self._current = seq
-            mark(seq)
+            mark(position)  # batch[i] runs, and so the tasks before it finished
             yield item(seq)
             if self._closed:  # close() was called in the loop body
                 return
@@ -288,12 +343,12 @@ class Graphband(Generic[T]):
             self._current = None
             now = time.monotonic()
             if now - last_flush >= flush_every and not 0 < expected_end - now <= flush_every / 2:
-                mark(IDLE)
+                mark(position + 1)
                 self._flush()
                 last_flush = now
                 if self._evicted:  # taken for dead meanwhile: the rest is not ours
                     break
-        mark(IDLE)
+        record.settle(body_finished=True)
         self._batch = []
         self._sizer.observe_tasks(len(batch), time.monotonic() - started)
 
@@ -317,13 +372,20 @@ class Graphband(Generic[T]):
                 self._batch = batch
                 more = bool(batch) or self._may_get_work(tx)
                 leaving = not batch and not (more and self._waits)
+                farewell = None
                 if leaving:
                     tx.set_offline(self._worker)  # the loop ends: no other transaction for it
+                    farewell = self._farewell(tx)
                 total, completed = tx.progress(wf)
+                stop = self._failed_for_good(tx)
             self._offline = leaving  # once committed: a rollback leaves us online
             self._drop(flushed)
             self._sizer.observe_transaction(time.monotonic() - began)
             self._show_progress(completed, total)
+            if stop:  # failure_policy="stop"; the batch just claimed is handed back
+                raise RuntimeError(stop)
+            if leaving and farewell:
+                tqdm.write(farewell, file=sys.stderr)
             if batch or not more or not self._waits:
                 return batch
             time.sleep(wait)
@@ -352,9 +414,52 @@ class Graphband(Generic[T]):
         return tx.claim(wf, self._worker, size, self._label_list, self._scope)
 
     def _may_get_work(self, tx: Transaction) -> bool:
+        """Whether a task this worker could run may still become ready: pending or
+        running elsewhere, and not waiting for a task that needs labels no online
+        worker has (``_stuck`` says which, for the line printed as it leaves)."""
         assert self._workflow is not None
-        tx.block_unreachable(self._workflow.id)
-        return tx.may_get_work(self._workflow.id, self._worker, self._label_list, self._scope)
+        wf = self._workflow.id
+        tx.block_unreachable(wf)
+        if not tx.may_get_work(wf, self._worker, self._label_list, self._scope):
+            return False
+        self._stuck = tx.stuck_on_labels(wf, self._worker, self._label_list, self._scope)
+        return self._stuck is None
+
+    def _failed_for_good(self, tx: Transaction) -> str | None:
+        """With ``failure_policy="stop"``: the error to stop with once a task failed."""
+        if self.failure_policy != "stop":
+            return None
+        assert self._workflow is not None
+        failed = tx.failed_tasks(self._workflow.id, limit=3)
+        if not failed:
+            return None
+        return (f"task(s) {', '.join(map(repr, failed))} of workflow {self.name!r} failed"
+                f" and failure_policy='stop': this worker stops too (see laufband status"
+                f" --path {self.path})")
+
+    def _farewell(self, tx: Transaction) -> str | None:
+        """The one line a worker prints as it leaves work undone: tasks waiting for
+        labels no online worker has, or failed and blocked tasks."""
+        assert self._workflow is not None
+        if self._stuck is not None and self._stuck.tasks:
+            tasks, labels = self._stuck
+            shown = ", ".join(map(repr, tasks[:5])) + (", ..." if len(tasks) > 5 else "")
+            missing = " or ".join("{" + ", ".join(map(repr, req)) + "}" for req in labels)
+            return (f"laufband: worker {self.identifier} leaves workflow {self.name!r}:"
+                    f" {len(tasks)} task(s) it could run ({shown}) wait for tasks that need"
+                    f" labels {missing}, which no online worker has; start a worker with"
+                    f" those labels=")
+        if not self._summarises or self._rank not in (None, 0):
+            return None
+        counts = tx.counts(self._workflow.id)
+        undone = {state: counts[state] for state in ("failed", "killed", "blocked")
+                  if counts[state]}
+        if not undone:
+            return None
+        what = ", ".join(f"{count} {state}" for state, count in undone.items())
+        return (f"laufband: workflow {self.name!r} ends with {what} task(s) of"
+                f" {sum(counts.values())}: see `laufband status --path {self.path}`, and"
+                f" `laufband retry --failed -w {self.name} --path {self.path}` to run them again")
 
     def _reap(self, tx: Transaction) -> int:
         self._last_reap = time.monotonic()
@@ -427,14 +532,25 @@ class Graphband(Generic[T]):
         self._outcomes.append((self._current, *outcome))
         self._failures.append((self._current, text))
 
+    def _fail_current(self, text: str) -> None:
+        """Fail the current task and stay in the loop; written at once, before the
+        in-flight record counts the task's finished body as done."""
+        assert self._current is not None
+        self._failures.append((self._current, text))
+        self._current = None  # failed: neither finished nor to hand back
+        self._flush()
+
     def _flush(self) -> None:
         assert self._store is not None and self._workflow is not None
         self._pack_outcomes()
         with self._store.transaction() as tx:
             flushed = self._finish(tx)
             total, completed = tx.progress(self._workflow.id)
+            stop = self._failed_for_good(tx)
         self._drop(flushed)
         self._show_progress(completed, total)
+        if stop:
+            raise RuntimeError(stop)
 
     def _show_progress(self, completed: int, total: int) -> None:
         self._progress = completed, total
@@ -503,6 +619,7 @@ class Graphband(Generic[T]):
             if claim:
                 batch = self._claim(tx)
                 self._batch = batch  # for _stop(), as in _next_batch
+            stop = self._failed_for_good(tx)
             self._running = True  # from the commit on, _stop() hands the batch back
             _live.add(self)  # at exit, or at the next start, a stop cut short is finished
             self._offline = False
@@ -512,10 +629,12 @@ class Graphband(Generic[T]):
         self._sizer.observe_transaction(self._last_reap - began)
         if self._bar_closed:  # a new iteration after an earlier one: a new bar
             self._bar, self._bar_closed, self._progress = None, False, None
-        self._in_flight = InFlight(self.path, self._worker)
+        self._in_flight = InFlight(self.path, self._worker, final=self._final_bodies)
         self._heartbeat = Heartbeat(self._store, self._worker, self.heartbeat_interval)
         self._heartbeat.start()
         self._show_progress(self._workflow.completed, self._workflow.total)
+        if stop:  # failure_policy="stop" and a task failed before we started
+            raise RuntimeError(stop)
         return batch
 
     def _stop(self) -> None:
@@ -558,7 +677,7 @@ class Graphband(Generic[T]):
         while it hands its tasks back, they go back to pending without counting a kill
         (the worker did not die *on* a task)."""
         if self._in_flight is not None:
-            self._in_flight.mark(IDLE)
+            self._in_flight.settle(body_finished=self._current is None)
 
     def _hand_back(self, held: list[int]) -> None:
         """Record what finished, release ``held`` and go offline, in one transaction."""
@@ -604,6 +723,8 @@ class Graphband(Generic[T]):
     # -- what subclasses change ---------------------------------------------------------
 
     _keyed = True
+    _summarises = True  # print a line about failed tasks at the end (pmap reports them)
+    _final_bodies = True  # a finished loop body is all a task needs (pmap's need results)
 
     @property
     def _label_list(self) -> list[str]:
@@ -624,8 +745,8 @@ class Graphband(Generic[T]):
     def _register(self, tx: Transaction, tasks: list[Task]) -> Scope:
         """Register tasks; return which of the workflow's tasks this worker can run."""
         assert self._workflow is not None
-        new = [NewTask(t.id, t.dependencies, tuple(t.requirements), t.max_parallel_workers)
-               for t in tasks]
+        new = [NewTask(t.id, t.dependencies, tuple(t.requirements), t.max_parallel_workers,
+                       t.info) for t in tasks]
         wanted = {t.key for t in new} | {d for t in new for d in t.dependencies}
         known = tx.task_numbers(self._workflow.id, wanted)
         numbers = tx.register_keyed(self._workflow, new, known)
@@ -695,6 +816,21 @@ def _raised_in(code: Any) -> bool:
             return True
         tb = tb.tb_next
     return False
+
+
+def _lock_kind(kind: str) -> str:
+    if kind.lower() not in ("file", "soft"):
+        msg = (f"lock must be 'file', 'soft' or a lock object such as filelock.FileLock,"
+               f" got {kind!r}")
+        raise ValueError(msg)
+    return kind.lower()
+
+
+def _failure_policy(policy: str) -> str:
+    if policy not in ("continue", "stop"):
+        msg = f"failure_policy must be 'continue' or 'stop', got {policy!r}"
+        raise ValueError(msg)
+    return policy
 
 
 def _script_name() -> str:

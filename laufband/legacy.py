@@ -62,3 +62,24 @@ def _caller_level() -> int:
         frame = frame.f_back
         level += 1
     return level
+
+
+# Arguments of the original's constructors that this version replaced, and with what.
+REPLACED = {
+    "db": "laufband keeps its state in a directory: pass path= (default ./.laufband,"
+          " or LAUFBAND_PATH)",
+    "db_lock": "one file lock in the state directory guards it: drop db_lock=, or pass"
+               " lock='soft' where flock does not work",
+    "graph_fn": "pass the tasks as the first argument: Graphband(tasks)",
+}
+
+
+def refuse_replaced(arguments: dict[str, object]) -> None:
+    """Raise one TypeError naming the replacement of an argument of laufband 0.2.x,
+    or the usual TypeError for an argument nobody knows."""
+    for name in arguments:
+        if name in REPLACED:
+            msg = f"{name}= is from laufband 0.2.x: {REPLACED[name]} (see docs/migrating.md)"
+        else:
+            msg = f"Graphband got an unexpected keyword argument {name!r}"
+        raise TypeError(msg)

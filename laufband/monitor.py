@@ -36,6 +36,7 @@ class WorkerStatus(NamedTuple):
     current: str | None  # first task of its latest claim
     done: int  # tasks it completed
     last_seen: float  # seconds since its last heartbeat or flush
+    current_info: dict[str, Any]  # Task.info of ``current`` ({} if none)
 
 
 class EventStatus(NamedTuple):
@@ -46,6 +47,7 @@ class EventStatus(NamedTuple):
     error: str | None
     time: float
     worker: str | None
+    info: dict[str, Any]  # Task.info of ``task`` ({} if none)
 
 
 class WorkflowStatus(NamedTuple):
@@ -89,14 +91,22 @@ class Monitor:
 
     Args:
         path: The state directory, or a directory containing ``.laufband``
-            (default: ``LAUFBAND_PATH`` or the current directory).
+            (default: ``LAUFBAND_PATH`` or the current directory). laufband 0.2.x's
+            ``db=`` and ``lock=`` are refused with a ``TypeError`` naming ``path=``.
 
     Example:
         >>> for workflow in Monitor(".laufband").status():  # doctest: +SKIP
         ...     print(workflow.name, workflow.counts["completed"], "/", workflow.total)
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, **original: Any) -> None:
+        if original:  # laufband 0.2.x: Monitor(lock=Lock(...), db="sqlite:///...")
+            names = ", ".join(f"{name}=" for name in original)
+            msg = (f"Monitor() got {names}, options of laufband 0.2.x, which kept its state in"
+                   " one SQLite file: pass path=, the state directory (default ./.laufband)"
+                   if set(original) <= {"db", "lock"}
+                   else f"Monitor() got unexpected keyword arguments: {names}")
+            raise TypeError(msg)
         self.path = find_state(path)
         self._store = Store(self.path, patience=PATIENCE)
 
@@ -118,13 +128,16 @@ class Monitor:
                 wf = tx.find_workflow(name)
                 assert wf is not None
                 counts = tx.counts(wf)
+                rows = tx.workers(wf)
+                latest = tx.latest_events(wf, RECENT_EVENTS)
+                infos = tx.task_infos(wf, {r[6] for r in rows if r[6]} | {e[0] for e in latest})
                 workers = [
                     WorkerStatus(ident, host, pid, rank, json.loads(labels or "[]"), state,
-                                 current, done, max(0.0, now - (seen or now)))
-                    for ident, host, pid, rank, labels, state, current, done, seen
-                    in tx.workers(wf)
+                                 current, done, max(0.0, now - (seen or now)),
+                                 infos.get(current, {}) if current else {})
+                    for ident, host, pid, rank, labels, state, current, done, seen in rows
                 ]
-                events = [EventStatus(*row) for row in tx.latest_events(wf, RECENT_EVENTS)]
+                events = [EventStatus(*row, infos.get(row[0], {})) for row in latest]
                 found.append(WorkflowStatus(name, sum(counts.values()), counts, workers, events))
         return found
 

@@ -22,13 +22,14 @@ no-op items costs about as much as joblib's.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import pickle
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -37,7 +38,15 @@ from laufband.errors import RemoteTraceback, StateError, TaskFailedError
 from laufband.graphband import Graphband
 from laufband.memo import default_name, first_indices, item_keys
 from laufband.options import resolve
-from laufband.processes import START_METHODS, default_start_method, prepare_helpers
+from laufband.processes import (
+    START_METHODS,
+    default_start_method,
+    interruption,
+    prepare_helpers,
+    redeliver,
+    settle,
+    signals_held,
+)
 from laufband.resultfiles import (
     remove_stale_temporaries,
     result_file,
@@ -119,6 +128,9 @@ def pmap(
         ValueError: For a bad ``n``, ``on_error`` or ``start_method``, or an item or
             function that cannot be pickled.
         TaskFailedError: An item never completed (its worker died twice).
+        KeyboardInterrupt: Ctrl-C; raised once the helpers have handed back their
+            tasks and left, quietly (a terminal interrupts them too). Finished items
+            are kept: the next call computes only the rest.
         StateError: The state directory or a result file cannot be written (a full
             disk): results stored so far are kept, the next call computes the rest.
 
@@ -153,7 +165,11 @@ def pmap(
                    workflow, progress, options)
         job.size, job.completed_before = len(plan.numbers), plan.completed
         remove_stale_temporaries(results_of(state, plan.wf))
-        _compute(job, workers, method)
+        stopped = _compute(job, workers, method)
+        if stopped is not None:  # Ctrl-C or SIGTERM: every worker has left, what
+            # finished is stored, the next call computes the rest. No comment on the
+            # raise: its traceback shows that line (and would underline it).
+            raise stopped
     outcomes, failed = _read_outcomes(state, plan, workflow)
     return _results(keys, plan.numbers, outcomes, failed, on_error, workflow)
 
@@ -195,6 +211,12 @@ class _Job:
         self.path, self.name, self.progress, self.options = path, name, progress, options
         self.by_value = False  # pickle results by value (set in spawned helpers)
         self.expected = 1  # workers sure to come: the caller and its forked helpers
+        self._loop: tuple[_Worker, Iterator[Any]] | None = None  # while run() runs here
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)  # pickled for spawned helpers while the caller works
+        state["_loop"] = None
+        return state
 
     @property
     def scope(self) -> Scope:
@@ -227,6 +249,20 @@ class _Job:
             # runs them, reporting the error itself if it persists (one message, not
             # one per process).
 
+    def stop(self) -> None:
+        """Finish this process's loop if an exception left it mid-task (Ctrl-C): the
+        task goes back (or fails, as laufband decides), finished ones are stored, the
+        worker goes offline. Idempotent; at once rather than whenever the loop is
+        garbage collected."""
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        worker, iterator = loop
+        with contextlib.suppress(StateError):
+            iterator.close()  # type: ignore[attr-defined]
+        with contextlib.suppress(StateError):
+            worker._stop()  # a hand-back that a signal cut short
+
     def _work(self, show_progress: bool,
               on_progress: Callable[[int, float, float], bool] | None,
               helper: bool) -> None:
@@ -241,7 +277,9 @@ class _Job:
         worker._expected_workers = max(worker._expected_workers, self.expected)
         func, outcomes = self.func, worker._outcomes
         started, done = time.monotonic(), 0
-        for item in worker:
+        loop = iter(worker)
+        self._loop = worker, loop
+        for item in loop:
             if on_progress is not None:
                 if on_progress(done, time.monotonic() - started, worker._sizer.task_time):
                     on_progress = None
@@ -256,6 +294,9 @@ class _Job:
 
 class _Worker(Graphband[Any]):
     """A laufband worker over the tasks of a job, which the caller has registered."""
+
+    _final_bodies = False  # a task also needs its result, lost with the process
+    _summarises = False  # pmap reports failed items itself
 
     def __init__(self, job: _Job, **options: Any) -> None:
         super().__init__((), **options)
@@ -336,33 +377,29 @@ class _Worker(Graphband[Any]):
         return seq, IN_FILE, None
 
 
-def _compute(job: _Job, workers: int, method: str) -> None:
-    """Start helpers (unless under MPI), work in this process too, reap the helpers."""
+def _compute(job: _Job, workers: int, method: str) -> BaseException | None:
+    """Start helpers (unless under MPI), work in this process too, reap the helpers.
+    Return the interrupt (Ctrl-C, SIGTERM) for ``pmap`` to raise, once all is done."""
     found = mpi.rank_and_size()
     if found is not None and found[1] > 1:  # every rank is a worker already
-        job.run(show_progress=job.progress and found[0] == 0)
-        return
+        return _run(job, _no_helpers, show_progress=job.progress and found[0] == 0)
     helpers = min(workers, job.left) - 1
     if helpers <= 0:
-        job.run(show_progress=job.progress)
-        return
+        return _run(job, _no_helpers, show_progress=job.progress)
     start = prepare_helpers(job, helpers, method)  # unpicklable: fails here, at once
     if method == "fork":
         job.expected = helpers + 1
         # Forking costs milliseconds: start all helpers now, while this process has
         # no thread of ours (a fork copies no threads, only their locks).
-        join = start()
-        try:
-            job.run(show_progress=job.progress)
-        finally:
-            join()
-        return
+        return _run(job, start, show_progress=job.progress)
     joins: list[Callable[[], None]] = []
     decided = threading.Lock()
 
     def start_once() -> None:
         if decided.acquire(blocking=False):
-            joins.append(start())  # a helper that cannot start: a warning, we work on
+            with signals_held() as noted:  # in the main thread: a Ctrl-C now would
+                joins.append(start())  # leave a helper unjoined. A warning if one
+            redeliver(noted)  # cannot start; we work on
 
     # A first task still running after HELPER_START: more such tasks are waiting.
     timer = threading.Timer(HELPER_START, start_once)
@@ -381,14 +418,59 @@ def _compute(job: _Job, workers: int, method: str) -> None:
             decided.acquire(blocking=False)  # not worth it: the timer must not start them
         return True
 
-    try:
-        job.run(show_progress=job.progress, on_progress=start_when_worth_it)
-    finally:
+    def end() -> None:
         timer.cancel()
         decided.acquire(blocking=False)  # a timer firing now starts nothing
         timer.join()  # one that fired has appended its helpers
         for join in joins:
             join()
+
+    return _run(job, lambda: end, show_progress=job.progress,
+                on_progress=start_when_worth_it)
+
+
+def _run(job: _Job, start: Callable[[], Callable[[], None]],
+         **kwargs: Any) -> BaseException | None:
+    """Start the helpers (``start`` returns the function that ends them), run the
+    caller's loop, end the helpers; signals are held while helpers start and end (a
+    Ctrl-C then must not leave one behind, nor a second Ctrl-C cut the cleanup short).
+    Return a fresh exception for a Ctrl-C or SIGTERM that stopped the loop or came
+    during the cleanup: ``pmap`` raises it, so its traceback is the caller's line and
+    pmap's, not the worker loop's nor a chain."""
+    with signals_held() as noted:  # (CPython drops a KeyboardInterrupt raised in a
+        end = start()              # fork's at-fork hooks, printing it as ignored)
+    try:
+        redeliver(noted)  # interrupts now, as laufband's handler does
+        job.run(**kwargs)
+    except (KeyboardInterrupt, SystemExit) as error:
+        stopped: BaseException | None = error  # keeps the loop as it was, unfinished
+    except BaseException:
+        with signals_held():  # the error is what matters: signals now are dropped
+            end()
+        raise
+    else:
+        stopped = None
+    with signals_held() as noted:
+        try:
+            job.stop()  # hand back the interrupted task, store what finished
+        finally:
+            end()  # the helpers (interrupted too, by a terminal) do the same and leave
+    if stopped is None:
+        stopped = interruption(noted)
+        if stopped is None:
+            return None
+    settle()  # a second Ctrl-C as pmap raises is part of the first
+    if isinstance(stopped, KeyboardInterrupt):
+        return KeyboardInterrupt()
+    return SystemExit(stopped.code)  # type: ignore[attr-defined]
+
+
+def _no_helpers() -> Callable[[], None]:
+    return _no_helpers_to_end
+
+
+def _no_helpers_to_end() -> None:
+    """No helpers to end."""
 
 
 def _register(state: Path, workflow: str, unique: list[Any]) -> _Plan:

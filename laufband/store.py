@@ -52,7 +52,8 @@ from laufband.statelock import StateLock
 
 # 3: workflow and worker numbers are never reused (AUTOINCREMENT): a worker still
 # running after ``laufband reset`` must not write into the new workflow's rows.
-SCHEMA_VERSION = 3
+# 4: the fingerprint digests every item (a BLOB); tasks keep the user's info.
+SCHEMA_VERSION = 4
 DB_NAME = "state.db"
 
 _SCHEMA = """
@@ -64,12 +65,12 @@ CREATE TABLE workflows(
     killed INTEGER NOT NULL DEFAULT 0, blocked INTEGER NOT NULL DEFAULT 0,
     floor INTEGER NOT NULL DEFAULT 0, simple INTEGER NOT NULL DEFAULT 1,
     materialized INTEGER NOT NULL DEFAULT 0,
-    fingerprint TEXT, created REAL NOT NULL);
+    fingerprint BLOB, created REAL NOT NULL);
 CREATE TABLE tasks(
     wf INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT,
     state TEXT NOT NULL DEFAULT 'pending', worker INTEGER,
     kills INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
-    max_workers INTEGER NOT NULL DEFAULT 1, requirements TEXT,
+    max_workers INTEGER NOT NULL DEFAULT 1, requirements TEXT, info TEXT,
     PRIMARY KEY (wf, seq)) WITHOUT ROWID;
 CREATE UNIQUE INDEX task_keys ON tasks(wf, key) WHERE key IS NOT NULL;
 CREATE TABLE deps(
@@ -97,13 +98,14 @@ CREATE TABLE events(
 
 # A task is ready for `me` when it is within the worker's scope (numbers below
 # :limit, and temp.mine when restricted), pending (or a multi-worker task with a
-# free slot this worker has not taken), its requirements are within the worker's
-# labels and every dependency is completed.
+# free slot this worker has not taken: at most max_workers workers in all run it,
+# those that finished included), its requirements are within the worker's labels
+# and every dependency is completed.
 _READY = """
     t.wf = :wf AND t.seq >= :floor AND t.seq < :limit
     AND (t.state = 'pending' OR (t.max_workers > 1 AND t.state = 'running'))
     AND (t.max_workers = 1 OR (SELECT count(*) FROM holders h WHERE h.wf = t.wf
-         AND h.seq = t.seq AND h.done = 0) < t.max_workers)
+         AND h.seq = t.seq) < t.max_workers)
     AND NOT EXISTS (SELECT 1 FROM holders h WHERE h.wf = t.wf AND h.seq = t.seq
                     AND h.worker = :me)
     AND (t.requirements IS NULL OR NOT EXISTS (
@@ -113,6 +115,23 @@ _READY = """
                     WHERE d.wf = t.wf AND d.seq = t.seq AND u.state != 'completed')
 """
 _MINE = " AND t.seq IN (SELECT seq FROM temp.mine)"
+# Tasks a worker could still get: within its scope, pending or running elsewhere, and
+# its labels cover their requirements.
+_COULD_RUN = """
+    t.wf = :wf AND t.seq >= :start AND t.seq < :limit AND t.state IN ('pending', 'running')
+    AND NOT (t.state = 'running' AND t.worker = :me AND t.max_workers = 1)
+    AND NOT EXISTS (SELECT 1 FROM holders h WHERE h.wf = t.wf AND h.seq = t.seq
+                    AND h.worker = :me)
+    AND (t.requirements IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(t.requirements) r
+         WHERE r.value NOT IN (SELECT value FROM json_each(:labels))))
+"""
+
+
+def _could_run_params(wf: int, worker: int, labels: Sequence[str],
+                      scope: Scope) -> dict[str, Any]:
+    return {"wf": wf, "me": worker, "labels": json.dumps(list(labels)),
+            "start": scope.start, "limit": scope.limit}
+
 
 
 class Workflow(NamedTuple):
@@ -124,7 +143,6 @@ class Workflow(NamedTuple):
     total: int
     completed: int
     simple: bool
-    fingerprint: dict[str, str] | None
 
 
 class WorkerRecord(NamedTuple):
@@ -154,6 +172,14 @@ class NewTask(NamedTuple):
     dependencies: tuple[str, ...] = ()
     requirements: tuple[str, ...] = ()
     max_workers: int = 1
+    info: dict[str, Any] | None = None  # Task.info, stored as JSON
+
+
+class Stuck(NamedTuple):
+    """Tasks a worker could run that wait for tasks needing labels no online worker has."""
+
+    tasks: list[str]
+    labels: list[list[str]]  # the label sets missing
 
 
 STATES = ("pending", "running", "completed", "failed", "killed", "blocked")
@@ -197,25 +223,24 @@ class Transaction:
             (name, int(keyed), time.time()),
         )
         row = self._db.execute(
-            "SELECT id, name, keyed, total, completed, simple, fingerprint"
-            " FROM workflows WHERE name = ?",
+            "SELECT id, name, keyed, total, completed, simple FROM workflows WHERE name = ?",
             (name,),
         ).fetchone()
-        return Workflow(
-            row[0], row[1], bool(row[2]), row[3], row[4], bool(row[5]),
-            json.loads(row[6]) if row[6] else None,
-        )
+        return Workflow(row[0], row[1], bool(row[2]), row[3], row[4], bool(row[5]))
 
     def workflow_names(self) -> list[str]:
         """Names of every workflow, oldest first."""
         return [name for (name,) in self._db.execute("SELECT name FROM workflows ORDER BY id")]
 
-    def set_fingerprint(self, wf: int, fingerprint: dict[str, str]) -> None:
-        """Store the item digests a later run checks its data against."""
+    def fingerprint(self, wf: int) -> bytes | None:
+        """The digests of the data a positional workflow was registered with."""
+        return self._db.execute(
+            "SELECT fingerprint FROM workflows WHERE id = ?", (wf,)).fetchone()[0]
+
+    def set_fingerprint(self, wf: int, fingerprint: bytes) -> None:
+        """Store the data digests a later run checks its data against."""
         self._db.execute(
-            "UPDATE workflows SET fingerprint = ? WHERE id = ?",
-            (json.dumps(fingerprint), wf),
-        )
+            "UPDATE workflows SET fingerprint = ? WHERE id = ?", (fingerprint, wf))
 
     def register_positions(self, wf: int, total: int) -> None:
         """Make tasks ``0 .. total-1`` exist (pending, rows created on first claim)."""
@@ -259,11 +284,12 @@ class Transaction:
                     )
                     raise TaskGraphError(msg)
         self._db.executemany(
-            "INSERT INTO tasks(wf, seq, key, max_workers, requirements)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO tasks(wf, seq, key, max_workers, requirements, info)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
             (
                 (workflow.id, numbers[t.key], t.key, t.max_workers,
-                 json.dumps(sorted(t.requirements)) if t.requirements else None)
+                 json.dumps(sorted(t.requirements)) if t.requirements else None,
+                 json.dumps(t.info) if t.info else None)
                 for t in fresh
             ),
         )
@@ -402,30 +428,37 @@ class Transaction:
         return [WorkerRecord(*row) for row in rows]
 
     def reap(self, dead: WorkerRecord, max_killed_retries: int,
-             in_flight: int | None = None) -> int:
-        """Mark ``dead`` dead; return its running tasks to pending or make them killed.
+             in_flight: int | None = None, finished: Sequence[int] = ()) -> int:
+        """Mark ``dead`` dead: complete the tasks it ``finished`` since its last flush,
+        and return its other running tasks to pending or make them killed.
 
         Only the task ``in_flight`` when it died counts a kill (none for a negative
-        number: it died between tasks); the rest of its batch had not started or had
-        finished since its last flush, and simply returns. Without a record (``None``),
-        or one naming no task still running on it, its lowest running task counts the
-        kill: a worker runs its batch in order.
+        number, or one no longer running on it: it died between tasks); the rest of
+        its batch had not started, and simply returns. Without a record (``None``),
+        its lowest running task counts the kill: a worker runs its batch in order.
         """
         self._db.execute("UPDATE workers SET state = 'dead' WHERE id = ?", (dead.id,))
         now = time.time()
         error = f"worker {dead.identifier} (host {dead.host}, pid {dead.pid}) died"
-        lowest = self._db.execute(
-            "SELECT wf, min(seq) FROM tasks WHERE worker = ? AND state = 'running'"
-            " AND max_workers = 1 GROUP BY wf",
-            (dead.id,),
+        workflows = self._db.execute(
+            "SELECT wf FROM tasks WHERE worker = ? AND state = 'running'"
+            " UNION SELECT wf FROM holders WHERE worker = ? AND done = 0",
+            (dead.id, dead.id),
         ).fetchall()
         blamed = []
         returned = 0
-        for wf, first in lowest:
-            suspect = first
-            if in_flight is not None and (in_flight < 0 or self._db.execute(
+        for (wf,) in workflows:
+            if finished:
+                self.finish(wf, dead.id, finished)
+            first = self._db.execute(
+                "SELECT min(seq) FROM tasks WHERE wf = ? AND worker = ? AND state = 'running'"
+                " AND max_workers = 1", (wf, dead.id)).fetchone()[0]
+            if first is None:
+                continue
+            suspect = first if in_flight is None else -1
+            if in_flight is not None and in_flight >= 0 and self._db.execute(
                     "SELECT 1 FROM tasks WHERE wf = ? AND seq = ? AND worker = ?"
-                    " AND state = 'running'", (wf, in_flight, dead.id)).fetchone()):
+                    " AND state = 'running'", (wf, in_flight, dead.id)).fetchone():
                 suspect = in_flight
             back = self._db.execute(
                 "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND seq != ?"
@@ -684,25 +717,63 @@ class Transaction:
 
     def may_get_work(self, wf: int, worker: int, labels: Sequence[str], scope: Scope) -> bool:
         """Whether a task this worker could run is pending or running elsewhere."""
-        query = (
-            "SELECT 1 FROM tasks t WHERE t.wf = :wf AND t.seq >= :start AND t.seq < :limit"
-            " AND t.state IN ('pending', 'running')"
-            " AND NOT (t.state = 'running' AND t.worker = :me AND t.max_workers = 1)"
-            " AND NOT EXISTS (SELECT 1 FROM holders h WHERE h.wf = t.wf AND h.seq = t.seq"
-            " AND h.worker = :me)"
-            " AND (t.requirements IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(t.requirements)"
-            " r WHERE r.value NOT IN (SELECT value FROM json_each(:labels))))"
-        )
-        params = {"wf": wf, "me": worker, "labels": json.dumps(list(labels)),
-                  "start": scope.start, "limit": scope.limit}
         row = self._db.execute(
-            query + (_MINE if scope.restricted else "") + " LIMIT 1", params
-        ).fetchone()
+            "SELECT 1 FROM tasks t WHERE" + _COULD_RUN + (_MINE if scope.restricted else "")
+            + " LIMIT 1", _could_run_params(wf, worker, labels, scope)).fetchone()
         if row is not None:
             return True
         return self._db.execute(
             "SELECT max(materialized, ?) < min(total, ?) FROM workflows WHERE id = ?",
             (scope.start, scope.limit, wf)).fetchone()[0] == 1
+
+    def stuck_on_labels(self, wf: int, worker: int, labels: Sequence[str],
+                        scope: Scope) -> Stuck | None:
+        """If every task this worker could run waits (through its dependencies) for a
+        pending task that needs labels no online worker has, say which; else None.
+
+        Call it only when ``may_get_work`` is true and nothing is ready: it reads every
+        open task of the workflow.
+        """
+        if self._is_simple(wf):
+            return None  # no requirements, no dependencies: pending is reachable
+        online = [frozenset(json.loads(found or "[]")) for (found,) in self._db.execute(
+            "SELECT labels FROM workers WHERE wf = ? AND state = 'online'", (wf,))]
+        open_tasks = {seq: (state, frozenset(json.loads(req or "[]")))
+                      for seq, state, req in self._db.execute(
+                          "SELECT seq, state, requirements FROM tasks WHERE wf = ?"
+                          " AND state IN ('pending', 'running')", (wf,))}
+        missing = {req for state, req in open_tasks.values()
+                   if state == "pending" and not any(req <= have for have in online)}
+        if not missing:
+            return None
+        unreachable = {seq for seq, (state, req) in open_tasks.items()
+                       if state == "pending" and req in missing}
+        dependents: dict[int, list[int]] = {}
+        for seq, dep in self._db.execute("SELECT seq, dep FROM deps WHERE wf = ?", (wf,)):
+            if seq in open_tasks:
+                dependents.setdefault(dep, []).append(seq)
+        todo = list(unreachable)
+        while todo:  # what waits for an unreachable task is unreachable too
+            for seq in dependents.get(todo.pop(), ()):
+                if seq not in unreachable and open_tasks[seq][0] == "pending":
+                    unreachable.add(seq)
+                    todo.append(seq)
+        ours = self._db.execute(
+            "SELECT t.seq, coalesce(t.key, CAST(t.seq AS TEXT)) FROM tasks t WHERE"
+            + _COULD_RUN + (_MINE if scope.restricted else ""),
+            _could_run_params(wf, worker, labels, scope)).fetchall()
+        if any(seq not in unreachable for seq, _ in ours):
+            return None
+        return Stuck([key for _, key in ours], sorted(sorted(req) for req in missing))
+
+    def failed_tasks(self, wf: int, limit: int) -> list[str]:
+        """Ids of up to ``limit`` tasks that failed or were killed for good."""
+        counts = self.counts(wf)
+        if not counts["failed"] and not counts["killed"]:  # the counters spare a scan
+            return []
+        return [key for (key,) in self._db.execute(
+            "SELECT coalesce(key, CAST(seq AS TEXT)) FROM tasks WHERE wf = ?"
+            " AND state IN ('failed', 'killed') ORDER BY seq LIMIT ?", (wf, limit))]
 
     def online_count(self, wf: int) -> int:
         """How many workers are online on a workflow."""
@@ -824,6 +895,8 @@ class Transaction:
             " RETURNING seq",
             (wf, *states, *params),
         ).fetchall()
+        self._db.executemany(  # a multi-worker task run anew has every slot free
+            "DELETE FROM holders WHERE wf = ? AND seq = ?", ((wf, seq) for (seq,) in rows))
         if rows:
             self._lower_floor(wf, min(seq for (seq,) in rows))
         return rows
@@ -856,6 +929,17 @@ class Transaction:
             " LEFT JOIN workers w ON w.id = e.worker WHERE e.wf = ?"
             " ORDER BY e.id DESC LIMIT ?", (wf, limit)
         ).fetchall()
+
+    def task_infos(self, wf: int, task_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+        """``Task.info`` of those of ``task_ids`` that have any (keyed tasks only)."""
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_info(key TEXT PRIMARY KEY)")
+        self._db.execute("DELETE FROM temp.wanted_info")
+        self._db.executemany("INSERT OR IGNORE INTO temp.wanted_info VALUES (?)",
+                             ((key,) for key in task_ids))
+        rows = self._db.execute(
+            "SELECT t.key, t.info FROM temp.wanted_info w JOIN tasks t ON t.wf = ?"
+            " AND t.key = w.key WHERE t.info IS NOT NULL", (wf,))
+        return {key: json.loads(info) for key, info in rows}
 
     def retry(self, wf: int, states: Sequence[str], task_ids: Sequence[str] = ()) -> int:
         """Put tasks in ``states`` (only ``task_ids``, if given) back to pending, and

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import json
+import reprlib
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from laufband.errors import TaskGraphError
@@ -18,9 +20,11 @@ class Task:
         requirements: Labels a worker must have to run this task.
         max_parallel_workers: How many workers may hold this task at once; it is
             completed when every holder has finished it.
+        info: Extra information about the task (a JSON-serialisable dict), stored with
+            it and shown by ``laufband status`` and :class:`~laufband.Monitor`.
     """
 
-    __slots__ = ("id", "data", "dependencies", "requirements", "max_parallel_workers")
+    __slots__ = ("id", "data", "dependencies", "requirements", "max_parallel_workers", "info")
 
     def __init__(
         self,
@@ -29,6 +33,7 @@ class Task:
         dependencies: Iterable[str] = (),
         requirements: Iterable[str] = (),
         max_parallel_workers: int = 1,
+        info: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(id, str):
             msg = f"Task id must be a string, got {id!r} ({type(id).__name__}): use str(...)"
@@ -37,6 +42,8 @@ class Task:
                 or max_parallel_workers < 1:
             msg = (f"Task {id!r}: max_parallel_workers must be an integer >= 1,"
                    f" got {max_parallel_workers!r}")
+            if isinstance(max_parallel_workers, Mapping):  # laufband 0.2.x's argument order
+                msg += ": pass info= by keyword"
             raise ValueError(msg)
         self.id = id
         self.data = data
@@ -44,12 +51,14 @@ class Task:
         self.dependencies = tuple(dict.fromkeys(_strings(id, "dependencies", dependencies)))
         self.requirements = frozenset(_strings(id, "requirements", requirements))
         self.max_parallel_workers = max_parallel_workers
+        self.info = _info(id, info)
 
     def __repr__(self) -> str:
         return (
             f"Task(id={self.id!r}, data={self.data!r}, dependencies={list(self.dependencies)!r},"
             f" requirements={sorted(self.requirements)!r},"
-            f" max_parallel_workers={self.max_parallel_workers})"
+            f" max_parallel_workers={self.max_parallel_workers}"
+            + (f", info={self.info!r})" if self.info else ")")
         )
 
     def __eq__(self, other: object) -> bool:
@@ -58,6 +67,23 @@ class Task:
         return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _info(task_id: str, info: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``info``; refused unless it is a mapping that JSON can store."""
+    if info is None:
+        return {}
+    problem = ""
+    if isinstance(info, Mapping) and all(isinstance(k, str) for k in info):
+        try:
+            json.dumps(info, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            problem = f" ({error})"
+        else:
+            return dict(info)
+    msg = (f"Task {task_id!r}: info must be a JSON-serialisable dict with string keys,"
+           f" got {reprlib.repr(info)}{problem}: store other objects in data=")
+    raise TypeError(msg)
 
 
 def _strings(task_id: str, what: str, values: Iterable[str]) -> list[str]:

@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from laufband import Laufband
-from tests.helpers.procs import HELPERS, Processes, completions, read_log, task_states
+from tests.helpers.procs import (
+    HELPERS,
+    Processes,
+    completions,
+    read_log,
+    task_states,
+    wait_for,
+)
 
 
 @settings(max_examples=8, deadline=None,
@@ -95,6 +102,30 @@ def test_max_parallel_workers_lets_two_workers_hold_a_task(
             if line.startswith("start")]
     # Three workers, one task that up to two may hold: exactly two ran it.
     assert len(runs) == 2
+    assert task_states(state, "graph") == {"L0-0": "completed"}
+
+
+@pytest.mark.timeout(120)
+def test_max_parallel_workers_counts_every_worker_that_ran_the_task(
+        state: Path, procs: Processes) -> None:
+    """The seed: "a maximum of 2 workers will be assigned to this job until both
+    successfully finish". Four workers start one after another while the task runs:
+    only the first two run it (on main, a worker joined whenever fewer than 2 held it:
+    the one that finished first was replaced, 4 runs)."""
+    logs = state.parent / "logs"
+    logs.mkdir()
+    args = ("--layers", "1", "--width", "1", "--multi", "2", "--sleep", "1.5")
+    first = procs.start(HELPERS / "graph_worker.py", state, logs, *args)
+    started = [first]
+    wait_for(lambda: len(list(logs.glob("*.log"))) >= 1, what="the first worker's run")
+    for sleep in ("1.5", "0.2", "0.2"):  # the second runs it; the others come later
+        more = ("--layers", "1", "--width", "1", "--multi", "2", "--sleep", sleep)
+        started.append(procs.start(HELPERS / "graph_worker.py", state, logs, *more))
+        time.sleep(0.9)
+    assert [code for code, _, _ in procs.wait_all(started)] == [0, 0, 0, 0]
+    runs = [line for log in logs.glob("*.log") for line in read_log_lines(log)
+            if line.startswith("start")]
+    assert len(runs) == 2, runs
     assert task_states(state, "graph") == {"L0-0": "completed"}
 
 
