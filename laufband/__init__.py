@@ -16,7 +16,7 @@ from laufband.graphband import Graphband
 from laufband.laufband import Laufband
 from laufband.monitor import Monitor
 from laufband.pmap import PmapResults, pmap
-from laufband.task import Task
+from laufband.task import GraphTraversalProtocol, Task
 
 # The one place the version is written: pyproject.toml reads it from here (the name
 # "laufband" is shared with another project, so importlib.metadata cannot be trusted).
@@ -25,6 +25,7 @@ __version__ = "0.3.0"
 _joblib_hook.install()  # the joblib backend "laufband", without importing joblib
 
 __all__ = [
+    "GraphTraversalProtocol",
     "Graphband",
     "Laufband",
     "Monitor",

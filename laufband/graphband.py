@@ -716,9 +716,9 @@ class Graphband(Generic[T]):
         if threading.current_thread() is not threading.main_thread():
             return
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, _on_interrupt)
+            signal.signal(signal.SIGINT, on_interrupt)
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _on_terminate)
+            signal.signal(signal.SIGTERM, on_terminate)
 
     # -- what subclasses change ---------------------------------------------------------
 
@@ -788,13 +788,16 @@ class Graphband(Generic[T]):
             yield item
 
 
-def _on_interrupt(signum: int, frame: Any) -> None:
+def on_interrupt(signum: int, frame: Any) -> None:
+    """laufband's SIGINT handler: the running tasks go back to pending, then
+    KeyboardInterrupt (pmap's helpers call it from their own quiet handler)."""
     for worker in list(_live):
         worker._interrupted = worker._current
     SHIELD.deliver(KeyboardInterrupt())  # at once, or as the state lock is released
 
 
-def _on_terminate(signum: int, frame: Any) -> None:
+def on_terminate(signum: int, frame: Any) -> None:
+    """laufband's SIGTERM handler: as for SIGINT, then SystemExit(143)."""
     for worker in list(_live):
         worker._interrupted = worker._current
     # Unwinds the loop: cleanup runs, exit status 143.

@@ -397,9 +397,11 @@ def _compute(job: _Job, workers: int, method: str) -> BaseException | None:
 
     def start_once() -> None:
         if decided.acquire(blocking=False):
-            with signals_held() as noted:  # in the main thread: a Ctrl-C now would
-                joins.append(start())  # leave a helper unjoined. A warning if one
-            redeliver(noted)  # cannot start; we work on
+            # A helper that cannot start: a warning, we work on. In the main thread a
+            # Ctrl-C waits until all are started, or one would be left unjoined.
+            with signals_held() as noted:
+                joins.append(start())
+            redeliver(noted)
 
     # A first task still running after HELPER_START: more such tasks are waiting.
     timer = threading.Timer(HELPER_START, start_once)

@@ -176,7 +176,7 @@ def _leave(signum: int, frame: Any) -> None:
     hand-back runs to its end and the helper leaves quietly and promptly."""
     for other in SIGNALS:
         signal.signal(other, signal.SIG_IGN)
-    handler = graphband._on_interrupt if signum == signal.SIGINT else graphband._on_terminate
+    handler = graphband.on_interrupt if signum == signal.SIGINT else graphband.on_terminate
     handler(signum, frame)
 
 
@@ -214,7 +214,7 @@ def interruption(noted: list[int]) -> BaseException | None:
     its traceback is short; a handler of the program's own gets the signal again."""
     for signum in dict.fromkeys(noted):
         handler = signal.getsignal(signum)
-        if handler in (graphband._on_interrupt, graphband._on_terminate):
+        if handler in (graphband.on_interrupt, graphband.on_terminate):
             try:  # it marks the tasks of laufband loops around pmap as interrupted
                 handler(signum, None)
             except (KeyboardInterrupt, SystemExit) as error:
@@ -253,9 +253,9 @@ class _Settling:
         # Over Python's defaults, laufband's loops install their handlers: those that
         # started meanwhile saw ours and did not.
         if signum == signal.SIGINT and self.previous is signal.default_int_handler:
-            graphband._on_interrupt(signum, frame)
+            graphband.on_interrupt(signum, frame)
         elif signum == signal.SIGTERM and self.previous == signal.SIG_DFL:
-            graphband._on_terminate(signum, frame)
+            graphband.on_terminate(signum, frame)
         elif callable(self.previous):
             self.previous(signum, frame)
         else:  # SIG_DFL of SIGINT: its default action

@@ -86,6 +86,10 @@ def _info(task_id: str, info: Mapping[str, Any] | None) -> dict[str, Any]:
     raise TypeError(msg)
 
 
+# What laufband 0.2.x called the first argument of Graphband: any iterable of Task.
+GraphTraversalProtocol = Iterable[Task]
+
+
 def _strings(task_id: str, what: str, values: Iterable[str]) -> list[str]:
     if isinstance(values, str):
         msg = f"Task {task_id!r}: {what} must be a collection of ids, got the string {values!r}"

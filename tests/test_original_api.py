@@ -723,3 +723,15 @@ def test_original_cli_options_name_the_replacement(args: list[str]) -> None:
     option = args[1].split("=")[0]
     assert line.startswith(f"error: {option} is from laufband 0.2.x")
     assert "DIR" in line and "./.laufband" in line
+
+
+def test_graph_traversal_protocol_is_still_importable(tmp_path: Path) -> None:
+    from laufband import GraphTraversalProtocol
+
+    class Tasks(GraphTraversalProtocol):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield Task("a")
+            yield Task("b", dependencies=["a"])
+
+    ids = [t.id for t in Graphband(Tasks(), path=tmp_path / "s", tqdm_kwargs={"disable": True})]
+    assert ids == ["a", "b"]
