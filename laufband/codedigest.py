@@ -27,12 +27,13 @@ import importlib
 import importlib.util
 import linecache
 import os
-import pickle
 import re
 import sys
 from collections import deque
 from types import CodeType, FunctionType, MethodType, ModuleType
 from typing import Any
+
+from laufband.stablepickle import stable_dumps
 
 _IMPORT_NAME = dis.opmap["IMPORT_NAME"]
 _CONSTANTS = (int, float, complex, bool, str, bytes, type(None))
@@ -129,7 +130,7 @@ class _Walk:
             if type(value) in _CONSTANTS or (type(value) is tuple and all(
                     type(item) in _CONSTANTS for item in value)):
                 if not name.startswith("__"):  # __module__, __qualname__, __doc__
-                    self.parts += [name.encode(), _stable_dumps(value)]
+                    self.parts += [name.encode(), stable_dumps(value)]
             else:
                 self.reach(value)
 
@@ -154,7 +155,7 @@ class _Walk:
             self.reach(value)
             return
         try:
-            self.parts.append(_stable_dumps(value))
+            self.parts.append(stable_dumps(value))
         except Exception:  # noqa: BLE001 - unpicklable: its repr is the best we have
             self.parts.append(_stable_repr(value))
         self.reach(value)
@@ -344,7 +345,7 @@ def _last_line(code: CodeType) -> int:
 
 def _code_bytes(code: CodeType) -> bytes:
     """The bytecode, names and constants of ``code`` and the code nested in it."""
-    consts = [_code_bytes(c) if isinstance(c, CodeType) else _stable_dumps(c)
+    consts = [_code_bytes(c) if isinstance(c, CodeType) else stable_dumps(c)
               for c in code.co_consts]
     return b"\0".join([code.co_code, repr(code.co_names).encode(), *consts])
 
@@ -355,25 +356,3 @@ def _stable_repr(value: Any) -> bytes:
         return _ADDRESS.sub("", repr(value)).encode()
     except Exception:  # noqa: BLE001 - a broken __repr__
         return type(value).__qualname__.encode()
-
-
-def _stable_dumps(value: Any) -> bytes:
-    """Pickle ``value`` with its sets sorted: their order changes with the hash seed,
-    which differs between processes (MPI ranks would name different workflows)."""
-    return pickle.dumps(_sorted_sets(value), protocol=4)
-
-
-def _sorted_sets(value: Any) -> Any:
-    kind = type(value)
-    if kind in (set, frozenset):
-        items = [_sorted_sets(item) for item in value]
-        try:
-            items.sort()
-        except TypeError:  # mixed types
-            items.sort(key=repr)
-        return kind.__name__, items
-    if kind in (list, tuple):
-        return kind(map(_sorted_sets, value))
-    if kind is dict:
-        return {key: _sorted_sets(item) for key, item in value.items()}
-    return value

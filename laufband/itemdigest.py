@@ -9,8 +9,8 @@ the digests are stored with the workflow; a later run must match every stored ch
 A chunk of plain values (None, bool, int, float, complex, str, bytes, paths) is digested in
 one go from its ``repr``: C code, ~50 ns an item. Any other item is digested from its
 ``repr`` when it is built of plain values, lists, tuples and dicts (small ones), and
-else from its pickle (protocol 4, fixed: the same object gives the same bytes in
-every run). The digests are computed before the state lock is taken, as pickling
+else from its pickle (protocol 4, sets in sorted order: see stablepickle.py).
+The digests are computed before the state lock is taken, as pickling
 may run user code; the one digest that may be needed under the lock (the last
 stored chunk, cut where the earlier run's data ended) uses only ``repr`` of plain
 values or per-item digests already computed.
@@ -19,7 +19,6 @@ values or per-item digests already computed.
 from __future__ import annotations
 
 import hashlib
-import pickle
 import struct
 from array import array
 from collections.abc import Sequence
@@ -27,6 +26,8 @@ from contextlib import suppress
 from itertools import chain
 from pathlib import PosixPath, PurePosixPath, PureWindowsPath, WindowsPath
 from typing import Any
+
+from laufband.stablepickle import stable_dumps
 
 CHUNK = 64  # items per stored digest: 8 bytes per 64 items
 _SIZE = 8
@@ -68,12 +69,19 @@ def item_digest(item: Any, index: int) -> bytes:
     if _plain([item]):
         return _hash(b"p", repr(item).encode("utf-8", "surrogatepass"))
     try:
-        payload = pickle.dumps(item, protocol=4)
+        payload = stable_dumps(item)
     except Exception as error:  # noqa: BLE001 - any pickling failure: name the item
         msg = (f"item {index} ({type(item).__name__}) cannot be pickled, so a later run"
                f" cannot tell whether it changed ({error}): pass key= to give items stable ids")
         raise TypeError(msg) from None
     return _hash(b"o", payload)
+
+
+def _is_array(source: Any) -> bool:
+    """A numpy array (or alike) of numbers, whose bytes say all about its items."""
+    dtype = getattr(source, "dtype", None)
+    return (dtype is not None and getattr(dtype, "hasobject", True) is False
+            and hasattr(source, "tobytes") and len(getattr(source, "shape", ())) >= 1)
 
 
 def _items(data: Sequence[Any], lo: int, hi: int) -> list[Any]:
@@ -86,9 +94,11 @@ def _items(data: Sequence[Any], lo: int, hi: int) -> list[Any]:
 class DataDigests:
     """Digests of every chunk of ``data``, computed at once (outside the state lock)."""
 
-    def __init__(self, data: Sequence[Any]) -> None:
+    def __init__(self, data: Sequence[Any], source: Any = None) -> None:
         self._data = data
         self.length = len(data)
+        # A numpy array (or alike) the data was made from: digested from its bytes.
+        self._array = source if _is_array(source) and len(source) == self.length else None
         self._parts: dict[int, list[bytes]] = {}  # per-item digests of chunks of objects
         self.chunks = self._ints() or [self._chunk(i, self._end(i))
                                        for i in range(self._count(self.length))]
@@ -96,7 +106,7 @@ class DataDigests:
     def _ints(self) -> list[bytes] | None:
         """The usual data, ``range(n)`` or a list of ints, in one pass: what chunk by chunk
         digesting gives, in a fifth of the time."""
-        if {*map(type, self._data)} != _INT:
+        if self._array is not None or {*map(type, self._data)} != _INT:
             return None
         try:
             words = memoryview(array("q", self._data).tobytes())
@@ -118,6 +128,9 @@ class DataDigests:
         objects are kept, so that a shorter cut of it (under the state lock) pickles
         nothing."""
         lo = index * CHUNK
+        if self._array is not None:  # the kind and shape of its items, then their bytes
+            kind = f"{self._array.dtype.str}{self._array.shape[1:]}".encode()
+            return _hash(b"a" + kind, self._array[lo:end].tobytes())
         items = _items(self._data, lo, end)
         if {*map(type, items)} == _INT:
             with suppress(OverflowError):

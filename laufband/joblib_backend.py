@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import pickle
 import queue
 import threading
 from concurrent.futures import Future
@@ -28,6 +27,7 @@ from joblib.parallel import ParallelBackendBase, SequentialBackend
 
 from laufband.memo import default_name
 from laufband.pmap import pmap
+from laufband.stablepickle import stable_dumps
 
 Call = tuple[Any, tuple[Any, ...], dict[str, Any]]
 
@@ -194,7 +194,7 @@ def _call_key(call: Call, names: dict[Any, str]) -> str:
             return name + written
     material = (name, args, kwargs)
     try:
-        payload = pickle.dumps(material, protocol=4)
+        payload = stable_dumps(material)
     except Exception:  # noqa: BLE001 - lambdas and closures among the arguments
         import cloudpickle
 

@@ -42,6 +42,7 @@ class Laufband(Graphband[T]):
     ) -> None:
         self._sized = isinstance(data, Sized)  # len() of a generator is a TypeError
         self._source_type = type(data).__name__
+        self._given = data  # a numpy array is digested from its bytes
         self.data: Sequence[T] = data if isinstance(data, Sequence) else list(data)
         self._key = key
         self._keyed = key is not None
@@ -58,7 +59,7 @@ class Laufband(Graphband[T]):
     def _collect(self) -> list[Any]:
         # Digest the data before the state lock is taken: pickling may run user code.
         if self._key is None and self._digests is None:
-            self._digests = DataDigests(self.data)
+            self._digests = DataDigests(self.data, self._given)
         return []
 
     def _plain_items(self) -> Iterable[Any]:

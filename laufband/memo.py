@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import pickle
 from collections.abc import Callable
 from typing import Any
 
 from laufband.codedigest import code_parts
+from laufband.stablepickle import stable_dumps
 
 
 def first_indices(keys: list[Any]) -> dict[Any, int]:
@@ -38,15 +38,15 @@ def item_keys(items: list[Any], key: Callable[[Any], str] | None) -> list[Any]:
                 msg = f"key() must return a string, got {value!r} for item {index}"
                 raise TypeError(msg)
         return keys
-    blake2b, dumps = hashlib.blake2b, pickle.dumps
+    blake2b, dumps = hashlib.blake2b, stable_dumps
     try:  # small ints and strings are their own keys: no pickling, no hashing
         return [item if type(item) is int or (type(item) is str and len(item) <= 64)
-                else blake2b(dumps(item, protocol=4), digest_size=16).digest()
+                else blake2b(dumps(item), digest_size=16).digest()
                 for item in items]
     except Exception:  # noqa: BLE001 - find the item to name it
         for index, item in enumerate(items):
             try:
-                dumps(item, protocol=4)
+                dumps(item)
             except Exception as error:  # noqa: BLE001
                 msg = (f"item {index} ({type(item).__name__}) cannot be pickled to compute its"
                        f" key ({error}): pass key= to name items")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -88,3 +89,51 @@ def test_unpicklable_items_name_the_item_and_key(state: Path) -> None:
         list(Laufband(data, path=state, name="lambdas"))
     keyed = Laufband(data, path=state, name="keyed", key=lambda item: str(id(item)))
     assert len(list(keyed)) == 3
+
+
+SETS = textwrap.dedent("""
+    import sys
+    from laufband import Laufband, pmap
+
+    class Molecule:
+        def __init__(self, i):
+            self.elements = {"H", "C", "O", "N", "S", "Cl"}  # order follows the hash seed
+            self.tags = frozenset({f"tag{i}", "organic"})
+            self.i = i
+
+    data = [Molecule(i) for i in range(30)]
+    ran = [m.i for m in Laufband(data, path=sys.argv[1], name="sets",
+                                 tqdm_kwargs={"disable": True})]
+    calls = pmap(lambda m: len(m.elements), data, n=1, path=sys.argv[1], name="pmap-sets",
+                 progress=False)
+    print(len(ran))
+""")
+
+
+@pytest.mark.timeout(120)
+def test_the_same_objects_with_sets_are_not_refused_in_a_fresh_process(
+        tmp_path: Path, state: Path) -> None:
+    """Sets of strings pickle in hash-seed order, which differs per process: the same
+    data rebuilt by another process must still be the same data."""
+    script = tmp_path / "sets.py"
+    script.write_text(SETS)
+    ran = []
+    for seed in ("1", "2", "3"):
+        done = subprocess.run([sys.executable, str(script), str(state)], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PYTHONHASHSEED": seed})
+        assert done.returncode == 0, done.stderr
+        ran.append(int(done.stdout))
+    assert ran == [30, 0, 0]
+
+
+def test_numpy_data_is_digested_from_its_bytes(state: Path) -> None:
+    np = pytest.importorskip("numpy")  # comes with ase (the test extra)
+    positions = np.arange(3000.0).reshape(1000, 3)
+    assert len(list(Laufband(positions, path=state, name="np"))) == 1000
+    moved = positions.copy()
+    moved[500, 1] += 1e-9
+    with pytest.raises(WorkflowMismatchError, match="items 448 to 511"):
+        list(Laufband(moved, path=state, name="np"))
+    longer = np.vstack([positions, np.ones((5, 3))])
+    assert len(list(Laufband(longer, path=state, name="np"))) == 5
+    assert list(Laufband(np.array(longer), path=state, name="np")) == []

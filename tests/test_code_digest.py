@@ -273,3 +273,46 @@ def test_joblib_backend_recomputes_after_an_edit(tmp_path: Path, procs: Processe
     project.edit("helper.py", "x * 1.5", "x * 2.25")
     assert project.run(job, JOBLIB)["results"] == [x * 2.25 for x in range(5)]
     assert project.calls() == 10
+
+
+SET_STATE = textwrap.dedent("""
+    import os, sys
+    from joblib import Parallel, delayed
+    from laufband import pmap
+
+    log = sys.argv[2]
+
+    class Energy:  # a callable whose state holds a set of strings
+        def __init__(self):
+            self.elements = {"H", "C", "O", "N", "S", "Cl"}
+
+        def __call__(self, item):
+            with open(log, "a") as out:
+                out.write("call\\n")
+            return len(item)
+
+    def count(item, elements):
+        with open(log, "a") as out:
+            out.write("call\\n")
+        return len(elements)
+
+    items = [frozenset({f"a{i}", "b", "c"}) for i in range(4)]
+    assert pmap(Energy(), items, n=1, path=sys.argv[1], progress=False) == [3] * 4
+    assert Parallel(n_jobs=1, backend="laufband", path=sys.argv[1])(
+        delayed(count)(i, {"x", "y", "z"}) for i in range(3)) == [3] * 3
+""")
+
+
+def test_sets_in_state_items_and_arguments_do_not_change_digests(
+        tmp_path: Path, procs: Processes) -> None:
+    """Sets of strings pickle in hash-seed order: the same call from another process
+    (another seed) must find the results (on main: recomputed at random)."""
+    script = tmp_path / "sets.py"
+    script.write_text(SET_STATE)
+    log = tmp_path / "calls.txt"
+    for seed in ("1", "2", "3", "4"):
+        proc = procs.start(script, tmp_path / "state", log,
+                           env={"PYTHONHASHSEED": seed})
+        code, _, err = procs.wait_all([proc])[0]
+        assert code == 0, err
+    assert log.read_text().split() == ["call"] * 7
