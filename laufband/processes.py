@@ -16,6 +16,7 @@ any further signal meanwhile. The caller notes signals while it ends the helpers
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import signal
 import subprocess
@@ -105,7 +106,7 @@ def _spawn_helpers(payload: bytes, count: int) -> Callable[[], None]:
     spawned = []
     for _ in range(count):
         try:
-            proc = subprocess.Popen([sys.executable, "-c", _HELPER], stdin=subprocess.PIPE)
+            proc = subprocess.Popen(_helper_command(), stdin=subprocess.PIPE)
         except OSError as error:  # e.g. the process limit: work on with those started
             warnings.warn(f"pmap started {len(spawned)} of {count} helper processes"
                           f" ({error})", RuntimeWarning, stacklevel=2)
@@ -124,14 +125,26 @@ def _feed(proc: subprocess.Popen[bytes], payload: bytes) -> None:
         proc.stdin.close()
 
 
-# Until it has a job, a Ctrl-C or SIGTERM ends a spawned helper silently: it holds
-# nothing yet (the default action of SIGINT, unlike Python's handler, prints nothing).
-# A SIGINT the caller ignores (a background job of a script) stays ignored.
-_HELPER = ("import signal\n"
-           "if signal.getsignal(signal.SIGINT) is signal.default_int_handler:\n"
+# A spawned helper starts with SIGINT ignored (a shell's ``trap '' INT``, kept across
+# exec): a Ctrl-C while its interpreter starts would otherwise end it with "Fatal
+# Python error: init_import_site" and a traceback. Then, until it has a job, Ctrl-C or
+# SIGTERM ends it silently (the default actions print nothing; it holds nothing yet).
+# The caller ends its helpers with SIGTERM anyway. A SIGINT the caller ignores (a
+# background job of a script) stays ignored.
+_HELPER = ("import signal, sys\n"
+           "if sys.argv[1] == 'default':\n"
            "    signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
            "from laufband.processes import helper_main\n"
            "helper_main()\n")
+
+
+def _helper_command() -> list[str]:
+    """The command line of a spawned helper, with SIGINT ignored until it runs."""
+    action = "ignore" if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else "default"
+    if os.name != "posix" or not os.path.exists("/bin/sh"):
+        return [sys.executable, "-c", _HELPER, action]
+    return ["/bin/sh", "-c", 'trap "" INT; exec "$0" -c "$1" "$2"', sys.executable,
+            _HELPER, action]
 
 
 def helper_main() -> None:

@@ -201,3 +201,28 @@ def test_the_same_process_calls_again_after_ctrl_c(
     assert "Traceback" not in stderr and "interrupted" in stderr, stderr
     rows = logged(log)
     check_split([r for r in rows if r[2] < sent], [r for r in rows if r[2] >= sent], sent)
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_while_spawned_helpers_start(procs: Processes, groups: list[int],
+                                            script: Path, tmp_path: Path) -> None:
+    """A Ctrl-C that lands while spawned helpers' interpreters start up (on main, each
+    such helper printed "Fatal Python error: init_import_site" and a traceback)."""
+    for attempt, delay in enumerate([0.0, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3]):
+        state, log = tmp_path / f"state{attempt}", tmp_path / f"log{attempt}"
+        err = tmp_path / f"err{attempt}"
+        proc = procs.start_logged(script, state, log, "spawn", stderr=err, new_session=True)
+        groups.append(proc.pid)
+        wait_for(lambda: bool(logged(log)), what="the caller's first item")  # noqa: B023
+        time.sleep(delay)  # helpers start once ~30 ms of work shows they pay off
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the caller hangs after Ctrl-C; stderr:\n{err.read_text()}")
+        if code == 0:
+            continue  # finished before the signal: nothing to check
+        assert not session_members(proc.pid), "processes left after the caller exited"
+        stderr = err.read_bytes().decode()
+        assert "Fatal Python error" not in stderr, stderr
+        check_one_short_traceback(code, stderr)
