@@ -5,13 +5,19 @@ runs again."""
 from __future__ import annotations
 
 import random
-import time
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.procs import HELPERS, Processes, completions, task_states
+from tests.helpers.procs import (
+    HELPERS,
+    Processes,
+    completions,
+    kill_at_random,
+    task_states,
+)
 
 
 def rows_of(path: Path) -> Counter[int]:
@@ -29,17 +35,8 @@ def test_fast_tasks_finished_before_a_sigkill_do_not_run_again(
     rng = random.Random(5)
     args = (state, logs, "--items", 4000, "--sleep", 0.002, "--max-killed-retries", 100)
     workers = [procs.worker(*args) for _ in range(2)]
-    kills = 0
-    for _ in range(8):
-        time.sleep(rng.uniform(0.3, 0.6))
-        alive = [w for w in workers if w.poll() is None]
-        if not alive:
-            break
-        victim = rng.choice(alive)
-        victim.kill()
-        victim.wait()
-        kills += 1
-        workers.append(procs.worker(*args))
+    kills = kill_at_random(workers, lambda: procs.worker(*args), 8,
+                           lambda: rng.uniform(0.3, 0.6), rng)
     finished = procs.wait_all([w for w in workers if w.poll() is None])
     assert all(code == 0 for code, _, _ in finished), finished
     done = completions(logs)
@@ -58,23 +55,13 @@ def test_rows_written_under_worker_lock_are_unique_after_sigkills(
     rows = state.parent / "rows.txt"
     rng = random.Random(11)
 
-    def start() -> object:
+    def start() -> subprocess.Popen[str]:
         return procs.start(HELPERS / "rows_worker.py", state, rows, 150, 0.1,
                            env={"LAUFBAND_MAX_KILLED_RETRIES": "20"})
 
     workers = [start() for _ in range(4)]
-    kills = 0
-    while kills < 8:
-        time.sleep(rng.uniform(0.2, 0.5))
-        alive = [w for w in workers if w.poll() is None]  # type: ignore[attr-defined]
-        if not alive:
-            break
-        victim = rng.choice(alive)
-        victim.kill()  # type: ignore[attr-defined]
-        victim.wait()  # type: ignore[attr-defined]
-        kills += 1
-        workers.append(start())
-    finished = procs.wait_all([w for w in workers if w.poll() is None])  # type: ignore
+    kills = kill_at_random(workers, start, 8, lambda: rng.uniform(0.2, 0.5), rng)
+    finished = procs.wait_all([w for w in workers if w.poll() is None])
     assert all(code == 0 for code, _, _ in finished), finished
     assert kills == 8
     counts = rows_of(rows)

@@ -21,6 +21,7 @@ from tests.helpers.procs import (
     Processes,
     completions,
     integrity,
+    kill_at_random,
     task_states,
 )
 
@@ -48,17 +49,8 @@ def test_chaos_sigkill_workers_at_random(state: Path, procs: Processes) -> None:
     logs = state.parent / "logs"
     rng = random.Random(7)
     workers = [chaos_worker(procs, state, logs) for _ in range(4)]
-    kills = 0
-    while kills < KILLS:
-        time.sleep(KILL_EVERY)
-        alive = [w for w in workers if w.poll() is None]
-        if not alive:
-            break
-        victim = rng.choice(alive)
-        victim.kill()
-        victim.wait()
-        kills += 1
-        workers.append(chaos_worker(procs, state, logs))  # replaced at once
+    kills = kill_at_random(workers, lambda: chaos_worker(procs, state, logs), KILLS,
+                           lambda: KILL_EVERY, rng)
     finished = procs.wait_all([w for w in workers if w.poll() is None])
     assert all(code == 0 for code, _, _ in finished), finished
     done = completions(logs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -69,6 +70,25 @@ class Processes:
                 proc.kill()
             proc.communicate()
         return leftovers
+
+
+def kill_at_random(workers: list[subprocess.Popen[str]],
+                   start: Callable[[], subprocess.Popen[str]], kills: int,
+                   pause: Callable[[], float], rng: random.Random) -> int:
+    """SIGKILL a random live worker after each ``pause()`` and start a replacement at
+    once, ``kills`` times or until none is left alive; return how many were killed."""
+    done = 0
+    while done < kills:
+        time.sleep(pause())
+        alive = [w for w in workers if w.poll() is None]
+        if not alive:
+            break
+        victim = rng.choice(alive)
+        victim.kill()
+        victim.wait()
+        done += 1
+        workers.append(start())
+    return done
 
 
 def wait_for(condition: Callable[[], bool], deadline: float = STARTUP_DEADLINE,
