@@ -1,12 +1,19 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.procs import Processes
+
+# Run as a background job of a shell script (as CI may be), this process and every
+# child inherit SIGINT ignored, and the Ctrl-C tests would test nothing: give SIGINT
+# Python's handler back, so children start with the default action (and their own).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
