@@ -126,7 +126,7 @@ class Graphband(Generic[T]):
         failure_policy: str | None = None,
         **replaced: Any,
     ) -> None:
-        refuse_replaced(replaced)
+        refuse_replaced(type(self).__name__, replaced)
         self._source = tasks
         self.path = Path(resolve("path", path, ".laufband", str)).absolute()
         self.name = resolve("name", name, _script_name(), str)
@@ -257,7 +257,7 @@ class Graphband(Generic[T]):
         given exception types; Ctrl-C and SIGTERM are never caught.
         """
         caught = exceptions or (Exception,)
-        if self._current is None:
+        if not self._running and not self.disabled:
             msg = "worker.catch() belongs inside the body of the loop over this worker"
             raise RuntimeError(msg)
         try:
@@ -265,7 +265,11 @@ class Graphband(Generic[T]):
         except caught as error:
             if isinstance(error, (KeyboardInterrupt, SystemExit)):
                 raise
-            self._fail_current(f"{type(error).__name__}: {error}")
+            text = f"{type(error).__name__}: {error}"
+            if self.disabled:  # a plain loop: nothing to record, say it and go on
+                tqdm.write(f"laufband (disabled): an item failed: {text}", file=sys.stderr)
+            elif self._current is not None:  # else: failed already, by an earlier catch()
+                self._fail_current(text)
 
     def __len__(self) -> int:
         """The number of tasks given, like ``len(tqdm(...))``: a TypeError for a generator."""
@@ -419,6 +423,7 @@ class Graphband(Generic[T]):
         worker has (``_stuck`` says which, for the line printed as it leaves)."""
         assert self._workflow is not None
         wf = self._workflow.id
+        self._stuck = None
         tx.block_unreachable(wf)
         if not tx.may_get_work(wf, self._worker, self._label_list, self._scope):
             return False

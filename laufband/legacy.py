@@ -74,12 +74,12 @@ REPLACED = {
 }
 
 
-def refuse_replaced(arguments: dict[str, object]) -> None:
+def refuse_replaced(owner: str, arguments: dict[str, object]) -> None:
     """Raise one TypeError naming the replacement of an argument of laufband 0.2.x,
     or the usual TypeError for an argument nobody knows."""
     for name in arguments:
         if name in REPLACED:
             msg = f"{name}= is from laufband 0.2.x: {REPLACED[name]} (see docs/migrating.md)"
         else:
-            msg = f"Graphband got an unexpected keyword argument {name!r}"
+            msg = f"{owner} got an unexpected keyword argument {name!r}"
         raise TypeError(msg)

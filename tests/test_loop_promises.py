@@ -132,3 +132,42 @@ def test_failure_policy_stop_stops_the_other_workers(tmp_path: Path, state: Path
     again = procs.start(script, state, "work")
     code, _, err = procs.wait_all([again], deadline=30)[0]
     assert code != 0 and f"'{failed}'" in err
+
+
+def test_two_catches_in_one_body_fail_the_item_once(state: Path) -> None:
+    from laufband import Laufband
+    from tests.helpers.procs import task_events
+
+    worker = Laufband(list(range(4)), path=state, name="twice", tqdm_kwargs={"disable": True})
+    after = []
+    for item in worker:
+        with worker.catch():
+            if item == 1:
+                raise ValueError("first step")
+        with worker.catch():
+            if item == 1:
+                raise ValueError("second step")
+        after.append(item)
+    assert after == [0, 1, 2, 3]
+    assert task_states(state, "twice") == {"0": "completed", "1": "failed", "2": "completed",
+                                           "3": "completed"}
+    assert task_events(state, "twice") == [("1", "failed", "ValueError: first step")]
+
+
+def test_catch_outside_a_loop_and_in_a_disabled_loop(state: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from laufband import Laufband
+
+    worker = Laufband([1, 2], path=state, name="outside")
+    with pytest.raises(RuntimeError, match="inside the body of the loop"):
+        with worker.catch():
+            pass
+    plain = Laufband([1, 2], path=state, name="plain", disabled=True)
+    seen = []
+    for item in plain:
+        with plain.catch():
+            if item == 1:
+                raise ValueError("bad")
+        seen.append(item)
+    assert seen == [1, 2]
+    assert "an item failed: ValueError: bad" in capsys.readouterr().err
