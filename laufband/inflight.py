@@ -9,8 +9,10 @@ its position in it in a small memory-mapped file of the state directory
     word 0: position p    2*i: tasks batch[:i] finished, none running
                           2*i + 1: batch[:i] finished, batch[i] running
     word 1: n | flags     how many tasks the batch has; FINAL if a finished body
-                          is all a task needs (pmap's also need their result)
-    words 2 .. 2+n-1      the batch, in the order the loop runs it
+                          is all a task needs (pmap's also need their result); RUN if
+                          the batch is n consecutive tasks
+    words 2 .. 2+n-1      the batch, in the order the loop runs it (RUN: word 2 only,
+                          the first task)
 
 Moving on to the next task is one store into shared memory (no system call), and
 the kernel keeps the page when the process dies, even by SIGKILL, so on the same
@@ -38,6 +40,7 @@ from laufband.batching import MAX_BATCH
 
 CAPACITY = MAX_BATCH  # tasks a record holds: a batch is never longer
 FINAL = 1 << 32  # flag in word 1: the finished bodies of the batch are all their tasks need
+RUN = 1 << 33  # flag in word 1: the batch is consecutive tasks from the one in word 2
 _HEADER = struct.Struct("<qq")
 _WORD = struct.Struct("<q")
 _SIZE = _HEADER.size + CAPACITY * _WORD.size
@@ -123,6 +126,10 @@ class InFlight:
             msg = f"a batch of {len(batch)} tasks exceeds the record's {CAPACITY}"
             raise ValueError(msg)
         self.mark(0)
+        if batch and batch == list(range(batch[0], batch[0] + len(batch))):  # a run:
+            _WORD.pack_into(self._map, _HEADER.size, batch[0])  # its first task says all
+            _WORD.pack_into(self._map, _WORD.size, len(batch) | self._flags | RUN)
+            return
         self._map[_HEADER.size: _HEADER.size + len(batch) * _WORD.size] = array("q", batch)
         _WORD.pack_into(self._map, _WORD.size, len(batch) | self._flags)
 
@@ -167,9 +174,13 @@ def read_record(state: Path, worker: int) -> Record | None:
         return None
     position, word = _HEADER.unpack_from(data)
     size, final = word & (FINAL - 1), bool(word & FINAL)
-    if not 0 <= size <= CAPACITY or not 0 <= position <= 2 * size or word >> 33:
+    if not 0 <= size <= CAPACITY or not 0 <= position <= 2 * size or word >> 34:
         return None
-    batch = array("q", data[_HEADER.size: _HEADER.size + size * _WORD.size]).tolist()
+    if word & RUN:
+        first = _WORD.unpack_from(data, _HEADER.size)[0]
+        batch = list(range(first, first + size))
+    else:
+        batch = array("q", data[_HEADER.size: _HEADER.size + size * _WORD.size]).tolist()
     index = position // 2
     running = batch[index] if position % 2 and index < size else None
     return Record(batch[:index] if final else [], running)

@@ -186,3 +186,27 @@ def test_restart_with_the_identifier_of_a_killed_worker(state: Path, procs: Proc
     assert procs.wait_all([again])[0][0] == 0
     assert set(task_states(state, "work").values()) == {"completed"}
     assert [(task, event) for task, event, _ in task_events(state, "work")] == [("2", "killed")]
+
+
+def test_the_in_flight_record_says_what_finished_and_what_runs(state: Path) -> None:
+    from laufband.inflight import read_record
+
+    state.mkdir()
+    record = InFlight(state, 7)
+    assert read_record(state, 7) == ([], None)  # between batches
+    record.begin([5, 6, 7])  # a run: stored as its first task
+    record.mark(3)  # 6 runs, 5 finished
+    assert read_record(state, 7) == ([5], 6)
+    record.settle(body_finished=True)
+    assert read_record(state, 7) == ([5, 6], None)
+    record.begin([2, 9, 4])  # not a run: stored task by task
+    record.mark(5)
+    assert read_record(state, 7) == ([2, 9], 4)
+    record.settle(body_finished=False)  # 4 failed or was handed back
+    assert read_record(state, 7) == ([2, 9], None)
+    record.close()
+    assert read_record(state, 7) is None
+    results = InFlight(state, 8, final=False)  # pmap: a finished body lacks its result
+    results.begin([1, 2])
+    results.mark(3)
+    assert read_record(state, 8) == ([], 2)
