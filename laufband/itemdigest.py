@@ -95,8 +95,10 @@ class DataDigests:
     """Digests of every chunk of ``data``, computed at once (outside the state lock)."""
 
     def __init__(self, data: Sequence[Any], source: Any = None) -> None:
-        self._data = data
-        self.length = len(data)
+        # A sequence of the user's own class may run user code to give an item: read
+        # each once, here, so that a cut under the lock reads none.
+        self._data = data if type(data) in (list, tuple, range) else list(data)
+        self.length = len(self._data)
         # A numpy array (or alike) the data was made from: digested from its bytes.
         self._array = source if _is_array(source) and len(source) == self.length else None
         self._parts: dict[int, list[bytes]] = {}  # per-item digests of chunks of objects

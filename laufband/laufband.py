@@ -104,6 +104,7 @@ class Laufband(Graphband[T]):
                 raise WorkflowMismatchError(msg)
         if stored is None or covered(stored) < self._digests.length:
             tx.set_fingerprint(self._workflow.id, self._digests.pack())
+        self._digests = None  # checked: not worth its memory (a later iteration digests anew)
 
     def _register_keys(self, tx: Transaction) -> Scope:
         assert self._workflow is not None and self._key is not None

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,38 @@ def test_numpy_data_is_digested_from_its_bytes(state: Path) -> None:
     longer = np.vstack([positions, np.ones((5, 3))])
     assert len(list(Laufband(longer, path=state, name="np"))) == 5
     assert list(Laufband(np.array(longer), path=state, name="np")) == []
+
+
+class Frames(Sequence[int]):
+    """A sequence of the user's own class (like a trajectory file): every item read
+    notes whether laufband held its state lock meanwhile (user code must run outside)."""
+
+    def __init__(self, count: int, state: Path) -> None:
+        self.count, self.state, self.under_lock = count, state, 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        lock = self.state / "state.lock"
+        if lock.exists():
+            with open(lock, "a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    self.under_lock += 1
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return index * 10
+
+
+def test_a_users_sequence_is_read_outside_the_state_lock(state: Path) -> None:
+    first = Frames(70, state)  # 70: the next run compares 64 + a cut of 6 items
+    assert list(Laufband(first, path=state, name="frames")) == [i * 10 for i in range(70)]
+    longer = Frames(150, state)
+    assert list(Laufband(longer, path=state, name="frames")) == [
+        i * 10 for i in range(70, 150)]
+    assert first.under_lock == longer.under_lock == 0
