@@ -190,6 +190,7 @@ class Graphband(Generic[T]):
         self._offline = False  # set offline by the transaction that found nothing left
         self._evicted = False  # another worker took us for dead; we found out flushing
         self._stuck: Stuck | None = None  # what we could run waits for missing labels
+        self._plain_done = False  # disabled: the plain loop went through every item
 
     # -- public API ---------------------------------------------------------------------
 
@@ -221,9 +222,10 @@ class Graphband(Generic[T]):
 
     @property
     def has_more_jobs(self) -> bool:
-        """Whether a task this worker could run is pending or still running elsewhere."""
-        if self.disabled:
-            return not self._closed
+        """Whether a task this worker could run is pending or still running elsewhere
+        (whether or not a worker that can run what it waits for is online)."""
+        if self.disabled:  # a plain loop: until it has gone through the items once
+            return not self._closed and not self._plain_done
         was_running = self._running
         self._start()
         assert self._store is not None and self._workflow is not None
@@ -791,6 +793,7 @@ class Graphband(Generic[T]):
             if self._closed:
                 return
             yield item
+        self._plain_done = True
 
 
 def on_interrupt(signum: int, frame: Any) -> None:

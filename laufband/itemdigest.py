@@ -68,6 +68,9 @@ def item_digest(item: Any, index: int) -> bytes:
     pickle. ``TypeError`` naming ``index`` when it cannot be pickled."""
     if _plain([item]):
         return _hash(b"p", repr(item).encode("utf-8", "surrogatepass"))
+    if _is_numeric(item):  # a numpy scalar or array: its kind, shape and bytes
+        kind = f"{item.dtype.str}{item.shape}".encode()
+        return _hash(b"n" + kind, item.tobytes())
     try:
         payload = stable_dumps(item)
     except Exception as error:  # noqa: BLE001 - any pickling failure: name the item
@@ -77,11 +80,16 @@ def item_digest(item: Any, index: int) -> bytes:
     return _hash(b"o", payload)
 
 
-def _is_array(source: Any) -> bool:
-    """A numpy array (or alike) of numbers, whose bytes say all about its items."""
-    dtype = getattr(source, "dtype", None)
+def _is_numeric(value: Any) -> bool:
+    """A numpy array or scalar (or alike) of numbers: its bytes say all about it."""
+    dtype = getattr(value, "dtype", None)
     return (dtype is not None and getattr(dtype, "hasobject", True) is False
-            and hasattr(source, "tobytes") and len(getattr(source, "shape", ())) >= 1)
+            and hasattr(value, "tobytes") and isinstance(getattr(value, "shape", None), tuple))
+
+
+def _is_array(source: Any) -> bool:
+    """A numpy array (or alike) of numbers with a first axis: the items of a Laufband."""
+    return _is_numeric(source) and len(source.shape) >= 1
 
 
 def _items(data: Sequence[Any], lo: int, hi: int) -> list[Any]:
@@ -134,9 +142,14 @@ class DataDigests:
             kind = f"{self._array.dtype.str}{self._array.shape[1:]}".encode()
             return _hash(b"a" + kind, self._array[lo:end].tobytes())
         items = _items(self._data, lo, end)
-        if {*map(type, items)} == _INT:
+        types = {*map(type, items)}
+        if types == _INT:
             with suppress(OverflowError):
                 return _hash(b"i", array("q", items).tobytes())
+        if len(types) == 1 and _is_numeric(items[0]):  # numpy scalars, small arrays
+            kinds = {f"{x.dtype.str}{x.shape}" for x in items}
+            if len(kinds) == 1:
+                return _hash(b"n" + kinds.pop().encode(), b"".join(x.tobytes() for x in items))
         if _plain(items):
             return _hash(b"r", repr(items).encode("utf-8", "surrogatepass"))
         parts = self._parts.get(index)

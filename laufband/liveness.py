@@ -17,6 +17,7 @@ import contextlib
 import os
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from laufband.errors import StateError
@@ -145,9 +146,9 @@ class DeadWorkerDetector:
         else:
             running = IDLE if record.running is None else record.running
             returned = tx.reap(dead, max_killed_retries, running, record.finished)
-        # Gone even if the transaction rolls back: the next reaper then blames the
-        # lowest running task, as without a record.
-        forget(self._state, dead.id)
+        # Removed once the reap has committed: if this process dies before, the next
+        # reaper needs the record to complete what the dead worker finished.
+        tx.after_commit(partial(forget, self._state, dead.id))
         return returned
 
 

@@ -41,7 +41,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from itertools import repeat
 from pathlib import Path
@@ -213,6 +213,11 @@ class Transaction:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._db = conn
+        self.committed: list[Callable[[], None]] = []  # run once the transaction commits
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once this transaction has committed (not if it rolls back)."""
+        self.committed.append(action)
 
     # -- workflows -----------------------------------------------------------------
 
@@ -1113,13 +1118,16 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Run the enclosed operations atomically under the state lock."""
+        committed: list[Callable[[], None]] = []
         try:
             self._lock.acquire(self._patience)
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                yield Transaction(conn)
+                tx = Transaction(conn)
+                yield tx
                 conn.execute("COMMIT")
+                committed = tx.committed
             except BaseException as error:
                 if conn.in_transaction:
                     with suppress(sqlite3.Error):  # a broken file cannot even roll back
@@ -1131,6 +1139,8 @@ class Store:
                 raise
         finally:
             self._lock.release()
+        for action in committed:
+            action()
 
     def _foreign(self, error: sqlite3.DatabaseError) -> StateError:
         msg = (

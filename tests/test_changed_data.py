@@ -174,3 +174,15 @@ def test_a_users_sequence_is_read_outside_the_state_lock(state: Path) -> None:
     assert list(Laufband(longer, path=state, name="frames")) == [
         i * 10 for i in range(70, 150)]
     assert first.under_lock == longer.under_lock == 0
+
+
+def test_lists_of_numpy_scalars_and_small_arrays_are_compared(state: Path) -> None:
+    np = pytest.importorskip("numpy")
+    for name, data in (("scalars", list(np.arange(300.0))),
+                       ("rows", list(np.arange(900.0).reshape(300, 3)))):
+        assert len(list(Laufband(data, path=state, name=name))) == 300
+        changed = [x.copy() for x in data]
+        changed[150] = changed[150] + 1e-9
+        with pytest.raises(WorkflowMismatchError, match="items 128 to 191"):
+            list(Laufband(changed, path=state, name=name))
+        assert list(Laufband([x.copy() for x in data], path=state, name=name)) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -68,3 +69,49 @@ def test_rows_written_under_worker_lock_are_unique_after_sigkills(
     assert sorted(counts) == list(range(150))
     duplicated = {item: n for item, n in counts.items() if n > 1}
     assert not duplicated, f"rows written twice after {kills} SIGKILLs: {duplicated}"
+
+
+REAPER = """
+import os, signal, sys, time
+from laufband import Laufband
+
+state, log = sys.argv[1], sys.argv[2]
+if sys.argv[3] == "die-while-reaping":  # the worst moment: reaped, not yet committed
+    import laufband.liveness as liveness
+
+    reap = liveness.DeadWorkerDetector._reap
+
+    def reap_then_die(self, tx, dead, retries):
+        reap(self, tx, dead, retries)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    liveness.DeadWorkerDetector._reap = reap_then_die
+worker = Laufband(list(range(300)), path=state, name="reap", tqdm_kwargs={"disable": True})
+with open(log, "a", buffering=1) as out:
+    for item in worker:
+        time.sleep(0.003)
+        out.write(f"{item}\\n")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_reaper_killed_before_its_reap_commits_loses_no_record(
+        state: Path, procs: Processes) -> None:
+    """A dead worker's record is removed only once the reap has committed (on main it
+    was removed first: a reaper killed in between made every task the dead worker had
+    finished since its last flush run again)."""
+    script = state.parent / "reaper.py"
+    script.write_text(REAPER)
+    log = state.parent / "done.txt"
+    first = procs.start(script, state, log, "normal")
+    time.sleep(0.9)
+    first.kill()
+    first.wait()
+    reaper = procs.start(script, state, log, "die-while-reaping")
+    assert procs.wait_all([reaper])[0][0] == -9
+    last = procs.start(script, state, log, "normal")
+    assert procs.wait_all([last])[0][0] == 0
+    rows = log.read_text().split()
+    assert sorted(set(rows), key=int) == [str(i) for i in range(300)]
+    again = len(rows) - len(set(rows))
+    assert again <= 2, f"{again} finished bodies ran again after 2 SIGKILLs"

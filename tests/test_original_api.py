@@ -735,3 +735,12 @@ def test_graph_traversal_protocol_is_still_importable(tmp_path: Path) -> None:
 
     ids = [t.id for t in Graphband(Tasks(), path=tmp_path / "s", tqdm_kwargs={"disable": True})]
     assert ids == ["a", "b"]
+
+
+def test_has_more_jobs_ends_the_0_2_idiom_in_a_disabled_loop(tmp_path: Path) -> None:
+    worker = Laufband(list(range(3)), path=tmp_path / "s", disabled=True)
+    rounds = []
+    while worker.has_more_jobs:
+        rounds.append(list(worker))
+        assert len(rounds) < 3, "has_more_jobs stays true in a disabled loop"
+    assert rounds == [[0, 1, 2]]
