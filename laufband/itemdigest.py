@@ -69,8 +69,7 @@ def item_digest(item: Any, index: int) -> bytes:
     if _plain([item]):
         return _hash(b"p", repr(item).encode("utf-8", "surrogatepass"))
     if _is_numeric(item):  # a numpy scalar or array: its kind, shape and bytes
-        kind = f"{item.dtype.str}{item.shape}".encode()
-        return _hash(b"n" + kind, item.tobytes())
+        return _hash(b"n" + _kind(item), item.tobytes())
     try:
         payload = stable_dumps(item)
     except Exception as error:  # noqa: BLE001 - any pickling failure: name the item
@@ -85,6 +84,11 @@ def _is_numeric(value: Any) -> bool:
     dtype = getattr(value, "dtype", None)
     return (dtype is not None and getattr(dtype, "hasobject", True) is False
             and hasattr(value, "tobytes") and isinstance(getattr(value, "shape", None), tuple))
+
+
+def _kind(value: Any) -> bytes:
+    """What the bytes of a numpy value mean: its dtype and shape."""
+    return f"{value.dtype.str}{value.shape}".encode()
 
 
 def _is_array(source: Any) -> bool:
@@ -139,17 +143,16 @@ class DataDigests:
         nothing."""
         lo = index * CHUNK
         if self._array is not None:  # the kind and shape of its items, then their bytes
-            kind = f"{self._array.dtype.str}{self._array.shape[1:]}".encode()
-            return _hash(b"a" + kind, self._array[lo:end].tobytes())
+            return _hash(b"a" + _kind(self._array[0]), self._array[lo:end].tobytes())
         items = _items(self._data, lo, end)
         types = {*map(type, items)}
         if types == _INT:
             with suppress(OverflowError):
                 return _hash(b"i", array("q", items).tobytes())
         if len(types) == 1 and _is_numeric(items[0]):  # numpy scalars, small arrays
-            kinds = {f"{x.dtype.str}{x.shape}" for x in items}
+            kinds = set(map(_kind, items))
             if len(kinds) == 1:
-                return _hash(b"n" + kinds.pop().encode(), b"".join(x.tobytes() for x in items))
+                return _hash(b"n" + kinds.pop(), b"".join(x.tobytes() for x in items))
         if _plain(items):
             return _hash(b"r", repr(items).encode("utf-8", "surrogatepass"))
         parts = self._parts.get(index)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from laufband.errors import TaskGraphError, WorkflowMismatchError
@@ -40,26 +40,18 @@ class Laufband(Graphband[T]):
     def __init__(
         self, data: Iterable[T], *, key: Callable[[T], str] | None = None, **options: Any
     ) -> None:
-        self._sized = isinstance(data, Sized)  # len() of a generator is a TypeError
-        self._source_type = type(data).__name__
-        self._given = data  # a numpy array is digested from its bytes
         self.data: Sequence[T] = data if isinstance(data, Sequence) else list(data)
         self._key = key
         self._keyed = key is not None
         self._digests: DataDigests | None = None
-        super().__init__((), **options)
-
-    def __len__(self) -> int:
-        """The number of items, like ``len(tqdm(data))``: a TypeError for a generator."""
-        if not self._sized:
-            msg = f"object of type '{self._source_type}' has no len()"
-            raise TypeError(msg)
-        return len(self.data)
+        # As given: len() like tqdm's (a TypeError for a generator); a numpy array is
+        # digested from its bytes.
+        super().__init__(data, **options)  # type: ignore[arg-type]
 
     def _collect(self) -> list[Any]:
         # Digest the data before the state lock is taken: pickling may run user code.
         if self._key is None and self._digests is None:
-            self._digests = DataDigests(self.data, self._given)
+            self._digests = DataDigests(self.data, self._source)
         return []
 
     def _plain_items(self) -> Iterable[Any]:
