@@ -74,12 +74,22 @@ REPLACED = {
 }
 
 
-def refuse_replaced(owner: str, arguments: dict[str, object]) -> None:
+# ... and of its Monitor(lock=, db=), which read that one SQLite file.
+MONITOR_REPLACED = {
+    "db": "laufband keeps its state in a directory: pass path=, the state directory"
+          " (default ./.laufband)",
+    "lock": "the state directory has its own lock: pass path=, the state directory"
+            " (default ./.laufband)",
+}
+
+
+def refuse_replaced(owner: str, arguments: dict[str, object],
+                    replaced: dict[str, str] = REPLACED) -> None:
     """Raise one TypeError naming the replacement of an argument of laufband 0.2.x,
     or the usual TypeError for an argument nobody knows."""
     for name in arguments:
-        if name in REPLACED:
-            msg = f"{name}= is from laufband 0.2.x: {REPLACED[name]} (see docs/migrating.md)"
+        if name in replaced:
+            msg = f"{name}= is from laufband 0.2.x: {replaced[name]} (see docs/migrating.md)"
         else:
             msg = f"{owner} got an unexpected keyword argument {name!r}"
         raise TypeError(msg)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from laufband.errors import StateError
+from laufband.legacy import MONITOR_REPLACED, refuse_replaced
 from laufband.resultfiles import results_of
 from laufband.store import DB_NAME, STATES, Store
 
@@ -100,13 +101,7 @@ class Monitor:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, **original: Any) -> None:
-        if original:  # laufband 0.2.x: Monitor(lock=Lock(...), db="sqlite:///...")
-            names = ", ".join(f"{name}=" for name in original)
-            msg = (f"Monitor() got {names}, options of laufband 0.2.x, which kept its state in"
-                   " one SQLite file: pass path=, the state directory (default ./.laufband)"
-                   if set(original) <= {"db", "lock"}
-                   else f"Monitor() got unexpected keyword arguments: {names}")
-            raise TypeError(msg)
+        refuse_replaced("Monitor", original, MONITOR_REPLACED)  # 0.2.x: db=, lock=
         self.path = find_state(path)
         self._store = Store(self.path, patience=PATIENCE)
 
