@@ -176,6 +176,19 @@ def graphband(state: Path, tasks: Iterator[Task] | None = None, **options: Any) 
 # -- tests/test_laufband.py ---------------------------------------------------------------
 
 
+def runs_only_once_retried(state: Path, worker: Graphband, kind: str) -> list[str]:
+    """A task failed or killed for good is not picked up by a worker with higher retry
+    limits (as 0.2.1 did) until ``laufband retry``; return the ids it then runs."""
+    assert worker.has_more_jobs is False
+    monitor = Monitor(state)
+    assert monitor.retry(NAME, (kind,)) == 1
+    monitor.close()
+    assert worker.has_more_jobs is True
+    ran = [x.id for x in worker]
+    assert worker.has_more_jobs is False
+    return ran
+
+
 def test_laufband_length_with_list(state: Path) -> None:
     worker = Laufband(list(range(10)), path=state, name=NAME, tqdm_kwargs=QUIET)
     assert len(worker) == 10
@@ -390,13 +403,7 @@ def test_kill_sequential_task_worker(state: Path, tmp_path: Path,
     # 0.2.1 re-ran it for any worker with a higher max_killed_retries; here a killed
     # task is final until it is retried (laufband retry --killed).
     retries = graphband(state, identifier="retries-worker", max_killed_retries=2)
-    assert retries.has_more_jobs is False
-    monitor = Monitor(state)
-    assert monitor.retry(NAME, ("killed",)) == 1
-    monitor.close()
-    assert retries.has_more_jobs is True
-    assert [x.id for x in retries] == ["task_0"]
-    assert retries.has_more_jobs is False
+    assert runs_only_once_retried(state, retries, "killed") == ["task_0"]
     assert status(state).counts["completed"] == 10
 
 
@@ -513,13 +520,7 @@ def test_has_more_jobs(state: Path) -> None:
     # good under max_failed_retries=0. Here the limit applies when the task fails;
     # a task failed for good runs again once retried (laufband retry --failed).
     retrier = graphband(state, max_failed_retries=2, identifier="retry-worker")
-    assert retrier.has_more_jobs is False
-    monitor = Monitor(state)
-    assert monitor.retry(NAME, ("failed",)) == 1
-    monitor.close()
-    assert retrier.has_more_jobs is True
-    assert [x.id for x in retrier] == ["task_5"]
-    assert retrier.has_more_jobs is False
+    assert runs_only_once_retried(state, retrier, "failed") == ["task_5"]
     assert graphband(state, identifier="retry-worker-2").has_more_jobs is False
 
 

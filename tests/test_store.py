@@ -142,13 +142,19 @@ def test_multi_task_pending_after_failure_is_not_over_admitted(store: Store) -> 
         assert tx.claim(wf, d, 1, [], Scope()) == []  # b and c hold both slots
 
 
+def two_workers_with_five_tasks_each(tx: Transaction) -> tuple[int, int, int]:
+    """A workflow of 10 tasks; worker a claimed 0-4, worker b 5-9."""
+    wf = tx.open_workflow("w", keyed=False).id
+    tx.register_positions(wf, 10)
+    a, b = worker(tx, "a", wf), worker(tx, "b", wf)
+    assert tx.claim(wf, a, 5, [], Scope()) == [0, 1, 2, 3, 4]
+    assert tx.claim(wf, b, 5, [], Scope()) == [5, 6, 7, 8, 9]
+    return wf, a, b
+
+
 def test_reaping_with_a_record_blames_the_recorded_task_or_none(store: Store) -> None:
     with store.transaction() as tx:
-        wf = tx.open_workflow("w", keyed=False).id
-        tx.register_positions(wf, 10)
-        a, b = worker(tx, "a", wf), worker(tx, "b", wf)
-        assert tx.claim(wf, a, 5, [], Scope()) == [0, 1, 2, 3, 4]
-        assert tx.claim(wf, b, 5, [], Scope()) == [5, 6, 7, 8, 9]
+        wf, a, b = two_workers_with_five_tasks_each(tx)
         tx.reap(record(tx, a), max_killed_retries=1, in_flight=3)  # 0-2 ran, unflushed
         tx.reap(record(tx, b), max_killed_retries=1, in_flight=-1)  # died between tasks
         states = tx.task_states(wf)
@@ -169,11 +175,7 @@ def test_reaping_with_a_record_blames_the_recorded_task_or_none(store: Store) ->
 
 def test_reaping_completes_what_the_record_says_finished(store: Store) -> None:
     with store.transaction() as tx:
-        wf = tx.open_workflow("w", keyed=False).id
-        tx.register_positions(wf, 10)
-        a, b = worker(tx, "a", wf), worker(tx, "b", wf)
-        assert tx.claim(wf, a, 5, [], Scope()) == [0, 1, 2, 3, 4]
-        assert tx.claim(wf, b, 5, [], Scope()) == [5, 6, 7, 8, 9]
+        wf, a, b = two_workers_with_five_tasks_each(tx)
         # 0-2 finished but were not flushed, 3 was running; 5 "finished" is b's, not a's
         tx.reap(record(tx, a), max_killed_retries=1, in_flight=3, finished=[0, 1, 2, 5])
         states = tx.task_states(wf)
