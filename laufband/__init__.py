@@ -11,6 +11,7 @@ from laufband.errors import (
     TaskFailedError,
     TaskGraphError,
     WorkflowMismatchError,
+    WorkflowStoppedError,
 )
 from laufband.graphband import Graphband
 from laufband.laufband import Laufband
@@ -37,6 +38,7 @@ __all__ = [
     "TaskFailedError",
     "TaskGraphError",
     "WorkflowMismatchError",
+    "WorkflowStoppedError",
     "__version__",
     "pmap",
 ]

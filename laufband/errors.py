@@ -1,34 +1,132 @@
-"""Exceptions laufband raises: each subclasses a builtin and pickles cleanly."""
+"""Exceptions laufband raises.
+
+Each subclasses a builtin (catch ``RuntimeError`` or ``ValueError`` as before), keeps
+what it concerns as attributes (``path``, ``workflow``, ``task``), and pickles with
+them: an error raised in a helper process or an MPI rank arrives whole.
+"""
 
 from __future__ import annotations
 
-
-class StateError(RuntimeError):
-    """The state directory cannot be used: not writable, corrupt, foreign or newer."""
-
-
-class WorkflowMismatchError(ValueError):
-    """The data given no longer matches the tasks stored for a workflow."""
+import functools
+import os
+from typing import Any
 
 
-class TaskGraphError(ValueError):
-    """Tasks are malformed: duplicate ids, unknown dependencies or a cycle."""
+class _Structured(Exception):
+    """Base of our exceptions: the message plus keyword attributes, kept by pickle
+    (a plain exception pickles ``args`` only, so the attributes would be lost)."""
+
+    _fields: tuple[str, ...] = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {name: getattr(self, name) for name in self._fields}
+        return functools.partial(type(self), **fields), self.args, self.__dict__
 
 
-class TaskFailedError(RuntimeError):
-    """A task never completed: its worker died on it more often than retries allow."""
+class StateError(_Structured, RuntimeError):
+    """The state directory cannot be used: not writable, corrupt, foreign, newer, or
+    its workflow was reset while a worker ran.
+
+    Attributes:
+        path: The state directory (or the file in it) concerned, if known.
+    """
+
+    _fields = ("path",)
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
+
+
+class WorkflowMismatchError(_Structured, ValueError):
+    """The data given no longer matches the tasks stored for a workflow.
+
+    Attributes:
+        workflow: The workflow's name.
+        path: Its state directory.
+    """
+
+    _fields = ("workflow", "path")
+
+    def __init__(self, message: str, *, workflow: str | None = None,
+                 path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.path = None if path is None else os.fspath(path)
+
+
+class TaskGraphError(_Structured, ValueError):
+    """Tasks are malformed: duplicate ids, unknown dependencies or a cycle.
+
+    Attributes:
+        workflow: The workflow's name.
+        task: The id of the task at fault (the first, for a cycle).
+    """
+
+    _fields = ("workflow", "task")
+
+    def __init__(self, message: str, *, workflow: str | None = None,
+                 task: str | None = None) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.task = task
+
+
+class TaskFailedError(_Structured, RuntimeError):
+    """A task never completed: its worker died on it more often than retries allow, or
+    its result is gone.
+
+    Attributes:
+        workflow: The workflow's name.
+        index: The item's position in the data given to ``pmap``, if known.
+        state: The task's state (``"killed"``, ``"pending"``, ...).
+    """
+
+    _fields = ("workflow", "index", "state")
+
+    def __init__(self, message: str, *, workflow: str | None = None, index: int | None = None,
+                 state: str | None = None) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.index = index
+        self.state = state
+
+
+class WorkflowStoppedError(_Structured, RuntimeError):
+    """A task failed and ``failure_policy="stop"`` is in force: every worker stops.
+
+    Attributes:
+        workflow: The workflow's name.
+        tasks: Ids of (up to three of) the failed tasks.
+        path: The state directory.
+    """
+
+    _fields = ("workflow", "tasks", "path")
+
+    def __init__(self, message: str, *, workflow: str | None = None,
+                 tasks: tuple[str, ...] = (),
+                 path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.tasks = tuple(tasks)
+        self.path = None if path is None else os.fspath(path)
 
 
 class OriginalStateWarning(UserWarning):
     """State files of the original laufband (0.2.x) are here; this version does not read them."""
 
 
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in another process, kept as text."""
+class RemoteTraceback(_Structured):
+    """The traceback of an exception raised in another process, kept as text, headed
+    by the worker that raised it (its rank of size, host and pid)."""
 
-    def __init__(self, text: str) -> None:
+    _fields = ("header",)
+
+    def __init__(self, text: str = "", *, header: str = "") -> None:
         super().__init__(text)
         self.text = text
+        self.header = header
 
     def __str__(self) -> str:
-        return f"\n\"\"\"\n{self.text}\"\"\""
+        head = f"{self.header}\n" if self.header else ""
+        return f"\n\"\"\"\n{head}{self.text}\"\"\""
