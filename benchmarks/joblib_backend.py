@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import loop  # noqa: E402  (benchmarks/loop.py: the table layout)
+import loop
 
 WORKER = r"""
 import json, sys, time

@@ -11,7 +11,6 @@ from laufband.errors import (
     TaskFailedError,
     TaskGraphError,
     WorkflowMismatchError,
-    WorkflowStoppedError,
 )
 from laufband.graphband import Graphband
 from laufband.laufband import Laufband
@@ -38,7 +37,6 @@ __all__ = [
     "TaskFailedError",
     "TaskGraphError",
     "WorkflowMismatchError",
-    "WorkflowStoppedError",
     "__version__",
     "pmap",
 ]

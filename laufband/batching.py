@@ -43,9 +43,22 @@ class BatchSizer:
         """Record how long a store transaction (lock wait included) took."""
         self._txn_time = _blend(self._txn_time, seconds)
 
-    def next_size(self, remaining: int, workers: int, all_counted: bool = False) -> int:
-        """Batch size for the next claim, given unclaimed tasks and live workers;
-        ``all_counted`` when no more workers will come (every MPI rank is counted)."""
+    def next_size(
+        self,
+        remaining: int,
+        workers: int,
+        all_counted: bool = False,  # noqa: FBT001, FBT002 - workerloop.py passes it positionally
+    ) -> int:
+        """Propose the size of the next claim.
+
+        Args:
+            remaining: Tasks not yet claimed by any worker.
+            workers: Workers alive now.
+            all_counted: No more workers will come (every MPI rank is counted).
+
+        Returns:
+            How many tasks to claim, at least 1.
+        """
         workers = self._workers = max(workers, 1)
         if self._task_time <= 0:
             # Untimed: start small, unless every worker is counted; then the guided
@@ -67,15 +80,21 @@ class BatchSizer:
         return self.size
 
     def longest_wait(self, limit: float) -> float:
-        """Longest sleep while tasks run elsewhere: about half a task, as they end
-        soon, but not so often that waiting workers alone could keep the lock busy."""
+        """Return the longest sleep while tasks run elsewhere, at most ``limit`` seconds.
+
+        About half a task, as they end soon, but not so short that waiting workers
+        alone could keep the lock busy.
+        """
         if self._task_time <= 0:
             return limit
         return min(limit, max(MIN_WAIT, self._task_time / 2, self._workers * self._txn_time))
 
     def flush_interval(self) -> float:
-        """Seconds between mid-batch flushes: ~0.2 s, longer when many workers share the
-        lock, so that flushes alone never keep it more than half busy."""
+        """Return the seconds between mid-batch flushes.
+
+        About 0.2 s, longer when many workers share the lock, so that flushes alone
+        never keep it more than half busy.
+        """
         return max(MIN_FLUSH, 2 * self._workers * self._txn_time)
 
 

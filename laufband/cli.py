@@ -18,12 +18,12 @@ from rich.text import Text
 import laufband
 from laufband.errors import StateError
 from laufband.monitor import Monitor, WorkflowStatus
-from laufband.store import STATES
+from laufband.store import DEFAULT_PATH, STATES
 
-EXAMPLES = """
+EXAMPLES = f"""
 Examples:
 
-  laufband watch                      live view of ./.laufband
+  laufband watch                      live view of ./{DEFAULT_PATH}
   laufband status --json              one snapshot, for scripts
   laufband retry --failed -w main     run failed tasks of workflow 'main' again
   laufband reset -w main --yes        forget workflow 'main'
@@ -38,7 +38,8 @@ app = typer.Typer(
 STATE_STYLES = {"pending": "white", "running": "cyan", "completed": "green",
                 "failed": "red", "killed": "magenta", "blocked": "yellow"}
 PathArgument = Annotated[Path | None, typer.Argument(
-    help="State directory, or a directory containing .laufband (default: LAUFBAND_PATH or .).")]
+    help=f"State directory, or a directory containing {DEFAULT_PATH} (default: LAUFBAND_PATH"
+    " or .).")]
 PathOption = Annotated[Path | None, typer.Option("--path", help="State directory.")]
 WorkflowOption = Annotated[str | None, typer.Option("--workflow", "-w", help="The workflow.")]
 
@@ -50,7 +51,7 @@ def _refuse_original(ctx: typer.Context, param: typer.CallbackParam, value: str 
     what = "its state" if param.name == "db" else "its lock files"
     Console(stderr=True, soft_wrap=True).print(Text.assemble(
         ("error:", "red"), f" {param.opts[0]} is from laufband 0.2.x: laufband keeps {what} in"
-        " a directory; pass --path DIR (default ./.laufband)"))
+        f" a directory; pass --path DIR (default ./{DEFAULT_PATH})"))
     raise typer.Exit(2)
 
 
@@ -70,7 +71,7 @@ def _open(path: Path | None) -> Monitor:
 
 
 def _either(argument: Path | None, option: Path | None) -> Path | None:
-    """The state directory given as DIR or as --path DIR (the other commands' spelling)."""
+    """Return the state directory given as DIR or as --path DIR (the other commands' spelling)."""
     if argument is not None and option is not None and argument != option:
         _fail(f"two state directories given, {str(argument)!r} and --path {str(option)!r}:"
               " give one")
@@ -96,7 +97,7 @@ def _status(monitor: Monitor, workflow: str | None) -> list[WorkflowStatus]:
 def _show_version(value: bool) -> None:
     if value:
         typer.echo(f"laufband {laufband.__version__}")
-        raise typer.Exit()
+        raise typer.Exit
 
 
 @app.callback()
@@ -253,7 +254,7 @@ def _panel(flow: WorkflowStatus, rate: float | None) -> Panel:
     counts = Text()
     for state in STATES:
         counts.append(f"{state} {flow.counts[state]:,}  ", style=STATE_STYLES[state])
-    parts: list = [line, counts]
+    parts: list[Any] = [line, counts]
     if flow.workers:
         parts.append(_workers_table(flow))
     failures = [e for e in flow.events if e.state != "retried"]
@@ -295,17 +296,23 @@ def _info(info: dict[str, Any]) -> str:
 
 
 def _shown(text: str) -> str:
-    """``text`` as it is, except characters a terminal would act on (escape sequences,
-    newlines, bidirectional overrides), which are shown escaped: ``\\x1b``, ``\\n``."""
+    r"""Return ``text`` with characters a terminal would act on shown escaped.
+
+    Escape sequences, newlines and bidirectional overrides are shown as ``\x1b``,
+    ``\n`` ...; the rest as it is.
+    """
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+MINUTE, HOUR = 60, 3600  # seconds
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    if seconds < 60:
+    if seconds < MINUTE:
         return f"{seconds}s"
-    if seconds < 3600:
+    if seconds < HOUR:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"

@@ -30,6 +30,7 @@ import os
 import re
 import sys
 from collections import deque
+from pathlib import Path
 from types import CodeType, FunctionType, MethodType, ModuleType
 from typing import Any
 
@@ -41,13 +42,24 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # in default reprs: differs betwee
 _MAX_DEPTH = 8  # hops from a name through modules, wrappers and containers
 _MAX_SCANNED = 64  # longest list, tuple or dict whose elements are looked at
 _Import = tuple[str, int, tuple[str, ...]]  # an import statement: module, level, fromlist
+_IMPORT_OPERANDS = 2  # IMPORT_NAME follows the loads of its level and fromlist
+_PARTIALS = (functools.partial, functools.partialmethod, functools.cached_property)
+_WRAPPERS = (MethodType, staticmethod, classmethod, property, *_PARTIALS)  # tuples: no hashing
 
 
 def code_parts(func: Any) -> list[bytes]:
-    """Byte strings that change when what ``func`` computes may change: its code (source,
-    else bytecode), what it binds (defaults, closure values, partial arguments, bound
-    instance or callable object state) and, transitively, the functions, classes and
-    modules its code reaches in the user's own files."""
+    """Return byte strings that change when what ``func`` computes may change.
+
+    They are its code (source, else bytecode), what it binds (defaults, closure values,
+    partial arguments, bound instance or callable object state) and, transitively, the
+    functions, classes and modules its code reaches in the user's own files.
+
+    Args:
+        func: A function, method, ``functools.partial``, class or callable object.
+
+    Returns:
+        The parts, in a stable order.
+    """
     walk = _Walk()
     walk.start(func)
     while walk.todo:
@@ -78,7 +90,7 @@ class _Walk:
         return True
 
     def start(self, func: Any) -> None:
-        """The callable itself: followed wherever it lives, its bound values digested."""
+        """Start at the callable itself: followed wherever it lives, its bound values digested."""
         while isinstance(func, functools.partial):
             self.capture(func.args)
             self.capture(func.keywords)
@@ -122,7 +134,7 @@ class _Walk:
                 self.reach(module, names)
 
     def cls(self, cls: type) -> None:
-        """A class: its bases, methods (what they reach) and constant attributes."""
+        """Digest a class: its bases, methods (what they reach) and constant attributes."""
         self.parts += [b"class", str(cls.__module__).encode(), cls.__qualname__.encode()]
         for base in cls.__mro__[1:]:
             self.reach(base)
@@ -135,8 +147,11 @@ class _Walk:
                 self.reach(value)
 
     def source(self, code: CodeType, last: int) -> bytes:
-        """The source lines of ``code`` (nested functions included); empty without a
-        file. Not inspect.getsource: its first call costs ~4 ms compiling patterns."""
+        """Return the source lines of ``code`` (nested functions included).
+
+        Empty without a file. Not inspect.getsource: its first call costs ~4 ms
+        compiling patterns.
+        """
         filename = code.co_filename
         if filename not in self.checked:  # the file may have been edited and reloaded
             self.checked.add(filename)
@@ -145,7 +160,7 @@ class _Walk:
         return "".join(lines[code.co_firstlineno - 1:last]).encode()
 
     def capture(self, value: Any) -> None:
-        """A value the function holds: digested, and its code followed."""
+        """Digest a value the function holds, and follow its code."""
         if isinstance(value, FunctionType | MethodType | type | ModuleType):
             name = getattr(value, "__qualname__", getattr(value, "__name__", ""))
             self.parts += [b"code", str(getattr(value, "__module__", "")).encode(),
@@ -160,12 +175,14 @@ class _Walk:
             self.parts.append(_stable_repr(value))
         self.reach(value)
 
-    def reach(self, obj: Any, names: tuple[str, ...] = (), depth: int = 0,
+    def reach(self, obj: Any, names: tuple[str, ...] = (), depth: int = 0, *,
               scan: bool = True) -> None:
-        """Follow ``obj`` to the code it leads to in the user's files, never its value;
+        """Follow ``obj`` to the code it leads to in the user's files, never its value.
+
         ``names`` are those loaded by the code that reached it (a module's attributes),
-        ``scan`` whether a list, tuple or dict is looked into (not one inside another)."""
-        if depth > _MAX_DEPTH:
+        ``scan`` whether a list, tuple or dict is looked into (not one inside another).
+        """
+        if depth > _MAX_DEPTH or obj is None:
             return
         kind, deeper = type(obj), depth + 1
         if kind is FunctionType:
@@ -173,39 +190,50 @@ class _Walk:
                 self.todo.append(obj)
             self.reach(obj.__dict__.get("__wrapped__"), names, deeper)  # decorated
         elif kind is ModuleType:
-            if (id(obj), names) not in self.seen and _user_module(obj):
-                self.seen.add((id(obj), names))
-                self.alive.append(obj)
-                for name in names:  # never getattr: a module __getattr__ may import
-                    self.reach(obj.__dict__.get(name), names, deeper)
+            self.module(obj, names, deeper)
         elif isinstance(obj, type):
-            if _user_class(obj) and self.visit(obj):
-                self.todo.append(obj)
-        elif kind is MethodType or kind is staticmethod or kind is classmethod:
-            self.reach(obj.__func__, names, deeper)
-            self.reach(getattr(obj, "__self__", None), names, deeper)
-        elif kind is property:
-            for accessor in (obj.fget, obj.fset, obj.fdel):
-                self.reach(accessor, names, deeper)
-        elif kind in (functools.partial, functools.partialmethod,
-                      functools.cached_property):
-            for part in (obj.func, *getattr(obj, "args", ()),
-                         *(getattr(obj, "keywords", None) or {}).values()):
+            self.class_of(obj)
+        elif kind in _WRAPPERS:
+            for part in _wrapped_parts(obj, kind):
                 self.reach(part, names, deeper)
         elif kind in (list, tuple, dict):
             if scan and len(obj) <= _MAX_SCANNED:  # a table of functions
                 for item in (obj.values() if kind is dict else obj):
                     self.reach(item, names, deeper, scan=False)
-        elif obj is not None:
+        else:
             self.reach(_wrapped(obj), names, deeper)  # lru_cache, jit wrappers
-            if _user_class(kind) and self.visit(kind):  # an instance: its class's code
-                self.todo.append(kind)
+            self.class_of(kind)  # an instance: its class's code
+
+    def module(self, module: ModuleType, names: tuple[str, ...], depth: int) -> None:
+        """Follow the attributes ``names`` of a user's module (once per set of names)."""
+        if (id(module), names) not in self.seen and _user_module(module):
+            self.seen.add((id(module), names))
+            self.alive.append(module)
+            for name in names:  # never getattr: a module __getattr__ may import
+                self.reach(module.__dict__.get(name), names, depth)
+
+    def class_of(self, cls: type) -> None:
+        """Queue a user's class, once."""
+        if _user_class(cls) and self.visit(cls):
+            self.todo.append(cls)
+
+
+def _wrapped_parts(obj: Any, kind: type) -> tuple[Any, ...]:
+    """Return what a method, property or partial wraps, to be followed in its place."""
+    if kind is property:
+        return obj.fget, obj.fset, obj.fdel
+    if kind in _PARTIALS:
+        return (obj.func, *getattr(obj, "args", ()),
+                *(getattr(obj, "keywords", None) or {}).values())
+    return obj.__func__, getattr(obj, "__self__", None)  # a (static or class) method
 
 
 @functools.lru_cache(maxsize=4096)
 def _code_info(code: CodeType) -> tuple[tuple[str, ...], tuple[_Import, ...], int]:
-    """The names ``code`` and the code nested in it load, the modules they import
-    (name, level, fromlist) and the last line they span."""
+    """Return the names ``code`` and the code nested in it load, their imports, last line.
+
+    The imports are ``(module, level, fromlist)``; the last line is the last they span.
+    """
     names: dict[str, None] = {}
     imports: list[_Import] = []
     stack = [code]
@@ -220,11 +248,11 @@ def _code_info(code: CodeType) -> tuple[tuple[str, ...], tuple[_Import, ...], in
 
 
 def _imports_of(code: CodeType) -> list[_Import]:
-    """``(module, level, fromlist)`` of each import statement directly in ``code``."""
+    """Return ``(module, level, fromlist)`` of each import statement directly in ``code``."""
     found = []
     instructions = list(dis.get_instructions(code))
     for index, instruction in enumerate(instructions):
-        if instruction.opcode == _IMPORT_NAME and index >= 2:  # level, fromlist loaded
+        if instruction.opcode == _IMPORT_NAME and index >= _IMPORT_OPERANDS:
             level, fromlist = (instructions[index - 2].argval,
                                instructions[index - 1].argval)
             found.append((instruction.argval, level if type(level) is int else 0,
@@ -234,8 +262,11 @@ def _imports_of(code: CodeType) -> list[_Import]:
 
 def _imported(name: str, level: int, fromlist: tuple[str, ...],
               package: str | None) -> list[ModuleType]:
-    """The user modules an import statement inside a function binds: imported now if
-    they are not yet, so the digest does not depend on whether the function ran."""
+    """Return the user modules an import statement inside a function binds.
+
+    They are imported now if they are not yet, so that the digest does not depend on
+    whether the function ran.
+    """
     if level:
         try:
             name = importlib.util.resolve_name("." * level + name, package)
@@ -252,7 +283,7 @@ def _imported(name: str, level: int, fromlist: tuple[str, ...],
 
 
 def _load(name: str) -> ModuleType | None:
-    """Module ``name`` if it is loaded or is the user's (then imported), else None."""
+    """Return module ``name`` if it is loaded or is the user's (then imported), else None."""
     module = sys.modules.get(name)
     if module is not None:
         return module
@@ -262,7 +293,7 @@ def _load(name: str) -> ModuleType | None:
     except (ImportError, ValueError):
         return None
     origin = spec and (spec.origin or next(iter(spec.submodule_search_locations or ()), ""))
-    if not origin or not os.path.isabs(origin) or not _user_file(origin):
+    if not origin or not Path(origin).is_absolute() or not _user_file(origin):
         return None
     try:
         return importlib.import_module(name)
@@ -271,7 +302,7 @@ def _load(name: str) -> ModuleType | None:
 
 
 def _wrapped(obj: Any) -> Any:
-    """``obj.__wrapped__`` of a callable wrapper, else None."""
+    """Return ``obj.__wrapped__`` of a callable wrapper, else None."""
     if not callable(obj):
         return None
     try:
@@ -281,7 +312,7 @@ def _wrapped(obj: Any) -> Any:
 
 
 def _user_function(func: FunctionType) -> bool:
-    """Whether ``func`` was written by the user (see _user_file)."""
+    """Return whether ``func`` was written by the user (see _user_file)."""
     filename = func.__code__.co_filename
     if not filename.startswith("<"):
         return _user_file(filename)
@@ -303,31 +334,40 @@ def _user_module(module: ModuleType) -> bool:
         return _user_file(filename)
     paths = list(getattr(module, "__path__", None) or ())  # a namespace package
     if paths:
-        return _user_file(os.path.join(paths[0], "__init__.py"))
+        return _user_file(str(Path(paths[0]) / "__init__.py"))
     return module.__name__ == "__main__"  # python -c, the REPL
 
 
 @functools.cache
 def _user_file(filename: str) -> bool:
-    """Whether the user wrote ``filename``: not the standard library, an installed
-    package or laufband."""
+    """Return whether the user wrote ``filename``.
+
+    Not the user's: the standard library, installed packages and laufband.
+    """
     path = os.path.normcase(os.path.realpath(filename))
-    if {"site-packages", "dist-packages"} & set(path.split(os.sep)):
+    if {"site-packages", "dist-packages"} & set(Path(path).parts):
         return False
     return not any(path.startswith(root) for root in _foreign_roots())
 
 
 @functools.cache
 def _foreign_roots() -> tuple[str, ...]:
-    """Directories of code that is not the user's, each ending in a separator: the
-    standard library (os.py's) and laufband (installed packages are recognised by
-    their site-packages or dist-packages directory)."""
-    dirs = (os.path.dirname(os.__file__), os.path.dirname(os.path.abspath(__file__)))
-    return tuple(os.path.join(os.path.normcase(os.path.realpath(d)), "") for d in dirs)
+    """Return the directories of code that is not the user's, each ending in a separator.
+
+    They are the standard library's (os.py's) and laufband's; installed packages are
+    recognised by their site-packages or dist-packages directory.
+    """
+    dirs = (Path(os.__file__).parent, Path(__file__).absolute().parent)
+    return tuple(_with_sep(os.path.normcase(os.path.realpath(d))) for d in dirs)
+
+
+def _with_sep(directory: str) -> str:
+    """Return ``directory`` ending in a separator, so that it prefixes only its files."""
+    return directory if directory.endswith(os.sep) else directory + os.sep
 
 
 def _python_call(obj: Any) -> bool:
-    """Whether calling ``obj`` runs a ``__call__`` written in Python."""
+    """Return whether calling ``obj`` runs a ``__call__`` written in Python."""
     call = next((vars(cls)["__call__"] for cls in type(obj).__mro__
                  if "__call__" in vars(cls)), None)
     return isinstance(getattr(call, "__code__", None), CodeType)
@@ -344,7 +384,7 @@ def _last_line(code: CodeType) -> int:
 
 
 def _code_bytes(code: CodeType) -> bytes:
-    """The bytecode, names and constants of ``code`` and the code nested in it."""
+    """Return the bytecode, names and constants of ``code`` and the code nested in it."""
     consts = [_code_bytes(c) if isinstance(c, CodeType) else stable_dumps(c)
               for c in code.co_consts]
     return b"\0".join([code.co_code, repr(code.co_names).encode(), *consts])

@@ -12,9 +12,11 @@ import os
 from typing import Any
 
 
-class _Structured(Exception):
-    """Base of our exceptions: the message plus keyword attributes, kept by pickle
-    (a plain exception pickles ``args`` only, so the attributes would be lost)."""
+class _StructuredError(Exception):
+    """Base of our exceptions: the message plus keyword attributes, kept by pickle.
+
+    A plain exception pickles ``args`` only, so the attributes would be lost.
+    """
 
     _fields: tuple[str, ...] = ()
 
@@ -23,9 +25,11 @@ class _Structured(Exception):
         return functools.partial(type(self), **fields), self.args, self.__dict__
 
 
-class StateError(_Structured, RuntimeError):
-    """The state directory cannot be used: not writable, corrupt, foreign, newer, or
-    its workflow was reset while a worker ran.
+class StateError(_StructuredError, RuntimeError):
+    """The state directory cannot be used.
+
+    It is not writable, corrupt, foreign or newer, or its workflow was reset while a
+    worker ran.
 
     Attributes:
         path: The state directory (or the file in it) concerned, if known.
@@ -38,7 +42,7 @@ class StateError(_Structured, RuntimeError):
         self.path = None if path is None else os.fspath(path)
 
 
-class WorkflowMismatchError(_Structured, ValueError):
+class WorkflowMismatchError(_StructuredError, ValueError):
     """The data given no longer matches the tasks stored for a workflow.
 
     Attributes:
@@ -55,7 +59,7 @@ class WorkflowMismatchError(_Structured, ValueError):
         self.path = None if path is None else os.fspath(path)
 
 
-class TaskGraphError(_Structured, ValueError):
+class TaskGraphError(_StructuredError, ValueError):
     """Tasks are malformed: duplicate ids, unknown dependencies or a cycle.
 
     Attributes:
@@ -72,9 +76,10 @@ class TaskGraphError(_Structured, ValueError):
         self.task = task
 
 
-class TaskFailedError(_Structured, RuntimeError):
-    """A task never completed: its worker died on it more often than retries allow, or
-    its result is gone.
+class TaskFailedError(_StructuredError, RuntimeError):
+    """A task never completed.
+
+    Its worker died on it more often than retries allow, or its result is gone.
 
     Attributes:
         workflow: The workflow's name.
@@ -92,33 +97,15 @@ class TaskFailedError(_Structured, RuntimeError):
         self.state = state
 
 
-class WorkflowStoppedError(_Structured, RuntimeError):
-    """A task failed and ``failure_policy="stop"`` is in force: every worker stops.
-
-    Attributes:
-        workflow: The workflow's name.
-        tasks: Ids of (up to three of) the failed tasks.
-        path: The state directory.
-    """
-
-    _fields = ("workflow", "tasks", "path")
-
-    def __init__(self, message: str, *, workflow: str | None = None,
-                 tasks: tuple[str, ...] = (),
-                 path: str | os.PathLike[str] | None = None) -> None:
-        super().__init__(message)
-        self.workflow = workflow
-        self.tasks = tuple(tasks)
-        self.path = None if path is None else os.fspath(path)
-
-
 class OriginalStateWarning(UserWarning):
     """State files of the original laufband (0.2.x) are here; this version does not read them."""
 
 
-class RemoteTraceback(_Structured):
-    """The traceback of an exception raised in another process, kept as text, headed
-    by the worker that raised it (its rank of size, host and pid)."""
+class RemoteTraceback(_StructuredError):  # noqa: N818 - a cause, as in concurrent.futures
+    """The traceback of an exception raised in another process, kept as text.
+
+    Headed by the worker that raised it (its rank of size, host and pid).
+    """
 
     _fields = ("header",)
 

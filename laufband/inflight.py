@@ -4,7 +4,7 @@ A worker claims tasks in batches and writes the finished ones about every 0.2 s,
 the store alone cannot tell, of a dead worker's batch, which tasks finished since
 its last flush and which one was running. Each worker therefore keeps its batch and
 its position in it in a small memory-mapped file of the state directory
-(``running/<worker>``)::
+(``StateDirectory.in_flight``: ``running/<worker>``)::
 
     word 0: position p    2*i: tasks batch[:i] finished, none running
                           2*i + 1: batch[:i] finished, batch[i] running
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from laufband.batching import MAX_BATCH
+from laufband.store import DIRECTORY_MODE, FILE_MODE, StateDirectory
 
 CAPACITY = MAX_BATCH  # tasks a record holds: a batch is never longer
 FINAL = 1 << 32  # flag in word 1: the finished bodies of the batch are all their tasks need
@@ -47,9 +48,11 @@ _SIZE = _HEADER.size + CAPACITY * _WORD.size
 
 
 class Record(NamedTuple):
-    """What a dead worker's record says: the tasks of its batch that finished (only
-    those whose finished body is all they need), and the one running (None: between
-    tasks)."""
+    """What a dead worker's record says.
+
+    The tasks of its batch that finished (only those whose finished body is all they
+    need), and the one running (None: between tasks).
+    """
 
     finished: list[int]
     running: int | None
@@ -65,31 +68,30 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a planted FIFO must not block the op
 _UNSAFE = (OSError, ValueError, NotImplementedError)  # no dir_fd here: no record
 
 
-def _open_running(state: Path, create: bool = False) -> int:
-    """A descriptor of ``state/running``; OSError if it is a symlink or no directory."""
-    running = state / "running"
+def _open_running(state: StateDirectory, *, create: bool = False) -> int:
+    """Open the folder of records; OSError if it is a symlink or no directory."""
     if create:
         with contextlib.suppress(FileExistsError):  # does not follow a symlink either
-            os.mkdir(running, 0o700)
-    return os.open(running, os.O_RDONLY | _DIRECTORY | _NOFOLLOW)
+            state.running.mkdir(DIRECTORY_MODE)
+    return os.open(state.running, os.O_RDONLY | _DIRECTORY | _NOFOLLOW)
 
 
 def _create_record(directory: int, name: str) -> int:
     """Create the record file afresh (O_EXCL: never a file or link found there)."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW
     try:
-        return os.open(name, flags, 0o600, dir_fd=directory)
+        return os.open(name, flags, FILE_MODE, dir_fd=directory)
     except FileExistsError:  # a dead worker's record, or something planted: unlink
         os.unlink(name, dir_fd=directory)  # removes a link itself, never its target
-        return os.open(name, flags, 0o600, dir_fd=directory)
+        return os.open(name, flags, FILE_MODE, dir_fd=directory)
 
 
-def _map_record(state: Path, worker: int) -> mmap.mmap | None:
+def _map_record(state: StateDirectory, worker: int) -> mmap.mmap | None:
     """Map a new record file of ``worker``; None where none can be made safely."""
     try:
         directory = _open_running(state, create=True)
         try:
-            fd = _create_record(directory, str(worker))
+            fd = _create_record(directory, state.in_flight(worker).name)
         finally:
             os.close(directory)
         try:
@@ -109,17 +111,20 @@ class InFlight:
     runs any more; ``close()`` once the worker stopped cleanly.
     """
 
-    def __init__(self, state: Path, worker: int, final: bool = True) -> None:
-        self._state, self._worker = state, worker
+    def __init__(self, state: StateDirectory | Path, worker: int, *, final: bool = True) -> None:
+        self._state, self._worker = StateDirectory.of(state), worker
         self._flags = FINAL if final else 0
-        self._map = _map_record(state, worker)
+        self._map = _map_record(self._state, worker)
         self.mark: Callable[[int], None] = (
             _ignore if self._map is None else partial(_WORD.pack_into, self._map, 0))
         self.begin([])
 
     def begin(self, batch: list[int]) -> None:
-        """Record a new batch, none of it started (the position first: a death while
-        the batch is written finds nothing finished)."""
+        """Record a new batch, none of it started.
+
+        The position is written first: a death while the batch is written finds nothing
+        finished.
+        """
         if self._map is None:
             return
         if len(batch) > CAPACITY:
@@ -133,9 +138,12 @@ class InFlight:
         self._map[_HEADER.size: _HEADER.size + len(batch) * _WORD.size] = array("q", batch)
         _WORD.pack_into(self._map, _WORD.size, len(batch) | self._flags)
 
-    def settle(self, body_finished: bool) -> None:
-        """No loop body runs any more: the task at the position finished, or did not
-        (it failed, or is handed back). A death from now on counts no kill."""
+    def settle(self, body_finished: bool) -> None:  # noqa: FBT001 - settle(finished) reads well
+        """Record that no loop body runs any more; a death from now on counts no kill.
+
+        The task at the position finished (``body_finished``), or did not (it failed,
+        or is handed back).
+        """
         if self._map is None:
             return
         position = _WORD.unpack_from(self._map, 0)[0]
@@ -155,13 +163,18 @@ def _ignore(position: int) -> None:
     pass
 
 
-def read_record(state: Path, worker: int) -> Record | None:
-    """What a dead worker's record says, or None without a usable record (none, not a
-    regular file reached without following a symlink, or inconsistent)."""
+def read_record(state: StateDirectory | Path, worker: int) -> Record | None:
+    """Read what a dead worker's record says.
+
+    None without a usable record: none, not a regular file reached without following a
+    symlink, or inconsistent.
+    """
+    state = StateDirectory.of(state)
     try:
         directory = _open_running(state)
         try:
-            fd = os.open(str(worker), os.O_RDONLY | _NOFOLLOW | _NONBLOCK, dir_fd=directory)
+            fd = os.open(state.in_flight(worker).name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK,
+                         dir_fd=directory)
         finally:
             os.close(directory)
         with os.fdopen(fd, "rb") as handle:
@@ -186,11 +199,12 @@ def read_record(state: Path, worker: int) -> Record | None:
     return Record(batch[:index] if final else [], running)
 
 
-def forget(state: Path, worker: int) -> None:
+def forget(state: StateDirectory | Path, worker: int) -> None:
     """Remove a reaped worker's record (a link itself, never through a symlink)."""
+    state = StateDirectory.of(state)
     with contextlib.suppress(*_UNSAFE):
         directory = _open_running(state)
         try:
-            os.unlink(str(worker), dir_fd=directory)
+            os.unlink(state.in_flight(worker).name, dir_fd=directory)
         finally:
             os.close(directory)

@@ -47,9 +47,11 @@ def _hash(prefix: bytes, payload: bytes | memoryview) -> bytes:
 
 
 def _plain(items: list[Any]) -> bool:
-    """Whether ``items`` are built of plain values, lists, tuples and dicts only (their
-    ``repr`` then says all about them, the same in every run), looked at level by level
-    so that the work is done in C; at most ``_PLAIN_LIMIT`` elements per item."""
+    """Return whether ``items`` are built of plain values, lists, tuples and dicts only.
+
+    Their ``repr`` then says all about them, the same in every run. Looked at level by
+    level so that the work is done in C; at most ``_PLAIN_LIMIT`` elements per item.
+    """
     level: list[Any] = items
     budget = _PLAIN_LIMIT * max(1, len(items))
     while True:
@@ -64,8 +66,18 @@ def _plain(items: list[Any]) -> bool:
 
 
 def item_digest(item: Any, index: int) -> bytes:
-    """The digest of one item: of its ``repr`` when built of plain values, else of its
-    pickle. ``TypeError`` naming ``index`` when it cannot be pickled."""
+    """Digest one item: its ``repr`` when built of plain values, else its pickle.
+
+    Args:
+        item: The item.
+        index: Its position in the data, for the error message.
+
+    Returns:
+        An 8-byte digest.
+
+    Raises:
+        TypeError: The item cannot be pickled (the message names ``index``).
+    """
     if _plain([item]):
         return _hash(b"p", repr(item).encode("utf-8", "surrogatepass"))
     if _is_numeric(item):  # a numpy scalar or array: its kind, shape and bytes
@@ -80,19 +92,25 @@ def item_digest(item: Any, index: int) -> bytes:
 
 
 def _is_numeric(value: Any) -> bool:
-    """A numpy array or scalar (or alike) of numbers: its bytes say all about it."""
+    """Return whether ``value`` is a numpy array or scalar (or alike) of numbers.
+
+    Its bytes then say all about it.
+    """
     dtype = getattr(value, "dtype", None)
     return (dtype is not None and getattr(dtype, "hasobject", True) is False
             and hasattr(value, "tobytes") and isinstance(getattr(value, "shape", None), tuple))
 
 
 def _kind(value: Any) -> bytes:
-    """What the bytes of a numpy value mean: its dtype and shape."""
+    """Return what the bytes of a numpy value mean: its dtype and shape."""
     return f"{value.dtype.str}{value.shape}".encode()
 
 
 def _is_array(source: Any) -> bool:
-    """A numpy array (or alike) of numbers with a first axis: the items of a Laufband."""
+    """Return whether ``source`` is a numpy array (or alike) of numbers with a first axis.
+
+    Its rows are then the items of a Laufband.
+    """
     return _is_numeric(source) and len(source.shape) >= 1
 
 
@@ -104,7 +122,13 @@ def _items(data: Sequence[Any], lo: int, hi: int) -> list[Any]:
 
 
 class DataDigests:
-    """Digests of every chunk of ``data``, computed at once (outside the state lock)."""
+    """Digests of every chunk of ``data``, computed at once (outside the state lock).
+
+    Args:
+        data: The items.
+        source: What ``data`` was made from: a numpy array (or alike) is digested from
+            its bytes.
+    """
 
     def __init__(self, data: Sequence[Any], source: Any = None) -> None:
         # A sequence of the user's own class may run user code to give an item: read
@@ -118,8 +142,11 @@ class DataDigests:
                                        for i in range(self._count(self.length))]
 
     def _ints(self) -> list[bytes] | None:
-        """The usual data, ``range(n)`` or a list of ints, in one pass: what chunk by chunk
-        digesting gives, in a fifth of the time."""
+        """Digest the usual data, ``range(n)`` or a list of ints, in one pass.
+
+        This gives what chunk by chunk digesting gives, in a fifth of the time; None for
+        other data.
+        """
         if self._array is not None or {*map(type, self._data)} != _INT:
             return None
         try:
@@ -137,10 +164,12 @@ class DataDigests:
         return min((index + 1) * CHUNK, self.length)
 
     def _chunk(self, index: int, end: int) -> bytes:
-        """The digest of chunk ``index`` up to item ``end``: ints as 8-byte words, plain
-        values by ``repr``, anything else item by item. The item digests of a chunk of
-        objects are kept, so that a shorter cut of it (under the state lock) pickles
-        nothing."""
+        """Digest chunk ``index`` up to item ``end``.
+
+        Ints as 8-byte words, plain values by ``repr``, anything else item by item. The
+        item digests of a chunk of objects are kept, so that a shorter cut of it (under
+        the state lock) pickles nothing.
+        """
         lo = index * CHUNK
         if self._array is not None:  # the kind and shape of its items, then their bytes
             return _hash(b"a" + _kind(self._array[0]), self._array[lo:end].tobytes())
@@ -161,12 +190,18 @@ class DataDigests:
         return _hash(b"m", b"".join(parts[: end - lo]))
 
     def pack(self) -> bytes:
-        """What the workflow stores: how many items are covered, then the digests."""
+        """Return what the workflow stores: how many items are covered, then the digests."""
         return _COVERED.pack(self.length) + b"".join(self.chunks)
 
     def first_difference(self, stored: bytes) -> tuple[int, int] | None:
-        """Compare with what an earlier run stored; return the item range ``(lo, hi)``
-        of the first chunk that differs, or None. The data may be longer than then."""
+        """Compare with what an earlier run stored; the data may be longer than then.
+
+        Args:
+            stored: What :meth:`pack` returned then.
+
+        Returns:
+            The item range ``(lo, hi)`` of the first chunk that differs, or None.
+        """
         (covered,) = _COVERED.unpack_from(stored)
         digests = stored[_COVERED.size:]
         for index in range(self._count(covered)):
@@ -178,5 +213,6 @@ class DataDigests:
 
 
 def covered(stored: bytes) -> int:
-    """How many items a stored digest covers."""
-    return _COVERED.unpack_from(stored)[0]
+    """Return how many items a stored digest covers."""
+    count: int = _COVERED.unpack_from(stored)[0]
+    return count

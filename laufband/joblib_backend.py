@@ -20,6 +20,7 @@ import os
 import queue
 import threading
 from concurrent.futures import Future
+from contextlib import suppress
 from typing import Any
 
 from joblib import parallel_config, register_parallel_backend
@@ -32,7 +33,8 @@ from laufband.stablepickle import stable_dumps
 Call = tuple[Any, tuple[Any, ...], dict[str, Any]]
 
 
-class LaufbandBackend(ParallelBackendBase):
+# joblib ships no types (and joblib-stubs needs Python 3.11): its base class is Any here
+class LaufbandBackend(ParallelBackendBase):  # type: ignore[misc]
     """Run joblib calls as laufband tasks in a state directory.
 
     Args:
@@ -57,12 +59,14 @@ class LaufbandBackend(ParallelBackendBase):
         self._runner: threading.Thread | None = None
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """Return how many workers ``n_jobs`` asks for, at least 2."""
         # joblib runs n_jobs == 1 itself, bypassing the backend: report at least 2 so
         # that even one worker goes through laufband (and its memoisation).
         return max(2, _workers(n_jobs))
 
     def configure(self, n_jobs: int | None = 1, parallel: Any = None, prefer: Any = None,
                   require: Any = None, **backend_kwargs: Any) -> int:
+        """Prepare for one ``Parallel`` call; return the number of workers."""
         self.parallel = parallel
         self._workers = _workers(n_jobs)
         if parallel is not None:
@@ -72,20 +76,24 @@ class LaufbandBackend(ParallelBackendBase):
         return self.effective_n_jobs(n_jobs)
 
     def compute_batch_size(self) -> int:
+        """Return a batch size that puts every call into one of n_jobs batches."""
         return 1 << 30  # joblib then splits all calls into n_jobs batches
 
     def start_call(self) -> None:
+        """Start the runner thread that computes submitted batches."""
         self._runner = threading.Thread(target=self._run, name="laufband-joblib",
                                         daemon=True)
         self._runner.start()
 
     def stop_call(self) -> None:
+        """Let the runner thread finish what was submitted, and wait for it."""
         if self._runner is not None:
             self._queue.put(None)
             self._runner.join()
             self._runner = None
 
     def submit(self, func: Any, callback: Any = None) -> Future[list[Any]]:
+        """Queue one of joblib's batches; ``callback`` runs when its results are in."""
         future: Future[list[Any]] = Future()
         if callback is not None:
             # Called from the runner thread: never inside submit, where thousands
@@ -95,9 +103,11 @@ class LaufbandBackend(ParallelBackendBase):
         return future
 
     def retrieve_result_callback(self, future: Future[list[Any]]) -> list[Any]:
+        """Return a batch's results (or raise its first error)."""
         return future.result()
 
     def get_nested_backend(self) -> tuple[ParallelBackendBase, None]:
+        """Run a Parallel nested in a call sequentially."""
         level = (self.nesting_level or 0) + 1
         return SequentialBackend(nesting_level=level), None
 
@@ -143,7 +153,7 @@ class LaufbandBackend(ParallelBackendBase):
 
 
 def _workers(n_jobs: int | None) -> int:
-    """joblib's convention: None is 1, -1 all cores, -2 all but one."""
+    """Resolve ``n_jobs`` by joblib's convention: None is 1, -1 all cores, -2 all but one."""
     if n_jobs is None:
         return 1
     if n_jobs == 0:
@@ -167,30 +177,35 @@ def _call(call: Call) -> Any:
 
 
 def _function_name(func: Any, names: dict[Any, str]) -> str:
-    """The function's name and code digest, computed once per function in ``names``
-    (one Parallel call's: a callable object's state may change between calls)."""
+    """Return the function's name and code digest, computed once per function.
+
+    Kept in ``names``, one Parallel call's: a callable object's state may change
+    between calls.
+    """
     try:
         return names[func]
     except (KeyError, TypeError):
         name = default_name(func).removeprefix("pmap-")
-    try:
+    with suppress(TypeError):  # an unhashable callable: digested again next time
         names[func] = name
-    except TypeError:
-        pass
     return name
 
 
 _WRITTEN_OUT = frozenset((int, str))  # argument types a key spells out instead of hashing
+_WRITTEN_LIMIT = 200  # characters: longer arguments are hashed
 
 
 def _call_key(call: Call, names: dict[Any, str]) -> str:
-    """The function (name and code digest) and the arguments of one call: written out
-    when they are ints and short strings, else a digest of their pickle."""
+    """Return the task key of one call: its function (name and code digest) and arguments.
+
+    The arguments are written out when they are ints and short strings, else the key is
+    a digest of the pickled call.
+    """
     func, args, kwargs = call
     name = _function_name(func, names)
     if not kwargs and set(map(type, args)) <= _WRITTEN_OUT:
         written = repr(args)  # exact ints and strs: distinct reprs for distinct args
-        if len(written) <= 200:
+        if len(written) <= _WRITTEN_LIMIT:
             return name + written
     material = (name, args, kwargs)
     try:

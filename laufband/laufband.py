@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from laufband.errors import TaskGraphError, WorkflowMismatchError
 from laufband.graphband import Graphband
 from laufband.itemdigest import DataDigests, covered
-from laufband.store import Scope, Transaction
+from laufband.store import Scope, Transaction, Workflow
 
 T = TypeVar("T")
 
@@ -40,6 +40,7 @@ class Laufband(Graphband[T]):
     def __init__(
         self, data: Iterable[T], *, key: Callable[[T], str] | None = None, **options: Any
     ) -> None:
+        """Make a worker over the items of ``data``, keyed by ``key`` if given."""
         self.data: Sequence[T] = data if isinstance(data, Sequence) else list(data)
         self._key = key
         self._keyed = key is not None
@@ -58,53 +59,59 @@ class Laufband(Graphband[T]):
         return self.data
 
     def _planned_total(self) -> int:
-        return self._workflow.total if self._workflow is not None else len(self.data)
+        if self._session is not None:
+            return self._session.workflow.total
+        return len(self.data)
 
-    def _register(self, tx: Transaction, tasks: list[Any]) -> Scope:
-        assert self._workflow is not None
+    def _mismatch(self, workflow: Workflow, msg: str) -> WorkflowMismatchError:
+        return WorkflowMismatchError(msg, workflow=workflow.name, path=self.path)
+
+    def _register(self, tx: Transaction, workflow: Workflow, tasks: list[Any]) -> Scope:
         if self._key is not None:
-            return self._register_keys(tx)
-        workflow = self._workflow
+            return self._register_keys(tx, workflow, self._key)
         if workflow.keyed:
             msg = (f"workflow {workflow.name!r} in {self.path} was run with key=; pass the same"
                    " key=, or a new name= for positional ids")
-            raise WorkflowMismatchError(msg)
+            raise self._mismatch(workflow, msg)
         if len(self.data) < workflow.total:
             msg = (f"workflow {workflow.name!r} in {self.path} has {workflow.total} tasks but the"
                    f" data has {len(self.data)} items: pass the same data, a new name=, or remove"
                    f" {self.path} to start over")
-            raise WorkflowMismatchError(msg)
-        self._check_fingerprint(tx)
+            raise self._mismatch(workflow, msg)
+        self._check_fingerprint(tx, workflow)
         tx.register_positions(workflow.id, len(self.data))
         # Runs with more data may append tasks later: ours are the first len(data).
         return Scope(limit=len(self.data))
 
-    def _check_fingerprint(self, tx: Transaction) -> None:
-        """Refuse data whose items differ from the run that created the workflow (an
-        insert, a removal, a reordering or a changed item); store the digests of more."""
-        assert self._workflow is not None and self._digests is not None
-        stored = tx.fingerprint(self._workflow.id)
+    def _check_fingerprint(self, tx: Transaction, workflow: Workflow) -> None:
+        """Refuse data whose items differ from the run that created the workflow.
+
+        Refuse data whose items differ from the run that created the workflow (an
+        insert, a removal, a reordering or a changed item); store the digests of more.
+        """
+        digests = self._digests or DataDigests(self.data, self._source)
+        stored = tx.fingerprint(workflow.id)
         if stored is not None:
-            differs = self._digests.first_difference(stored)
+            differs = digests.first_difference(stored)
             if differs is not None:
                 lo, hi = differs
                 msg = (f"the data differs from the run that created workflow"
-                       f" {self._workflow.name!r} in {self.path}: one of items {lo} to"
+                       f" {workflow.name!r} in {self.path}: one of items {lo} to"
                        f" {hi - 1} was inserted, removed, reordered or changed. Pass the"
                        f" same data, key= (stable ids from the items) to let the data"
                        f" change between runs, a new name=, or remove {self.path}")
-                raise WorkflowMismatchError(msg)
-        if stored is None or covered(stored) < self._digests.length:
-            tx.set_fingerprint(self._workflow.id, self._digests.pack())
+                raise self._mismatch(workflow, msg)
+        if stored is None or covered(stored) < digests.length:
+            tx.set_fingerprint(workflow.id, digests.pack())
         self._digests = None  # checked: not worth its memory (a later iteration digests anew)
 
-    def _register_keys(self, tx: Transaction) -> Scope:
-        assert self._workflow is not None and self._key is not None
-        if not self._workflow.keyed:
-            msg = (f"workflow {self._workflow.name!r} in {self.path} has positional ids; key="
+    def _register_keys(self, tx: Transaction, workflow: Workflow,
+                       key_of: Callable[[Any], str]) -> Scope:
+        if not workflow.keyed:
+            msg = (f"workflow {workflow.name!r} in {self.path} has positional ids; key="
                    " changes them: use a new name= or remove the state to start over")
-            raise WorkflowMismatchError(msg)
-        keys = [self._key(item) for item in self.data]
+            raise self._mismatch(workflow, msg)
+        keys = [key_of(item) for item in self.data]
         seen: dict[str, int] = {}
         for index, key in enumerate(keys):
             if not isinstance(key, str):
@@ -112,11 +119,11 @@ class Laufband(Graphband[T]):
                 raise TypeError(msg)
             if key in seen:
                 msg = (f"key() returned {key!r} for items {seen[key]} and {index} of workflow"
-                       f" {self._workflow.name!r}: keys must be unique")
-                raise TaskGraphError(msg)
+                       f" {workflow.name!r}: keys must be unique")
+                raise TaskGraphError(msg, workflow=workflow.name, task=key)
             seen[key] = index
-        known = tx.task_numbers(self._workflow.id, keys)
-        numbers = tx.register_keys(self._workflow, keys, known)
+        known = tx.task_numbers(workflow.id, keys)
+        numbers = tx.register_keys(workflow, keys, known)
         self._index_of = {numbers[key]: index for key, index in seen.items()}
         return self._keep_scope(tx, list(self._index_of), len(numbers))
 

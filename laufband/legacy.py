@@ -17,7 +17,7 @@ from pathlib import Path
 from laufband.errors import OriginalStateWarning
 
 ORIGINAL_FILES = ("laufband.sqlite", "graphband.sqlite")
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE = str(Path(__file__).absolute().parent) + os.sep
 
 _warned: set[str] = set()  # directories warned about in this process (and forked children)
 _warned_lock = threading.Lock()
@@ -34,12 +34,13 @@ def warn_about_original_state(directory: Path) -> None:
         directory: Where the original laufband kept its files (its working directory).
     """
     try:
-        key = os.path.abspath(directory)
+        # abspath, not resolve: the directory as the user named it, symlinks kept
+        key = os.path.abspath(directory)  # noqa: PTH100
     except OSError:  # the working directory was removed: nothing to find there
         return
     if key in _warned:
         return
-    found = [name for name in ORIGINAL_FILES if os.path.exists(os.path.join(key, name))]
+    found = [name for name in ORIGINAL_FILES if (Path(key) / name).exists()]
     if not found:
         return
     with _warned_lock:  # two threads finding the files at once: one warning
@@ -51,12 +52,16 @@ def warn_about_original_state(directory: Path) -> None:
            " laufband (0.2.x), whose progress this version does not read, so every item runs"
            " again here: finish those runs with the original laufband, or delete or move"
            f" {files} (and {'their' if len(found) > 1 else 'its'} .lock file) to silence this")
-    warnings.warn(msg, OriginalStateWarning, stacklevel=_caller_level())
+    warnings.warn(msg, OriginalStateWarning, stacklevel=user_stacklevel())
 
 
-def _caller_level() -> int:
-    """The stacklevel of the innermost frame outside laufband: the user's loop."""
-    frame = sys._getframe(1)  # warn_about_original_state itself
+def user_stacklevel() -> int:
+    """Return the ``stacklevel`` of the innermost frame outside laufband.
+
+    A warning issued by the caller of this function with it points at the user's line
+    (a loop, a pmap call), wherever in laufband it was issued.
+    """
+    frame = sys._getframe(1)  # noqa: SLF001 - the function that warns; cheap, unlike inspect
     level = 1
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame = frame.f_back
@@ -85,8 +90,10 @@ MONITOR_REPLACED = {
 
 def refuse_replaced(owner: str, arguments: dict[str, object],
                     replaced: dict[str, str] = REPLACED) -> None:
-    """Raise one TypeError naming the replacement of an argument of laufband 0.2.x,
-    or the usual TypeError for an argument nobody knows."""
+    """Raise one TypeError naming the replacement of an argument of laufband 0.2.x.
+
+    An argument nobody knows gets the usual TypeError.
+    """
     for name in arguments:
         if name in replaced:
             msg = f"{name}= is from laufband 0.2.x: {replaced[name]} (see docs/migrating.md)"

@@ -22,10 +22,21 @@ from pathlib import Path
 
 from laufband.errors import StateError
 from laufband.inflight import forget, read_record
-from laufband.statelock import HOST, lock_waits
-from laufband.store import Store, Transaction, WorkerRecord
+from laufband.store import HOST, StateDirectory, Store, Transaction, WorkerRecord, lock_waits
 
 IDLE = -1  # what a reaper passes for a worker that died between tasks
+
+__all__ = [
+    "HOST",
+    "IDLE",
+    "DeadWorkerDetector",
+    "Heartbeat",
+    "is_alive",
+    "is_checkable",
+    "pid_namespace",
+    "process_token",
+    "shares_memory",
+]
 
 
 def _boot_id() -> str:
@@ -36,10 +47,12 @@ def _boot_id() -> str:
 
 
 def pid_namespace() -> str:
-    """Our pid namespace (``[4026531836]``; empty without /proc): pids mean what they say
-    only within it."""
+    """Return our pid namespace (``[4026531836]``; empty without /proc).
+
+    Pids mean what they say only within it.
+    """
     try:
-        return os.readlink("/proc/self/ns/pid").removeprefix("pid:")
+        return str(Path("/proc/self/ns/pid").readlink()).removeprefix("pid:")
     except OSError:
         return ""
 
@@ -60,22 +73,30 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
 
 
 def process_token(pid: int | None = None) -> str:
-    """A token that differs between two processes that had the same pid, and between
-    processes of two boots or pid namespaces: ``boot:namespace:start time``."""
+    """Return ``boot:namespace:start time``: a token that tells processes apart.
+
+    It differs between two processes that had the same pid, and between processes of
+    two boots or pid namespaces.
+    """
     pid = os.getpid() if pid is None else pid
     stat = _proc_stat(pid)
     return f"{_PLACE}:{stat[1]}" if stat else ""
 
 
 def is_checkable(host: str, token: str) -> bool:
-    """Whether this process can look a worker's pid up: same host, boot and pid
-    namespace (no token: a system without /proc, where the pid is all there is)."""
+    """Tell whether this process can look a worker's pid up.
+
+    It can on the same host, boot and pid namespace (no token: a system without /proc,
+    where the pid is all there is).
+    """
     return host == HOST and (not token or token.rpartition(":")[0] == _PLACE)
 
 
 def shares_memory(host: str, token: str) -> bool:
-    """Whether a worker ran on this machine since its boot (same host and boot, any pid
-    namespace): then its memory-mapped record is the page it wrote, not a stale copy."""
+    """Tell whether a worker ran on this machine since its boot (any pid namespace).
+
+    Then its memory-mapped record is the page it wrote, not a stale copy.
+    """
     return host == HOST and (not token or token.partition(":")[0] == _BOOT)
 
 
@@ -100,15 +121,18 @@ def is_alive(pid: int, token: str) -> bool:
 class DeadWorkerDetector:
     """Decides which online workers are dead; remembers heartbeat counters it has seen."""
 
-    def __init__(self, timeout: float, state: Path) -> None:
+    def __init__(self, timeout: float, state: StateDirectory | Path) -> None:
         self.timeout = timeout
-        self._state = state  # where workers record their task in flight
+        self._state = StateDirectory.of(state)  # where workers record their task in flight
         # worker -> (counter, when we first saw that value, our lock waits by then)
         self._seen: dict[int, tuple[int, float, float]] = {}
 
     def is_dead(self, worker: WorkerRecord) -> bool:
-        """Dead when its process is gone (where we can look it up) or its heartbeat
-        counter has stood still for ``timeout`` (everywhere: frozen processes too)."""
+        """Tell whether a worker is dead.
+
+        It is when its process is gone (where we can look it up) or its heartbeat
+        counter has stood still for ``timeout`` (everywhere: frozen processes too).
+        """
         if is_checkable(worker.host, worker.token) and not is_alive(worker.pid, worker.token):
             return True
         now, waits = time.monotonic(), lock_waits()
@@ -178,8 +202,7 @@ class Heartbeat:
                 # A beat that fails (a read-only or full filesystem for a moment, an NFS
                 # hiccup) is tried again next interval: a heartbeat thread that died
                 # would get this live worker reaped by its peers for the rest of its run.
-                with contextlib.suppress(StateError):
-                    with self._store.transaction() as tx:
-                        tx.beat(self._worker)
+                with contextlib.suppress(StateError), self._store.transaction() as tx:
+                    tx.beat(self._worker)
         finally:
             self._store.close()

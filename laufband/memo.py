@@ -17,9 +17,11 @@ from typing import Any
 from laufband.codedigest import code_parts
 from laufband.stablepickle import stable_dumps
 
+_SHORT = 64  # characters: a str up to this long is its own key
+
 
 def first_indices(keys: list[Any]) -> dict[Any, int]:
-    """Key -> index of its first item, in input order."""
+    """Map each key to the index of its first item, in input order."""
     seen = dict(zip(keys, range(len(keys)), strict=True))  # in order of first appearance
     if len(seen) == len(keys):  # no duplicates: these are the indices
         return seen
@@ -28,9 +30,23 @@ def first_indices(keys: list[Any]) -> dict[Any, int]:
 
 
 def item_keys(items: list[Any], key: Callable[[Any], str] | None) -> list[Any]:
-    """Each item's task key: ``key(item)``, the item itself if it is an int or a
-    short str (of those types exactly: ``True`` and ``1.0`` are not ``1``), or a 16-byte
-    digest (bytes) of the pickled item. The kinds never compare equal to each other."""
+    """Return each item's task key.
+
+    That is ``key(item)``, the item itself if it is an int or a short str (of those
+    types exactly: ``True`` and ``1.0`` are not ``1``), or a 16-byte digest (bytes) of
+    the pickled item. The kinds never compare equal to each other.
+
+    Args:
+        items: The items, in input order.
+        key: The user's key function, if any.
+
+    Returns:
+        One key per item.
+
+    Raises:
+        TypeError: ``key`` returned something other than a string.
+        ValueError: An item cannot be pickled (the message names it).
+    """
     if key is not None:
         keys = [key(item) for item in items]
         for index, value in enumerate(keys):
@@ -40,10 +56,10 @@ def item_keys(items: list[Any], key: Callable[[Any], str] | None) -> list[Any]:
         return keys
     blake2b, dumps = hashlib.blake2b, stable_dumps
     try:  # small ints and strings are their own keys: no pickling, no hashing
-        return [item if type(item) is int or (type(item) is str and len(item) <= 64)
+        return [item if type(item) is int or (type(item) is str and len(item) <= _SHORT)
                 else blake2b(dumps(item), digest_size=16).digest()
                 for item in items]
-    except Exception:  # noqa: BLE001 - find the item to name it
+    except Exception:  # find the item to name it (else re-raised below)
         for index, item in enumerate(items):
             try:
                 dumps(item)
@@ -55,12 +71,20 @@ def item_keys(items: list[Any], key: Callable[[Any], str] | None) -> list[Any]:
 
 
 def default_name(func: Callable[..., Any]) -> str:
-    """The function's qualified name plus a digest of what it computes with: its source
-    (or code), defaults, closure values, the arguments of a ``functools.partial``, the
-    instance of a bound method or the state of a callable object, and the functions,
-    classes and modules it reaches in the user's own files, transitively (see
-    codedigest.py). Not covered: the values of globals it reads, and code in the
-    standard library or installed packages."""
+    """Name a function's workflow: its qualified name plus a digest of what it computes with.
+
+    That is its source (or code), defaults, closure values, the arguments of a
+    ``functools.partial``, the instance of a bound method or the state of a callable
+    object, and the functions, classes and modules it reaches in the user's own files,
+    transitively (see codedigest.py). Not covered: the values of globals it reads, and
+    code in the standard library or installed packages.
+
+    Args:
+        func: The function ``pmap`` or the joblib backend calls.
+
+    Returns:
+        ``pmap-<qualname>-<12 hex digits>``.
+    """
     target, _ = _unwrapped(func)
     qualname = getattr(target, "__qualname__", type(target).__qualname__)
     digest = hashlib.blake2b(digest_size=6)
@@ -71,7 +95,7 @@ def default_name(func: Callable[..., Any]) -> str:
 
 
 def _unwrapped(func: Any) -> tuple[Any, list[Any]]:
-    """The function a ``functools.partial`` or bound method calls, and what it binds."""
+    """Return the function a ``functools.partial`` or bound method calls, and what it binds."""
     bound: list[Any] = []
     while isinstance(func, functools.partial):
         bound += [func.args, func.keywords]

@@ -11,13 +11,11 @@ import json
 import os
 import shutil
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from laufband.errors import StateError
 from laufband.legacy import MONITOR_REPLACED, refuse_replaced
-from laufband.resultfiles import results_of
-from laufband.store import DB_NAME, STATES, Store
+from laufband.store import STATES, StateDirectory, Store, Transaction
 
 RECENT_EVENTS = 5
 # Seconds one holder may keep the state lock before a view gives up and names it
@@ -66,7 +64,7 @@ class WorkflowStatus(NamedTuple):
         return self.total - self.counts["pending"] - self.counts["running"]
 
     def to_json(self) -> dict[str, Any]:
-        """The documented JSON shape of ``laufband status --json``."""
+        """Return the documented JSON shape of ``laufband status --json``."""
         return {
             "name": self.name,
             "total": self.total,
@@ -74,17 +72,6 @@ class WorkflowStatus(NamedTuple):
             "workers": [w._asdict() for w in self.workers],
             "events": [e._asdict() for e in self.events],
         }
-
-
-def find_state(path: str | os.PathLike[str] | None = None) -> Path:
-    """The state directory at ``path``: the directory itself or its ``.laufband``."""
-    base = Path(path if path is not None else os.environ.get("LAUFBAND_PATH", "."))
-    for candidate in (base, base / ".laufband"):
-        if (candidate / DB_NAME).is_file():
-            return candidate.absolute()
-    msg = (f"no laufband state in {str(base.absolute())!r} (looked for {DB_NAME} there and in"
-           " its .laufband/): run this where your workers ran, or pass the state directory")
-    raise StateError(msg)
 
 
 class Monitor:
@@ -102,26 +89,23 @@ class Monitor:
 
     def __init__(self, path: str | os.PathLike[str] | None = None, **original: Any) -> None:
         refuse_replaced("Monitor", original, MONITOR_REPLACED)  # 0.2.x: db=, lock=
-        self.path = find_state(path)
-        self._store = Store(self.path, patience=PATIENCE)
+        self.state = StateDirectory.find(path)
+        self.path = self.state.path
+        self._store = Store(self.state, patience=PATIENCE)
 
     def workflows(self) -> list[str]:
-        """Names of all workflows, oldest first."""
+        """Return the names of all workflows, oldest first."""
         with self._store.transaction() as tx:
             return tx.workflow_names()
 
     def status(self, workflow: str | None = None) -> list[WorkflowStatus]:
-        """Every workflow (or only ``workflow``), read in one transaction."""
+        """Return every workflow (or only ``workflow``), read in one transaction."""
         now = time.time()
         with self._store.transaction() as tx:
-            names = tx.workflow_names()
-            if workflow is not None:
-                self._check_known(workflow, names)
-                names = [workflow]
+            names = tx.workflow_names() if workflow is None else [workflow]
             found = []
             for name in names:
-                wf = tx.find_workflow(name)
-                assert wf is not None
+                wf = self._number(tx, name)
                 counts = tx.counts(wf)
                 rows = tx.workers(wf)
                 latest = tx.latest_events(wf, RECENT_EVENTS)
@@ -132,39 +116,41 @@ class Monitor:
                                  infos.get(current, {}) if current else {})
                     for ident, host, pid, rank, labels, state, current, done, seen in rows
                 ]
-                events = [EventStatus(*row, infos.get(row[0], {})) for row in latest]
+                events = [EventStatus(task, state, error, at, worker, infos.get(task, {}))
+                          for task, state, error, at, worker in latest]
                 found.append(WorkflowStatus(name, sum(counts.values()), counts, workers, events))
         return found
 
     def retry(self, workflow: str, states: tuple[str, ...] = ("failed", "killed"),
               tasks: tuple[str, ...] = ()) -> int:
-        """Put a workflow's failed and/or killed tasks (or only ``tasks``, which may also
-        be running on a worker that is not online) back to pending."""
+        """Put a workflow's failed and/or killed tasks back to pending; return how many.
+
+        With ``tasks``, only those (by id), which may also be running on a worker that
+        is not online.
+        """
         for state in states:
             if state not in STATES:
                 msg = f"unknown task state {state!r}: use one of {', '.join(STATES)}"
                 raise ValueError(msg)
         with self._store.transaction() as tx:
-            self._check_known(workflow, tx.workflow_names())
-            wf = tx.find_workflow(workflow)
-            assert wf is not None
-            return tx.retry(wf, states, tasks)
+            return tx.retry(self._number(tx, workflow), states, tasks)
 
     def reset(self, workflow: str) -> None:
         """Delete everything stored for ``workflow``, result files included."""
         with self._store.transaction() as tx:
-            self._check_known(workflow, tx.workflow_names())
-            wf = tx.find_workflow(workflow)
-            assert wf is not None
+            wf = self._number(tx, workflow)
             tx.reset(wf)
-        shutil.rmtree(results_of(self.path, wf), ignore_errors=True)
+        shutil.rmtree(self.state.results_of(wf), ignore_errors=True)
 
     def close(self) -> None:
         """Close the database connection."""
         self._store.close()
 
-    def _check_known(self, workflow: str, names: list[str]) -> None:
-        if workflow not in names:
-            known = ", ".join(repr(n) for n in names) or "none"
+    def _number(self, tx: Transaction, workflow: str) -> int:
+        """Return the number of ``workflow``, refusing a name the state does not hold."""
+        wf = tx.find_workflow(workflow)
+        if wf is None:
+            known = ", ".join(repr(n) for n in tx.workflow_names()) or "none"
             msg = f"no workflow {workflow!r} in {self.path} (known: {known})"
-            raise StateError(msg)
+            raise StateError(msg, path=self.path)
+        return wf

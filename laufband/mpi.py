@@ -24,6 +24,6 @@ def rank_and_size() -> tuple[int, int] | None:
             return int(rank), int(size) if size.isdigit() else int(rank) + 1
     if "SLURM_STEP_ID" in os.environ and os.environ.get("SLURM_PROCID", "").isdigit():
         size = os.environ.get("SLURM_NTASKS", os.environ.get("SLURM_NPROCS", ""))
-        rank = int(os.environ["SLURM_PROCID"])
-        return rank, int(size) if size.isdigit() else rank + 1
+        procid = int(os.environ["SLURM_PROCID"])
+        return procid, int(size) if size.isdigit() else procid + 1
     return None

@@ -23,8 +23,14 @@ def resolve(name: str, value: T | None, default: T, parse: Callable[[str], T]) -
     try:
         return parse(raw)
     except ValueError as error:
-        msg = f"{PREFIX}{name.upper()}={raw!r} is not valid: {error}"
+        variable = PREFIX + name.upper()
+        wanted = _WANTED.get(parse, str(error))  # int's own words name no fix
+        msg = f"{variable}={raw!r} is not valid ({wanted}): correct or unset {variable}"
         raise ValueError(msg) from None
+
+
+_WANTED: dict[Callable[[str], object], str] = {int: "expected an integer",
+                                               float: "expected a number"}
 
 
 def parse_bool(raw: str) -> bool:
@@ -34,7 +40,7 @@ def parse_bool(raw: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    msg = "use 1 or 0"
+    msg = "expected 1 or 0, true or false, yes or no, on or off"
     raise ValueError(msg)
 
 
@@ -52,8 +58,11 @@ def check_count(name: str, value: int) -> int:
 
 
 def check_heartbeat(interval: float, timeout: float) -> None:
-    """Reject a heartbeat timeout shorter than two intervals: a live worker would be
-    taken for dead between two of its beats, and its tasks run twice."""
+    """Reject a heartbeat timeout shorter than two intervals.
+
+    A live worker would be taken for dead between two of its beats, and its tasks run
+    twice.
+    """
     if timeout < 2 * interval:
         msg = (f"heartbeat_timeout ({timeout:g} s) must be at least twice heartbeat_interval"
                f" ({interval:g} s), or live workers are taken for dead: raise the timeout"

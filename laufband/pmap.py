@@ -22,22 +22,17 @@ no-op items costs about as much as joblib's.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import os
-import pickle
 import threading
-import time
-import traceback
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from laufband import mpi
-from laufband.errors import RemoteTraceback, StateError, TaskFailedError
-from laufband.graphband import Graphband
+from laufband.errors import StateError
 from laufband.memo import default_name, first_indices, item_keys
 from laufband.options import resolve
+from laufband.outcomes import Failure, Missing, read_outcomes
+from laufband.pmapjob import Job, Plan
 from laufband.processes import (
     START_METHODS,
     default_start_method,
@@ -47,28 +42,23 @@ from laufband.processes import (
     settle,
     signals_held,
 )
-from laufband.resultfiles import (
-    remove_stale_temporaries,
-    result_file,
-    results_of,
-    write_error,
-    write_file,
-)
-from laufband.store import Scope, Store, Transaction
+from laufband.resultfiles import remove_stale_temporaries
+from laufband.store import Scope, StateDirectory, Store, Transaction
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 ON_ERROR = ("raise", "skip", "return")
-VALUE, ERROR, IN_FILE = 0, 1, 2  # kinds of stored outcome: pickled value, (error, traceback), file
-LARGE_RESULT = 1 << 20  # bytes: larger pickled results go to files, not the database
 PROBE = 0.03  # seconds of work the caller does before deciding whether to spawn helpers
 HELPER_START = 1.0  # seconds: spawn helpers (~0.3 s of CPU each) only for more work left
 
 
 class PmapResults(list):  # type: ignore[type-arg]
-    """The list ``pmap`` returns; with ``on_error="skip"``, ``failures`` holds
-    ``(index, exception)`` for every item that was left out."""
+    """Hold the results ``pmap`` returns.
+
+    The list ``pmap`` returns; with ``on_error="skip"``, ``failures`` holds
+    ``(index, exception)`` for every item that was left out.
+    """
 
     failures: list[tuple[int, BaseException]]
 
@@ -151,235 +141,56 @@ def pmap(
     keys = item_keys(items, key)
     first = first_indices(keys)
     if not first:
-        return _results([], {}, {}, False, on_error, "")
-    state = Path(resolve("path", path, ".laufband", str)).absolute()
+        return _results([], {}, {}, on_error, "", failed=False)
+    state = StateDirectory.resolve(path)
     workflow = name or default_name(func)
-    plan = _register(state, workflow, list(first))
-    if plan.todo:
-        if plan.scope.restricted:  # data only for the tasks still to run
-            seqs = sorted(plan.todo)
-        else:  # a solid range of task numbers, all ours
-            seqs = list(range(plan.scope.start, plan.scope.limit))
-        todo = _items_of(seqs, plan.numbers, first, items)
-        job = _Job(func, seqs, todo, plan.scope.restricted, len(plan.todo), str(state),
-                   workflow, progress, options)
-        job.size, job.completed_before = len(plan.numbers), plan.completed
-        remove_stale_temporaries(results_of(state, plan.wf))
-        stopped = _compute(job, workers, method)
-        if stopped is not None:  # Ctrl-C or SIGTERM: every worker has left, what
-            # finished is stored, the next call computes the rest. No comment on the
-            # raise: its traceback shows that line (and would underline it).
-            raise stopped
-    outcomes, failed = _read_outcomes(state, plan, workflow)
-    return _results(keys, plan.numbers, outcomes, failed, on_error, workflow)
+    store = Store(state)
+    try:
+        plan = _register(store, workflow, list(first))
+        if plan.todo:
+            stopped = _compute_todo(func, plan, items, first=first, state=str(state),
+                                    workflow=workflow, progress=progress, options=options,
+                                    workers=workers, method=method)
+            if stopped is not None:  # Ctrl-C or SIGTERM: every worker has left, what
+                # finished is stored, the next call computes the rest. No comment on the
+                # raise: its traceback shows that line (and would underline it).
+                raise stopped
+        outcomes, failed = _read(store, plan, workflow, _killed_reason(options))
+    finally:
+        store.close()
+    return _results(keys, plan.numbers, outcomes, on_error, workflow, failed=failed)
+
+
+def _compute_todo(  # noqa: PLR0913 - what one call computes with, all by keyword
+        func: Callable[[Any], Any], plan: Plan, items: list[Any], *, first: dict[Any, int],
+        state: str, workflow: str, progress: bool, options: dict[str, Any], workers: int,
+        method: str) -> BaseException | None:
+    """Compute the tasks of ``plan`` not completed yet, here and in helpers."""
+    if plan.scope.restricted:  # data only for the tasks still to run
+        seqs = sorted(plan.todo)
+    else:  # a solid range of task numbers, all ours
+        seqs = list(range(plan.scope.start, plan.scope.limit))
+    todo = _items_of(seqs, plan.numbers, first, items)
+    job = Job(func, plan, seqs, todo, path=state, name=workflow, progress=progress,
+              options=options)
+    remove_stale_temporaries(StateDirectory(state).results_of(plan.wf))
+    return _compute(job, workers, method)
 
 
 def _items_of(seqs: list[int], numbers: dict[Any, int], first: dict[Any, int],
               items: list[Any]) -> list[Any]:
-    """The item of each task number in ``seqs``."""
+    """Return the item of each task number in ``seqs``."""
     if len(seqs) == len(numbers) and list(numbers.values()) == seqs:  # keys in task order
         return list(map(items.__getitem__, map(first.__getitem__, numbers)))
     key_of = {seq: task_key for task_key, seq in numbers.items()}
     return [items[first[key_of[seq]]] for seq in seqs]
 
 
-class _Plan(NamedTuple):
-    """What one call needs from its workflow: the task number of each of its keys,
-    the scope holding them, and the numbers not completed when it registered."""
-
-    wf: int
-    numbers: dict[Any, int]
-    scope: Scope
-    todo: dict[int, str]
-    completed: int  # the workflow's completed tasks then (for the progress bar)
-
-
-class _Job:
-    """Everything a worker needs: picklable with cloudpickle when ``func`` is.
-
-    ``items[i]`` is the item of task ``seqs[i]``; the numbers are either one solid
-    range or, when ``restricted``, the only tasks this job may claim.
-    """
-
-    def __init__(self, func: Callable[[Any], Any], seqs: list[int], items: list[Any],
-                 restricted: bool, left: int, path: str, name: str, progress: bool,
-                 options: dict[str, Any]) -> None:
-        self.func, self.seqs, self.items, self.restricted = func, seqs, items, restricted
-        self.left = left  # tasks not completed when the job was made
-        self.size = len(seqs)  # the call's tasks, completed ones included
-        self.completed_before = 0  # the workflow's completed tasks when registered
-        self.path, self.name, self.progress, self.options = path, name, progress, options
-        self.by_value = False  # pickle results by value (set in spawned helpers)
-        self.expected = 1  # workers sure to come: the caller and its forked helpers
-        self._loop: tuple[_Worker, Iterator[Any]] | None = None  # while run() runs here
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)  # pickled for spawned helpers while the caller works
-        state["_loop"] = None
-        return state
-
-    @property
-    def scope(self) -> Scope:
-        return Scope(start=self.seqs[0], limit=self.seqs[-1] + 1, restricted=self.restricted)
-
-    def item_at(self) -> Callable[[int], Any]:
-        """Return a function mapping a task number to its item."""
-        if self.restricted:
-            return dict(zip(self.seqs, self.items, strict=True)).__getitem__
-        items, start = self.items, self.seqs[0]
-        return lambda seq: items[seq - start]
-
-    def run(self, show_progress: bool,
-            on_progress: Callable[[int, float, float], bool] | None = None,
-            helper: bool = False) -> None:
-        """Run the laufband worker loop until nothing is left that it could run.
-
-        ``on_progress(done, seconds, per_task)`` is called after each task until it
-        returns True; ``per_task`` is the measured time of one task within a batch (0
-        before the first batch ends), claims not included.
-        A ``helper`` leaves as soon as nothing is left to claim; the caller waits for
-        tasks running elsewhere (and takes over those of helpers that died).
-        """
-        try:
-            self._work(show_progress, on_progress, helper)
-        except StateError:
-            if not helper:
-                raise
-            # A helper leaves quietly: its tasks went back to pending and the caller
-            # runs them, reporting the error itself if it persists (one message, not
-            # one per process).
-
-    def stop(self) -> None:
-        """Finish this process's loop if an exception left it mid-task (Ctrl-C): the
-        task goes back (or fails, as laufband decides), finished ones are stored, the
-        worker goes offline. Idempotent; at once rather than whenever the loop is
-        garbage collected."""
-        loop, self._loop = self._loop, None
-        if loop is None:
-            return
-        worker, iterator = loop
-        with contextlib.suppress(StateError):
-            iterator.close()  # type: ignore[attr-defined]
-        with contextlib.suppress(StateError):
-            worker._stop()  # a hand-back that a signal cut short
-
-    def _work(self, show_progress: bool,
-              on_progress: Callable[[int, float, float], bool] | None,
-              helper: bool) -> None:
-        """The worker loop of ``run``."""
-        options = dict(self.options)
-        tqdm_kwargs = dict(options.pop("tqdm_kwargs", None) or {})
-        tqdm_kwargs.setdefault("disable", not show_progress)
-        tqdm_kwargs.setdefault("desc", f"pmap {self.name}")
-        worker = _Worker(self, path=self.path, name=self.name, tqdm_kwargs=tqdm_kwargs,
-                         **options)
-        worker._waits = not helper
-        worker._expected_workers = max(worker._expected_workers, self.expected)
-        func, outcomes = self.func, worker._outcomes
-        started, done = time.monotonic(), 0
-        loop = iter(worker)
-        self._loop = worker, loop
-        for item in loop:
-            if on_progress is not None:
-                if on_progress(done, time.monotonic() - started, worker._sizer.task_time):
-                    on_progress = None
-                done += 1
-            try:
-                value = func(item)
-            except Exception as error:  # noqa: BLE001 - reported to the caller
-                worker._record_failure(traceback.format_exc(), ERROR, _pickle_error(error))
-                continue
-            outcomes.append((worker._current, VALUE, value))  # pickled in _Worker._pack
-
-
-class _Worker(Graphband[Any]):
-    """A laufband worker over the tasks of a job, which the caller has registered."""
-
-    _final_bodies = False  # a task also needs its result, lost with the process
-    _summarises = False  # pmap reports failed items itself
-
-    def __init__(self, job: _Job, **options: Any) -> None:
-        super().__init__((), **options)
-        self._job = job
-        if job.by_value:  # a spawned helper: classes of the caller's __main__ travel too
-            import cloudpickle
-
-            self._dumps = cloudpickle.dumps
-
-    def _collect(self) -> list[Any]:
-        return []
-
-    def _register(self, tx: Transaction, tasks: list[Any]) -> Scope:
-        if self._job.restricted:
-            tx.restrict_to(self._job.seqs)
-        return self._job.scope
-
-    def _item_getter(self) -> Callable[[int], Any]:
-        return self._job.item_at()
-
-    def _planned_total(self) -> int:
-        return self._job.size
-
-    def _show_progress(self, completed: int, total: int) -> None:
-        # The bar counts this call's items: those done before it, and every completion
-        # in the workflow since (by any worker of any process; another call's items
-        # being computed at the same time count too, within the total).
-        job = self._job
-        done = job.size - job.left + completed - job.completed_before
-        super()._show_progress(max(0, min(done, job.size)), job.size)
-
-    def _plain_items(self) -> Iterable[Any]:
-        return self._job.items
-
-    def _pack(self, outcomes: list[tuple[Any, ...]]) -> tuple[int, int, bytes]:
-        """Pickle outcomes in one go; if that fails or is large, look at each value:
-        an unpicklable one fails its task, a large one goes to a file."""
-        try:
-            packed = super()._pack(outcomes)
-        except Exception:  # noqa: BLE001 - found and reported item by item below
-            packed = None
-        if packed is None or len(packed[2]) > LARGE_RESULT:
-            packed = super()._pack(self._checked_all(outcomes))
-        return packed
-
-    def _checked_all(self, outcomes: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Each outcome checked. If a result cannot be stored (a full disk), those
-        before it still complete their tasks: packed into a chunk of their own and
-        taken off ``_outcomes`` (whose head ``outcomes`` is) before the error goes on."""
-        checked: list[tuple[Any, ...]] = []
-        try:
-            for outcome in outcomes:
-                checked.append(self._checked(outcome))
-        except StateError:
-            if checked:
-                self._chunks.append(super()._pack(checked))
-                del self._outcomes[: len(checked)]
-            raise
-        return checked
-
-    def _checked(self, outcome: tuple[Any, ...]) -> tuple[Any, ...]:
-        seq, kind, value = outcome
-        if kind != VALUE:
-            return outcome
-        try:
-            pickled = self._dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as error:  # noqa: BLE001 - reported to the caller
-            self._failures.append((seq, traceback.format_exc()))  # failed before finished
-            return seq, ERROR, _pickle_error(error)
-        if len(pickled) <= LARGE_RESULT:
-            return outcome
-        assert self._workflow is not None
-        target = result_file(Path(self._job.path), self._workflow.id, seq)
-        try:
-            write_file(target, pickled)
-        except OSError as error:  # the task stays unfinished: the next call computes it
-            raise write_error(target.parent, error) from None
-        return seq, IN_FILE, None
-
-
-def _compute(job: _Job, workers: int, method: str) -> BaseException | None:
+def _compute(job: Job, workers: int, method: str) -> BaseException | None:
     """Start helpers (unless under MPI), work in this process too, reap the helpers.
-    Return the interrupt (Ctrl-C, SIGTERM) for ``pmap`` to raise, once all is done."""
+
+    Return the interrupt (Ctrl-C, SIGTERM) for ``pmap`` to raise, once all is done.
+    """
     found = mpi.rank_and_size()
     if found is not None and found[1] > 1:  # every rank is a worker already
         return _run(job, _no_helpers, show_progress=job.progress and found[0] == 0)
@@ -431,14 +242,17 @@ def _compute(job: _Job, workers: int, method: str) -> BaseException | None:
                 on_progress=start_when_worth_it)
 
 
-def _run(job: _Job, start: Callable[[], Callable[[], None]],
+def _run(job: Job, start: Callable[[], Callable[[], None]],
          **kwargs: Any) -> BaseException | None:
-    """Start the helpers (``start`` returns the function that ends them), run the
+    """Start the helpers, run the caller's loop and end the helpers.
+
+    Start the helpers (``start`` returns the function that ends them), run the
     caller's loop, end the helpers; signals are held while helpers start and end (a
     Ctrl-C then must not leave one behind, nor a second Ctrl-C cut the cleanup short).
     Return a fresh exception for a Ctrl-C or SIGTERM that stopped the loop or came
     during the cleanup: ``pmap`` raises it, so its traceback is the caller's line and
-    pmap's, not the worker loop's nor a chain."""
+    pmap's, not the worker loop's nor a chain.
+    """
     with signals_held() as noted:  # (CPython drops a KeyboardInterrupt raised in a
         end = start()              # fork's at-fork hooks, printing it as ignored)
     try:
@@ -475,50 +289,27 @@ def _no_helpers_to_end() -> None:
     """No helpers to end."""
 
 
-def _register(state: Path, workflow: str, unique: list[Any]) -> _Plan:
-    """Give this call's new keys task numbers (one block, appended), retry its failed
-    and killed tasks, and find what is not completed yet; all in one transaction."""
-    store = Store(state)
-    try:
-        with store.transaction() as tx:
-            wf = tx.open_workflow(workflow, keyed=True).id
-            numbers = _known_numbers(tx.key_blocks(wf), unique)
-            missing = [k for k in unique if k not in numbers]
-            if missing:
-                packed = pickle.dumps(missing, protocol=pickle.HIGHEST_PROTOCOL)
-                start = tx.add_key_block(wf, packed, len(missing))
-                numbers.update(zip(missing, range(start, start + len(missing)), strict=True))
-            scope = _scope_of(tx, wf, numbers.values())
-            if len(missing) == len(unique):  # all new: all pending
-                todo = dict.fromkeys(numbers.values(), "pending")
-            else:
-                tx.retry_unfinished(wf, scope)
-                todo = tx.unfinished(wf, scope)
-            completed = tx.progress(wf)[1]
-    finally:
-        store.close()
-    return _Plan(wf, numbers, scope, todo, completed)
+def _register(store: Store, workflow: str, unique: list[Any]) -> Plan:
+    """Give this call's new keys task numbers, retry its failed tasks, find what is left.
 
-
-def _known_numbers(blocks: list[tuple[int, bytes]], wanted: list[Any]) -> dict[Any, int]:
-    """Task numbers of those ``wanted`` keys that the workflow's key blocks hold."""
-    found: dict[Any, int] = {}
-    wanted_set: set[Any] | None = None
-    for start, packed in blocks:
-        block = pickle.loads(packed)
-        if block == wanted:  # the same call again (each key is in one block only)
-            return dict(zip(block, range(start, start + len(block)), strict=True))
-        wanted_set = set(wanted) if wanted_set is None else wanted_set
-        index = dict(zip(block, range(start, start + len(block)), strict=True))
-        common = index.keys() & wanted_set
-        found.update(zip(common, map(index.__getitem__, common), strict=True))
-        if len(found) == len(wanted_set):
-            break
-    return found
+    Give this call's new keys task numbers (one block, appended), retry its failed
+    and killed tasks, and find what is not completed yet; all in one transaction.
+    """
+    with store.transaction() as tx:
+        wf = tx.open_workflow(workflow, keyed=True).id
+        numbers, new = tx.number_keys(wf, unique)
+        scope = _scope_of(tx, wf, numbers.values())
+        if new == len(unique):  # all new: all pending
+            todo = dict.fromkeys(numbers.values(), "pending")
+        else:
+            tx.retry_unfinished(wf, scope)
+            todo = tx.unfinished(wf, scope)
+        completed = tx.progress(wf)[1]
+    return Plan(wf, numbers, scope, todo, completed)
 
 
 def _scope_of(tx: Transaction, wf: int, numbers: Iterable[int]) -> Scope:
-    """The scope of these task numbers: a range if they are solid, else restricted to them."""
+    """Return the scope of these task numbers: a range if solid, else restricted to them."""
     seqs = list(numbers)  # distinct numbers: solid when they span exactly their count
     lo, hi = min(seqs), max(seqs)
     solid = hi - lo + 1 == len(seqs)
@@ -528,77 +319,39 @@ def _scope_of(tx: Transaction, wf: int, numbers: Iterable[int]) -> Scope:
     return Scope(start=lo, limit=hi + 1, restricted=not solid)
 
 
-def _read_outcomes(state: Path, plan: _Plan, workflow: str) -> tuple[dict[int, Any], bool]:
-    """Task number -> result (or ``_Failure``) for every task of this call, and whether
-    any failed."""
-    store = Store(state)
-    try:
+def _read(store: Store, plan: Plan, workflow: str,
+          killed_reason: str) -> tuple[dict[int, Any], bool]:
+    """Collect every task's result and whether any failed.
+
+    Every task's result, :class:`Failure` or :class:`Missing`, and whether any
+    failed; completed tasks whose result is gone are reopened (the next call
+    computes them).
+    """
+    with store.transaction() as tx:
+        if not tx.has_workflow(plan.wf):
+            msg = (f"workflow {workflow!r} in {store.path} was reset while this pmap call"
+                   " ran (laufband reset): call pmap again to compute it anew")
+            raise StateError(msg, path=store.path)
+        if plan.scope.restricted:  # materialized by _register; restriction is per connection
+            tx.restrict_to(sorted(plan.numbers.values()))
+        outcomes, lost, failed = read_outcomes(tx, store.path, plan.wf, plan.numbers,
+                                               plan.scope, killed_reason)
+    if lost:
         with store.transaction() as tx:
-            if not tx.has_workflow(plan.wf):
-                msg = (f"workflow {workflow!r} in {state} was reset while this pmap call ran"
-                       " (laufband reset): call pmap again to compute it anew")
-                raise StateError(msg)
-            scope = plan.scope  # materialized by _register; the restriction is per connection
-            if scope.restricted:
-                tx.restrict_to(sorted(plan.numbers.values()))
-            states = tx.unfinished(plan.wf, scope)
-            chunks = tx.result_chunks(plan.wf, scope.start, scope.limit - 1)
-    finally:
-        store.close()
-    outcomes: dict[int, Any] = {}  # plain values; the rest, by kind, in `other`
-    other: dict[int, tuple[int, Any]] = {}
-    chunks.reverse()
-    while chunks:  # oldest first: a retry's outcome replaces the failure
-        # Each payload is freed once unpickled: the caller never holds all results twice.
-        for seq, kind, value in pickle.loads(chunks.pop()):
-            if kind == VALUE:
-                outcomes[seq] = value
-                if other:
-                    other.pop(seq, None)
-            else:
-                other[seq] = kind, value
-                outcomes.pop(seq, None)
-    in_files = [seq for seq, (kind, _) in other.items() if kind == IN_FILE]
-    if in_files:  # ours only: chunks also hold other calls' tasks
-        ours = set(plan.numbers.values())
-        for seq in in_files:
-            if seq in ours and seq not in states:
-                try:
-                    data = result_file(state, plan.wf, seq).read_bytes()
-                except OSError:  # removed: reopened below, the next call computes it
-                    continue
-                outcomes[seq] = pickle.loads(data)
-    if not all(map(outcomes.__contains__, plan.numbers.values())):
-        lost = [seq for seq in plan.numbers.values() if seq not in outcomes and seq not in states]
-        if lost:  # completed, but the result is gone: the next call computes them again
-            _reopen(state, plan.wf, lost)
-        states = dict.fromkeys(lost, "completed") | states
-    for seq, task_state in states.items():
-        kind, value = other.get(seq, (VALUE, None))
-        if kind == ERROR and task_state != "killed":
-            # Failed; or pending or running again when another call retries it: this
-            # call reports the failure its own computation saw.
-            outcomes[seq] = _Failure(*pickle.loads(value))
-            continue
-        reason = {"killed": "its worker died on it twice",
-                  "completed": "its result is missing"}.get(task_state, "it was reset")
-        msg = f"item not computed ({task_state}: {reason}); call pmap again to retry it"
-        outcomes[seq] = _Failure(TaskFailedError(msg), "")
-    return outcomes, bool(states)
+            tx.reopen(plan.wf, lost)
+    return outcomes, failed
 
 
-def _reopen(state: Path, wf: int, seqs: list[int]) -> None:
-    store = Store(state)
-    try:
-        with store.transaction() as tx:
-            tx.reopen(wf, seqs)
-    finally:
-        store.close()
+def _killed_reason(options: dict[str, Any]) -> str:
+    """Why an item whose worker died on it is not computed, from the options in force."""
+    retries = resolve("max_killed_retries", options.get("max_killed_retries"), 1, int)
+    times = "once" if retries == 0 else f"{retries + 1} times"
+    return f"its worker died on it {times}; max_killed_retries={retries}"
 
 
 def _results(keys: list[Any], numbers: dict[Any, int], outcomes: dict[int, Any],
-             failed: bool, on_error: str, workflow: str) -> PmapResults:
-    """The result list in input order, failures handled as ``on_error`` says."""
+             on_error: str, workflow: str, *, failed: bool) -> PmapResults:
+    """Return the result list in input order, failures handled as ``on_error`` says."""
     results = PmapResults(map(outcomes.__getitem__, map(numbers.__getitem__, keys)))
     results.failures = []
     if not failed:
@@ -606,7 +359,7 @@ def _results(keys: list[Any], numbers: dict[Any, int], outcomes: dict[int, Any],
     kept = PmapResults()
     kept.failures = []
     for index, value in enumerate(results):
-        if not isinstance(value, _Failure):
+        if not isinstance(value, (Failure, Missing)):
             kept.append(value)
             continue
         error = value.exception(index, workflow)
@@ -617,30 +370,6 @@ def _results(keys: list[Any], numbers: dict[Any, int], outcomes: dict[int, Any],
         else:
             kept.failures.append((index, error))
     return kept
-
-
-class _Failure:
-    """An item's failure as stored: the exception and the remote traceback text."""
-
-    def __init__(self, error: BaseException, remote: str) -> None:
-        self.error, self.remote = error, remote
-
-    def exception(self, index: int, workflow: str) -> BaseException:
-        error = copy.copy(self.error)  # equal items share one stored failure
-        if self.remote:
-            error.__cause__ = RemoteTraceback(self.remote)
-        if hasattr(error, "add_note"):
-            error.add_note(f"pmap: raised by item {index} of workflow {workflow!r}")
-        return error
-
-
-def _pickle_error(error: BaseException) -> bytes:
-    """Pickle an exception with its traceback text; stand in for unpicklable ones."""
-    remote = traceback.format_exc()
-    try:
-        return pickle.dumps((error, remote))
-    except Exception:  # noqa: BLE001 - an exception that does not survive pickling
-        return pickle.dumps((RuntimeError(f"{type(error).__name__}: {error}"), remote))
 
 
 def _check_workers(n: int | None) -> int:

@@ -24,10 +24,17 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-from laufband import graphband
+from laufband import interrupts
+from laufband.legacy import user_stacklevel
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    Helper = subprocess.Popen[bytes] | BaseProcess  # spawned or forked
 
 START_METHODS = ("spawn", "fork")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -41,15 +48,19 @@ class Job(Protocol):
     func: Callable[[Any], Any]
     by_value: bool
 
-    def run(self, show_progress: bool, on_progress: Any = None,
-            helper: bool = False) -> None: ...
+    def run(self, *, show_progress: bool, on_progress: Any = None,
+            helper: bool = False) -> None:
+        """Work until nothing is left that this process could run."""
 
-    def stop(self) -> None: ...
+    def stop(self) -> None:
+        """Finish a loop that a signal left mid-task: hand back, store, go offline."""
 
 
 def default_start_method() -> str:
-    """Fork where it is fast and safe (Linux, one thread); elsewhere spawn (macOS
-    frameworks and threads do not survive a fork)."""
+    """Choose fork where it is fast and safe (Linux, one thread), else spawn.
+
+    macOS frameworks and threads do not survive a fork.
+    """
     if sys.platform.startswith("linux") and threading.active_count() == 1:
         return "fork"
     return "spawn"
@@ -57,15 +68,18 @@ def default_start_method() -> str:
 
 def prepare_helpers(job: Job, count: int,
                     method: str) -> Callable[[], Callable[[], None]]:
-    """Return a function that starts ``count`` independent helper processes and
-    returns a function that ends them; an unpicklable function fails here, at once."""
+    """Return a function that starts ``count`` helper processes and returns their end.
+
+    The helpers are independent of each other; an unpicklable function fails here, at
+    once.
+    """
     if method == "fork":  # the helpers inherit everything: nothing to pickle
         return lambda: _fork_helpers(job, count)
     import cloudpickle  # lambdas, closures and __main__ functions travel by value
 
     try:
         cloudpickle.dumps(job.func)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - whatever fails, the message names it
         msg = (f"pmap cannot send {job.func!r} to worker processes ({error}): make it"
                " picklable, or pass start_method='fork'")
         raise ValueError(msg) from None
@@ -89,7 +103,7 @@ def _fork_helpers(job: Job, count: int) -> Callable[[], None]:
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
-    forked = []
+    forked: list[BaseProcess] = []
     for _ in range(count):
         proc = context.Process(target=_forked_main, args=(job,), daemon=True)
         try:
@@ -103,7 +117,7 @@ def _fork_helpers(job: Job, count: int) -> Callable[[], None]:
 
 
 def _spawn_helpers(payload: bytes, count: int) -> Callable[[], None]:
-    spawned = []
+    spawned: list[subprocess.Popen[bytes]] = []
     for _ in range(count):
         try:
             proc = subprocess.Popen(_helper_command(), stdin=subprocess.PIPE)
@@ -119,10 +133,12 @@ def _spawn_helpers(payload: bytes, count: int) -> Callable[[], None]:
 
 
 def _feed(proc: subprocess.Popen[bytes], payload: bytes) -> None:
-    assert proc.stdin is not None
+    stdin = proc.stdin  # a pipe: the helper was started with stdin=PIPE
+    if stdin is None:
+        return
     with contextlib.suppress(BrokenPipeError):  # a helper that died: the others work on
-        proc.stdin.write(payload)
-        proc.stdin.close()
+        stdin.write(payload)
+        stdin.close()
 
 
 # A spawned helper starts with SIGINT ignored (a shell's ``trap '' INT``, kept across
@@ -139,9 +155,9 @@ _HELPER = ("import signal, sys\n"
 
 
 def _helper_command() -> list[str]:
-    """The command line of a spawned helper, with SIGINT ignored until it runs."""
+    """Return the command line of a spawned helper, with SIGINT ignored until it runs."""
     action = "ignore" if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else "default"
-    if os.name != "posix" or not os.path.exists("/bin/sh"):
+    if os.name != "posix" or not Path("/bin/sh").exists():
         return [sys.executable, "-c", _HELPER, action]
     return ["/bin/sh", "-c", 'trap "" INT; exec "$0" -c "$1" "$2"', sys.executable,
             _HELPER, action]
@@ -160,15 +176,20 @@ def helper_main() -> None:
 
 
 def _forked_main(job: Job) -> None:
-    """Entry point of a forked helper. Until its handlers are in place (microseconds),
-    it has the caller's."""
+    """Run a forked helper.
+
+    Until its own handlers are in place (microseconds), it has the caller's.
+    """
     sys.exit(_work_quietly(job))
 
 
 def _work_quietly(job: Job) -> int:
-    """Run a helper's loop; on the first Ctrl-C or SIGTERM hand back what it holds and
-    return the exit status, printing nothing: the caller reports the interrupt.
-    Signals that the caller ignores stay ignored."""
+    """Run a helper's loop and return its exit status.
+
+    On the first Ctrl-C or SIGTERM it hands back what it holds and returns, printing
+    nothing: the caller reports the interrupt. Signals that the caller ignores stay
+    ignored.
+    """
     for signum in SIGNALS:
         if signal.getsignal(signum) != signal.SIG_IGN:
             signal.signal(signum, _leave)
@@ -184,22 +205,26 @@ def _work_quietly(job: Job) -> int:
 
 
 def _leave(signum: int, frame: Any) -> None:
-    """A helper's handler: the first signal interrupts the loop as laufband's own
-    handlers do (the current task is handed back); any later one is ignored, so the
-    hand-back runs to its end and the helper leaves quietly and promptly."""
+    """Interrupt a helper's loop as laufband's own handlers do, once.
+
+    The current task is handed back; any later signal is ignored, so the hand-back
+    runs to its end and the helper leaves quietly and promptly.
+    """
     for other in SIGNALS:
         signal.signal(other, signal.SIG_IGN)
-    handler = graphband.on_interrupt if signum == signal.SIGINT else graphband.on_terminate
+    handler = interrupts.on_interrupt if signum == signal.SIGINT else interrupts.on_terminate
     handler(signum, frame)
 
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[list[int]]:
-    """Note SIGINT and SIGTERM instead of acting on them while the block runs (the
-    caller ending its helpers: a second Ctrl-C must not cut that short); yield the
+    """Note SIGINT and SIGTERM instead of acting on them while the block runs.
+
+    The caller ending its helpers: a second Ctrl-C must not cut that short. Yields the
     list of signals noted. Only the main thread receives signals: elsewhere nothing is
     held; ignored signals stay ignored (helpers forked meanwhile inherit that). The
-    previous handlers are back when the block ends."""
+    previous handlers are back when the block ends.
+    """
     noted: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield noted
@@ -215,19 +240,24 @@ def signals_held() -> Iterator[list[int]]:
 
 
 def redeliver(noted: list[int]) -> None:
-    """Send the signals noted by ``signals_held`` again, now that the handlers are back
-    (each kind once): laufband's own handler marks the current task as interrupted."""
+    """Send the signals noted by ``signals_held`` again, now that the handlers are back.
+
+    Each kind once: laufband's own handler marks the current task as interrupted.
+    """
     for signum in dict.fromkeys(noted):
         signal.raise_signal(signum)
 
 
 def interruption(noted: list[int]) -> BaseException | None:
-    """What signals noted by ``signals_held`` mean once the handlers are back: the
-    exception that Python's or laufband's handler raises, for the caller to raise where
-    its traceback is short; a handler of the program's own gets the signal again."""
+    """Return what signals noted by ``signals_held`` mean once the handlers are back.
+
+    That is the exception that Python's or laufband's handler raises, for the caller
+    to raise where its traceback is short; a handler of the program's own gets the
+    signal again.
+    """
     for signum in dict.fromkeys(noted):
         handler = signal.getsignal(signum)
-        if handler in (graphband.on_interrupt, graphband.on_terminate):
+        if handler in (interrupts.on_interrupt, interrupts.on_terminate):
             try:  # it marks the tasks of laufband loops around pmap as interrupted
                 handler(signum, None)
             except (KeyboardInterrupt, SystemExit) as error:
@@ -239,10 +269,12 @@ def interruption(noted: list[int]) -> BaseException | None:
 
 
 def settle() -> None:
-    """After a Ctrl-C (or SIGTERM) that pmap is about to raise: drop further signals for
-    ``SETTLE`` seconds, the rest of an impatient burst (a second Ctrl-C while Python
-    prints the traceback garbles it: "lost sys.stderr"). Then, or at the next pmap
-    call, the handlers are what they were."""
+    """Drop further signals for ``SETTLE`` seconds: pmap is about to raise for one.
+
+    They are the rest of an impatient burst (a second Ctrl-C while Python prints the
+    traceback garbles it: "lost sys.stderr"). Then, or at the next pmap call, the
+    handlers are what they were.
+    """
     if threading.current_thread() is not threading.main_thread():
         return
     until = time.monotonic() + SETTLE
@@ -253,8 +285,11 @@ def settle() -> None:
 
 
 class _Settling:
-    """The handler during ``settle``: drops signals until ``until``, then puts the
-    handler of before back and hands it the signal."""
+    """The handler during ``settle``.
+
+    It drops signals until ``until``, then puts the handler of before back and hands
+    it the signal.
+    """
 
     def __init__(self, previous: Any, until: float) -> None:
         self.previous, self.until = previous, until
@@ -266,9 +301,9 @@ class _Settling:
         # Over Python's defaults, laufband's loops install their handlers: those that
         # started meanwhile saw ours and did not.
         if signum == signal.SIGINT and self.previous is signal.default_int_handler:
-            graphband.on_interrupt(signum, frame)
+            interrupts.on_interrupt(signum, frame)
         elif signum == signal.SIGTERM and self.previous == signal.SIG_DFL:
-            graphband.on_terminate(signum, frame)
+            interrupts.on_terminate(signum, frame)
         elif callable(self.previous):
             self.previous(signum, frame)
         else:  # SIG_DFL of SIGINT: its default action
@@ -276,20 +311,25 @@ class _Settling:
 
 
 def _unsettled(handler: Any) -> Any:
-    """A handler, or the one ``settle`` stands in for (a new pmap call ends settling)."""
+    """Return a handler, or the one ``settle`` stands in for (a new pmap call ends it)."""
     return handler.previous if isinstance(handler, _Settling) else handler
 
 
-def _join(procs: list[Any]) -> None:
-    """End the helpers once the caller's loop is over: then no task in the job is
-    pending or running, so they only wait to notice; after a Ctrl-C they hand back
-    what they hold. SIGTERM makes them hand back anything claimed and go offline at
-    once; those still there after ``JOIN_GRACE`` (stuck in user code that ignores
-    signals) are killed, and reapers return their tasks."""
+def _join(procs: Sequence[Helper]) -> None:
+    """End the helpers once the caller's loop is over; warn of those that died before.
+
+    Then no task in the job is pending or running, so they only wait to notice; after
+    a Ctrl-C they hand back what they hold. SIGTERM makes them hand back anything
+    claimed and go offline at once; those still there after ``JOIN_GRACE`` (stuck in
+    user code that ignores signals) are killed, and reapers return their tasks. A
+    helper that died on its own (a crash, the OOM killer) is named in a RuntimeWarning:
+    the results are whole (the other workers computed its items), but it was news.
+    """
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
     deadline = time.monotonic() + JOIN_GRACE
+    killed: set[int] = set()  # pids killed here: their end is no news
     for proc in procs:
         left = max(0.0, deadline - time.monotonic())
         if isinstance(proc, subprocess.Popen):
@@ -298,8 +338,67 @@ def _join(procs: list[Any]) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+                killed.add(_end_of(proc)[0])
         else:
             proc.join(timeout=left)
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+                killed.add(_end_of(proc)[0])
+    # Only now, all reaped: a warning made an error (-W error) leaves no helper behind.
+    _warn_unexpected_ends(procs, killed)
+
+
+def _warn_unexpected_ends(procs: Sequence[Helper], killed: set[int]) -> None:
+    """Warn about each reaped helper that ended unexpectedly, unless ``_join`` killed it."""
+    for proc in procs:
+        pid, code = _end_of(proc)
+        problem = None if pid in killed else describe_end(pid, code)
+        if problem is not None:
+            warnings.warn(problem, RuntimeWarning, stacklevel=user_stacklevel())
+
+
+def _end_of(proc: Helper) -> tuple[int, int | None]:
+    """Return a helper's pid and exit status (None while it runs)."""
+    if isinstance(proc, subprocess.Popen):
+        return proc.pid, proc.returncode
+    return proc.pid or 0, proc.exitcode  # pid: None only for one never started
+
+
+# How a helper ends as it should: done (0); having handed back after a Ctrl-C or
+# SIGTERM (130, 143: ``_work_quietly``); or by the default action of either signal
+# before it had a job, holding nothing (-2, -15: a spawned helper starting up).
+QUIET_ENDS = frozenset({0, 128 + signal.SIGINT, 128 + signal.SIGTERM,
+                        -signal.SIGINT, -signal.SIGTERM})
+_SHOW_WHERE = "run with PYTHONFAULTHANDLER=1 to see where"
+_C_CRASH = ("a crash in C code", _SHOW_WHERE)
+# The likely cause of a death by each signal, and a remedy (as loky's
+# TerminatedWorkerError gives them). Keyed by name: Windows lacks some of the numbers.
+CAUSES = {"SIGKILL": ("out of memory?", "if memory is short, pass a smaller n="),
+          "SIGABRT": ("aborted by C code", _SHOW_WHERE),
+          **dict.fromkeys(("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE"), _C_CRASH)}
+
+
+def describe_end(pid: int, code: int | None) -> str | None:
+    """Return one line naming how helper ``pid`` ended, or None if as helpers do.
+
+    ``code`` is its exit status, negative for the signal that killed it (as both
+    ``Popen.returncode`` and ``Process.exitcode`` give it).
+    """
+    if code is None or code in QUIET_ENDS:
+        return None
+    if code > 0:  # its task failed (sys.exit) or went back (os._exit): pmap says which
+        return (f"pmap helper (pid {pid}) exited with status {code}: sys.exit() or"
+                " os._exit() in the function, or an error printed above?")
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:  # a real-time signal, say: no name
+        name = f"SIG{-code}"
+    cause, remedy = CAUSES.get(name, ("", ""))
+    line = f"pmap helper (pid {pid}) was killed by signal {-code} ({name})"
+    line += f": {cause}" if cause else ""
+    if not line.endswith("?"):
+        line += "."
+    # The reapers give its tasks back (up to max_killed_retries times each).
+    line += " Its items went back to the other workers" + (f"; {remedy}" if remedy else "")
+    return line + "."

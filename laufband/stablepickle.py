@@ -18,16 +18,19 @@ from typing import Any
 _SET_OPCODES = (pickle.EMPTY_SET, pickle.FROZENSET)  # protocol 4 writes sets with these
 
 
-class _SortedSetPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+# The pure-Python pickler: the C one has no per-type dispatch table to extend.
+class _SortedSetPickler(pickle._Pickler):  # noqa: SLF001 - stdlib's own pure-Python pickler
     """The pure-Python pickler, writing the elements of sets in a stable order."""
 
-    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+    dispatch = pickle._Pickler.dispatch.copy()  # noqa: SLF001 - (see above)
 
     def _save_sorted(self, obj: set[Any] | frozenset[Any]) -> None:
-        self.save_reduce(type(obj), (sorted(obj, key=stable_dumps),), obj=obj)
+        # save_reduce is undocumented, and typeshed leaves it out
+        self.save_reduce(type(obj), (sorted(obj, key=stable_dumps),), obj=obj)  # type: ignore[attr-defined]
 
-    dispatch[set] = _save_sorted
-    dispatch[frozenset] = _save_sorted
+    # typeshed types the values of `dispatch` as taking an Unpickler
+    dispatch[set] = _save_sorted  # type: ignore[assignment]
+    dispatch[frozenset] = _save_sorted  # type: ignore[assignment]
 
 
 def stable_dumps(value: Any) -> bytes:

@@ -24,7 +24,7 @@ class Task:
             it and shown by ``laufband status`` and :class:`~laufband.Monitor`.
     """
 
-    __slots__ = ("id", "data", "dependencies", "requirements", "max_parallel_workers", "info")
+    __slots__ = ("data", "dependencies", "id", "info", "max_parallel_workers", "requirements")
 
     def __init__(
         self,
@@ -70,7 +70,7 @@ class Task:
 
 
 def _info(task_id: str, info: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A copy of ``info``; refused unless it is a mapping that JSON can store."""
+    """Return a copy of ``info``; refuse it unless it is a mapping that JSON can store."""
     if info is None:
         return {}
     problem = ""
@@ -92,12 +92,14 @@ GraphTraversalProtocol = Iterable[Task]
 
 def _strings(task_id: str, what: str, values: Iterable[str]) -> list[str]:
     if isinstance(values, str):
-        msg = f"Task {task_id!r}: {what} must be a collection of ids, got the string {values!r}"
+        msg = (f"Task {task_id!r}: {what} must be a collection of ids, got the string"
+               f" {values!r}: pass [{values!r}]")
         raise TypeError(msg)
     found = list(values)
     for value in found:
         if not isinstance(value, str):
-            msg = f"Task {task_id!r}: {what} must be strings, got {value!r}"
+            msg = (f"Task {task_id!r}: {what} must be strings, got {value!r}"
+                   f" ({type(value).__name__}): use str(...)")
             raise TypeError(msg)
     return found
 
@@ -108,8 +110,8 @@ def check_unique(tasks: Iterable[Task], workflow: str) -> None:
     for task in tasks:
         if task.id in seen:
             msg = (f"task id {task.id!r} appears twice in workflow {workflow!r}:"
-                   " task ids must be unique")
-            raise TaskGraphError(msg)
+                   " give each Task an id of its own")
+            raise TaskGraphError(msg, workflow=workflow, task=task.id)
         seen.add(task.id)
 
 
@@ -124,7 +126,8 @@ def check_cycles(
         cycle = nx.find_cycle(graph)
     except nx.NetworkXNoCycle:
         return
-    path = " -> ".join([name(cycle[0][0])] + [name(dep) for _, dep in cycle])
+    first = name(cycle[0][0])
+    path = " -> ".join([first] + [name(dep) for _, dep in cycle])
     msg = (f"tasks of workflow {workflow!r} depend on each other in a cycle ({path}):"
            " remove one dependency")
-    raise TaskGraphError(msg)
+    raise TaskGraphError(msg, workflow=workflow, task=first)

@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers.procs import Processes
 
+CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
 # Run as a background job of a shell script (as CI may be), this process and every
 # child inherit SIGINT ignored, and the Ctrl-C tests would test nothing: give SIGINT
 # Python's handler back, so children start with the default action (and their own).
@@ -22,13 +24,28 @@ def state(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    """Real processes, all reaped at teardown; a test that leaves one running fails."""
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
+    """Keep the outcome of each test's body, for the ``procs`` teardown."""
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_REPORT] = report
+    return report
+
+
+@pytest.fixture(autouse=True)
+def procs(request: pytest.FixtureRequest) -> Iterator[Processes]:
+    """Every process a test starts: each in a session of its own, with all it starts,
+    and the children the test runner itself gains meanwhile (pmap's helpers). At
+    teardown what still runs is terminated, then killed; a test whose body passed fails
+    if it left any of them running."""
     group = Processes()
     yield group
     leftovers = group.cleanup()
-    assert not leftovers, f"processes still running at teardown: {leftovers}"
+    report = request.node.stash.get(CALL_REPORT, None)
+    if leftovers and report is not None and report.passed:
+        pytest.fail("the test left processes running (terminated at teardown):\n  "
+                    + "\n  ".join(leftovers), pytrace=False)
 
 
 @pytest.fixture(autouse=True)

@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import fcntl
-import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from laufband import Laufband, WorkflowMismatchError
+
+if TYPE_CHECKING:
+    from tests.helpers.procs import Processes
 
 PROGRAM = textwrap.dedent("""
     import json, sys
@@ -42,35 +43,38 @@ PROGRAM = textwrap.dedent("""
 """)
 
 
-def run(tmp_path: Path, state: Path, edit: str, count: int = 100) -> dict[str, object]:
+def run(procs: Processes, tmp_path: Path, state: Path, edit: str,
+        count: int = 100) -> dict[str, object]:
     import json
 
     script = tmp_path / "atoms.py"
     script.write_text(PROGRAM)
-    done = subprocess.run([sys.executable, str(script), str(state), edit, str(count)],
-                          capture_output=True, text=True, timeout=60)
+    done = procs.python(script, state, edit, str(count))
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("edit", ["insert:5", "change:5", "change:50", "change:64", "swap"])
-def test_a_changed_list_of_objects_is_refused(tmp_path: Path, state: Path, edit: str) -> None:
-    assert run(tmp_path, state, "none") == {"ran": list(range(100))}
-    outcome = run(tmp_path, state, edit)
+def test_a_changed_list_of_objects_is_refused(tmp_path: Path, state: Path, procs: Processes,
+                                              edit: str) -> None:
+    assert run(procs, tmp_path, state, "none") == {"ran": list(range(100))}
+    outcome = run(procs, tmp_path, state, edit)
     assert "error" in outcome, f"{edit} was accepted: {outcome}"
     error = str(outcome["error"])
-    assert "'atoms'" in error and str(state) in error and "key=" in error
+    assert "'atoms'" in error
+    assert str(state) in error
+    assert "key=" in error
     assert "\n" not in error
 
 
 @pytest.mark.timeout(120)
-def test_appending_objects_stays_allowed(tmp_path: Path, state: Path) -> None:
-    assert run(tmp_path, state, "none", count=70) == {"ran": list(range(70))}
-    assert run(tmp_path, state, "none", count=150) == {"ran": list(range(70, 150))}
-    assert run(tmp_path, state, "none", count=150) == {"ran": []}
-    assert "error" in run(tmp_path, state, "change:69", count=150)
-    assert "error" in run(tmp_path, state, "change:149", count=150)
+def test_appending_objects_stays_allowed(tmp_path: Path, state: Path, procs: Processes) -> None:
+    assert run(procs, tmp_path, state, "none", count=70) == {"ran": list(range(70))}
+    assert run(procs, tmp_path, state, "none", count=150) == {"ran": list(range(70, 150))}
+    assert run(procs, tmp_path, state, "none", count=150) == {"ran": []}
+    assert "error" in run(procs, tmp_path, state, "change:69", count=150)
+    assert "error" in run(procs, tmp_path, state, "change:149", count=150)
 
 
 def test_changed_plain_values_are_refused_at_every_position(state: Path) -> None:
@@ -114,15 +118,14 @@ SETS = textwrap.dedent("""
 
 @pytest.mark.timeout(120)
 def test_the_same_objects_with_sets_are_not_refused_in_a_fresh_process(
-        tmp_path: Path, state: Path) -> None:
+        tmp_path: Path, state: Path, procs: Processes) -> None:
     """Sets of strings pickle in hash-seed order, which differs per process: the same
     data rebuilt by another process must still be the same data."""
     script = tmp_path / "sets.py"
     script.write_text(SETS)
     ran = []
     for seed in ("1", "2", "3"):
-        done = subprocess.run([sys.executable, str(script), str(state)], capture_output=True,
-                              text=True, timeout=60, env={**os.environ, "PYTHONHASHSEED": seed})
+        done = procs.python(script, state, env={"PYTHONHASHSEED": seed})
         assert done.returncode == 0, done.stderr
         ran.append(int(done.stdout))
     assert ran == [30, 0, 0]
@@ -156,7 +159,7 @@ class Frames(Sequence[int]):
             return [self[i] for i in range(*index.indices(self.count))]
         lock = self.state / "state.lock"
         if lock.exists():
-            with open(lock, "a") as handle:
+            with lock.open("a") as handle:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     fcntl.flock(handle, fcntl.LOCK_UN)

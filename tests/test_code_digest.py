@@ -11,11 +11,12 @@ import json
 import os
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.helpers.procs import Processes
+if TYPE_CHECKING:
+    from tests.helpers.procs import Processes
 
 pytestmark = pytest.mark.timeout(180)
 DIGEST_DEADLINE = 0.2  # seconds a first default_name may take in a fresh interpreter
@@ -70,7 +71,7 @@ class Project:
         assert old in text, f"{old!r} not in {name}"
         (self.root / name).write_text(text.replace(old, new))
 
-    def run(self, job: str, tail: str = PMAP, start_method: str = "fork",
+    def run(self, job: str, tail: str = PMAP, start_method: str = "fork", *,
             via_c: bool = False, seed: str = "0") -> dict[str, Any]:
         """Run HARNESS + ``job`` + ``tail`` as a script (or with ``-c``); its report."""
         code = HARNESS + textwrap.dedent(job) + tail.format(start_method=start_method)
@@ -129,7 +130,7 @@ JOBS = {
     ("lambda", "spawn", True), ("module", "spawn", True)])
 def test_editing_a_called_function_in_another_file_recomputes(
         tmp_path: Path, procs: Processes, spelling: str, start_method: str,
-        via_c: bool) -> None:
+        *, via_c: bool) -> None:
     project = Project(tmp_path, procs, {"helper.py": PHYSICS})
     first = project.run(JOBS[spelling], start_method=start_method, via_c=via_c, seed="1")
     assert first["results"] == [x * 1.5 for x in range(5)]
@@ -139,7 +140,8 @@ def test_editing_a_called_function_in_another_file_recomputes(
     project.edit("helper.py", "x * 1.5", "x * 2.25")
     edited = project.run(JOBS[spelling], start_method=start_method, via_c=via_c)
     assert edited["results"] == [x * 2.25 for x in range(5)]
-    assert edited["name"] != first["name"] and project.calls() == 10
+    assert edited["name"] != first["name"]
+    assert project.calls() == 10
 
 
 def test_editing_a_method_of_a_class_it_uses_recomputes(tmp_path: Path,

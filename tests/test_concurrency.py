@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 import threading
 import time
@@ -15,8 +16,10 @@ from hypothesis import strategies as st
 from laufband import Laufband
 from tests.helpers.procs import (
     HELPERS,
+    RUN_DEADLINE,
     Processes,
     completions,
+    online_workers,
     read_log,
     task_states,
     wait_for,
@@ -107,26 +110,40 @@ def test_max_parallel_workers_lets_two_workers_hold_a_task(
 
 @pytest.mark.timeout(120)
 def test_max_parallel_workers_counts_every_worker_that_ran_the_task(
-        state: Path, procs: Processes) -> None:
+        state: Path, procs: Processes, tmp_path: Path) -> None:
     """The seed: "a maximum of 2 workers will be assigned to this job until both
-    successfully finish". Four workers start one after another while the task runs:
-    only the first two run it (on main, a worker joined whenever fewer than 2 held it:
-    the one that finished first was replaced, 4 runs)."""
-    logs = state.parent / "logs"
+    successfully finish". Two workers run the task; the first finishes, and two more
+    start while the second still runs it: they must not run it (on main, a worker
+    joined whenever fewer than 2 held it: the one that finished first was replaced,
+    4 runs)."""
+    logs = tmp_path / "logs"
     logs.mkdir()
-    args = ("--layers", "1", "--width", "1", "--multi", "2", "--sleep", "1.5")
-    first = procs.start(HELPERS / "graph_worker.py", state, logs, *args)
-    started = [first]
-    wait_for(lambda: len(list(logs.glob("*.log"))) >= 1, what="the first worker's run")
-    for sleep in ("1.5", "0.2", "0.2"):  # the second runs it; the others come later
-        more = ("--layers", "1", "--width", "1", "--multi", "2", "--sleep", sleep)
-        started.append(procs.start(HELPERS / "graph_worker.py", state, logs, *more))
-        time.sleep(0.9)
-    assert [code for code, _, _ in procs.wait_all(started)] == [0, 0, 0, 0]
-    runs = [line for log in logs.glob("*.log") for line in read_log_lines(log)
-            if line.startswith("start")]
-    assert len(runs) == 2, runs
+    one = ("--layers", "1", "--width", "1", "--multi", "2")
+
+    def holder(name: str) -> subprocess.Popen[str]:
+        return procs.start(HELPERS / "graph_worker.py", state, logs, *one,
+                           "--hold-until", tmp_path / name)
+
+    first = holder("first-done")
+    wait_for(lambda: len(runs(logs)) == 1, what="the first worker to run the task")
+    second = holder("second-done")
+    wait_for(lambda: len(runs(logs)) == 2, what="the second worker to run the task")
+    (tmp_path / "first-done").touch()
+    assert procs.wait_all([first])[0][0] == 0  # finished its share; the second runs on
+    late = [procs.start(HELPERS / "graph_worker.py", state, logs, *one) for _ in range(2)]
+    # Registering, a worker claims in the same transaction: once both are online they
+    # have tried to take the task.
+    wait_for(lambda: online_workers(state) == 3, what="the late workers to register")
+    (tmp_path / "second-done").touch()
+    assert [code for code, _, _ in procs.wait_all([second, *late])] == [0, 0, 0]
+    assert len(runs(logs)) == 2, runs(logs)
     assert task_states(state, "graph") == {"L0-0": "completed"}
+
+
+def runs(logs: Path) -> list[str]:
+    """Every "start" line of the graph workers' logs."""
+    return [line for log in logs.glob("*.log") for line in read_log_lines(log)
+            if line.startswith("start")]
 
 
 @pytest.mark.timeout(60)
@@ -146,7 +163,8 @@ def test_two_workers_in_one_process_share_the_work(state: Path) -> None:
     for thread in threads:
         thread.join(timeout=50)
     assert sorted(seen["a"] + seen["b"]) == list(range(300))
-    assert seen["a"] and seen["b"]
+    assert seen["a"]
+    assert seen["b"]
 
 
 @pytest.mark.timeout(60)
@@ -191,22 +209,36 @@ def test_soft_lock_shares_work_between_processes(state: Path, procs: Processes) 
     assert completions(logs) == Counter({str(i): 1 for i in range(60)})
 
 
+AT_ONCE = textwrap.dedent("""
+    import pathlib, sys, time
+    from laufband import Laufband
+
+    marks, me = pathlib.Path(sys.argv[2]), int(sys.argv[3])
+    (marks / f"ready-{me}").touch()  # imported, started: waiting for the others
+    end = time.monotonic() + float(sys.argv[4])
+    while not (marks / "go").exists():
+        if time.monotonic() > end:
+            raise SystemExit("the go file never appeared")
+        time.sleep(0.001)
+    time.sleep(0.002 * me)  # spread over a few milliseconds, not a synchronisation
+    print(sum(Laufband(range(16), path=sys.argv[1], name="first")))
+""")
+CREATORS = 8
+
+
 @pytest.mark.timeout(120)
 def test_processes_creating_the_state_at_once_all_start(tmp_path: Path, procs: Processes) -> None:
     # Eight processes open a state directory that does not exist yet within a few
     # milliseconds of each other: one creates the database, none may see it half made.
-    program = textwrap.dedent("""
-        import sys, time
-        from laufband import Laufband
-        start = float(sys.argv[2])
-        time.sleep(max(0.0, start - time.time()))
-        print(sum(Laufband(range(16), path=sys.argv[1], name="first")))
-    """)
     for round_ in range(6):
-        state = tmp_path / f"state{round_}"
-        start = time.time() + 1.0  # after every interpreter has started
-        started = [procs.start("-c", program, state, start + 0.002 * i) for i in range(8)]
+        state, marks = tmp_path / f"state{round_}", tmp_path / f"marks{round_}"
+        marks.mkdir()
+        started = [procs.start("-c", AT_ONCE, state, marks, i, RUN_DEADLINE)
+                   for i in range(CREATORS)]
+        wait_for(lambda m=marks: len(list(m.glob("ready-*"))) == CREATORS,
+                 what="every process to be ready")
+        (marks / "go").touch()
         results = procs.wait_all(started)
-        assert [code for code, _, _ in results] == [0] * 8, [e for _, _, e in results]
+        assert [code for code, _, _ in results] == [0] * CREATORS, [e for _, _, e in results]
         assert sum(int(out) for _, out, _ in results) == sum(range(16))
         assert set(task_states(state, "first").values()) == {"completed"}

@@ -52,9 +52,10 @@ def finish(proc: subprocess.Popen[str]) -> tuple[str | None, str]:
     while True:
         try:
             _, err = proc.communicate(timeout=POLL)
-            return None, err
         except subprocess.TimeoutExpired as expired:
             lines = (expired.stderr or b"").decode(errors="replace").splitlines()
+        else:
+            return None, err
         if len(lines) >= 2 and lines[-2] == lines[-1]:
             reason = f"keeps retrying an error (killed): {lines[-1]}"
         elif time.monotonic() - start > PROCESS_DEADLINE:
@@ -62,7 +63,7 @@ def finish(proc: subprocess.Popen[str]) -> tuple[str | None, str]:
         else:
             continue
         proc.kill()
-        _, err = proc.communicate()
+        _, err = proc.communicate(timeout=PROCESS_DEADLINE)
         return reason, err
 
 

@@ -5,8 +5,8 @@ runs again."""
 from __future__ import annotations
 
 import random
+import sqlite3
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,10 +14,13 @@ import pytest
 
 from tests.helpers.procs import (
     HELPERS,
+    RUN_DEADLINE,
     Processes,
     completions,
     kill_at_random,
+    read_log,
     task_states,
+    wait_for,
 )
 
 
@@ -71,47 +74,56 @@ def test_rows_written_under_worker_lock_are_unique_after_sigkills(
     assert not duplicated, f"rows written twice after {kills} SIGKILLs: {duplicated}"
 
 
-REAPER = """
-import os, signal, sys, time
-from laufband import Laufband
-
-state, log = sys.argv[1], sys.argv[2]
-if sys.argv[3] == "die-while-reaping":  # the worst moment: reaped, not yet committed
-    import laufband.liveness as liveness
-
-    reap = liveness.DeadWorkerDetector._reap
-
-    def reap_then_die(self, tx, dead, retries):
-        reap(self, tx, dead, retries)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    liveness.DeadWorkerDetector._reap = reap_then_die
-worker = Laufband(list(range(300)), path=state, name="reap", tqdm_kwargs={"disable": True})
-with open(log, "a", buffering=1) as out:
-    for item in worker:
-        time.sleep(0.003)
-        out.write(f"{item}\\n")
-"""
+PENDING_BYTE = 0x40000000  # SQLite's lock byte of a writer waiting to commit (lockingv3)
+IDENTITY = {"LAUFBAND_IDENTIFIER": "node-7"}  # a restart reaps its predecessor at once
 
 
+def waits_to_commit(pid: int, db: Path) -> bool:
+    """Whether ``pid`` holds SQLite's PENDING lock on ``db``: it is in COMMIT, waiting
+    for readers to leave (Linux /proc/locks)."""
+    inode = db.stat().st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields:  # a waiter, not a holder
+            continue
+        kind, owner, device, first = fields[3], fields[4], fields[5], fields[6]
+        if (kind, owner, first) == ("WRITE", str(pid), str(PENDING_BYTE)) \
+                and device.endswith(f":{inode}"):
+            return True
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
 @pytest.mark.timeout(120)
 def test_a_reaper_killed_before_its_reap_commits_loses_no_record(
         state: Path, procs: Processes) -> None:
-    """A dead worker's record is removed only once the reap has committed (on main it
-    was removed first: a reaper killed in between made every task the dead worker had
-    finished since its last flush run again)."""
-    script = state.parent / "reaper.py"
-    script.write_text(REAPER)
-    log = state.parent / "done.txt"
-    first = procs.start(script, state, log, "normal")
-    time.sleep(0.9)
-    first.kill()
-    first.wait()
-    reaper = procs.start(script, state, log, "die-while-reaping")
-    assert procs.wait_all([reaper])[0][0] == -9
-    last = procs.start(script, state, log, "normal")
-    assert procs.wait_all([last])[0][0] == 0
-    rows = log.read_text().split()
-    assert sorted(set(rows), key=int) == [str(i) for i in range(300)]
-    again = len(rows) - len(set(rows))
-    assert again <= 2, f"{again} finished bodies ran again after 2 SIGKILLs"
+    """A dead worker's record (which tasks it finished since its last flush) is removed
+    only once the reap has committed. The reaper is held in its COMMIT by a reader and
+    SIGKILLed there (on main the record was removed first: the rolled-back reap left
+    nothing to say which tasks had finished, and they all ran again)."""
+    logs = state.parent / "logs"
+    args = (state, logs, "--items", 300, "--sleep", 0.003)
+    first = procs.worker(*args, env=IDENTITY)
+    wait_for(lambda: len(read_log(logs / f"{first.pid}.done")) >= 50, what="some progress")
+    first.kill()  # its finished tasks since the last flush are in its record only
+    first.wait(timeout=RUN_DEADLINE)
+    reader = sqlite3.connect(state / "state.db", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM tasks").fetchall()  # a SHARED lock: no commit
+        reaper = procs.worker(*args, env=IDENTITY)  # reaps its predecessor as it starts
+        wait_for(lambda: waits_to_commit(reaper.pid, state / "state.db"),
+                 what="the reaper to wait in its first COMMIT")
+        reaper.kill()
+        reaper.wait(timeout=RUN_DEADLINE)
+    finally:
+        reader.close()
+    assert read_log(logs / f"{reaper.pid}.start") == []  # it died inside the reap
+    last = procs.worker(*args, env=IDENTITY)
+    [(code, _, err)] = procs.wait_all([last])
+    assert code == 0, err
+    done = completions(logs)
+    assert set(done) == {str(i) for i in range(300)}
+    again = sum(done.values()) - len(done)
+    assert again <= 1, f"{again} finished bodies ran again (only the one in flight may)"
+    assert set(task_states(state, "work").values()) == {"completed"}

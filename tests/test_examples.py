@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers.procs import Processes
 from tests.test_mpi import mpiexec
+
+if TYPE_CHECKING:
+    from tests.helpers.procs import Processes
 
 pytestmark = pytest.mark.timeout(240)
 EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLE_DEADLINE = 200.0  # seconds one run of an example may take
 
 
 def copy(name: str, tmp_path: Path) -> Path:
@@ -58,26 +61,28 @@ def test_graph_pipeline_with_and_without_gpu(tmp_path: Path, procs: Processes) -
     ("joblib_example.py", "500 norms, the largest 866.03"),
 ])
 def test_memoizing_examples_give_the_same_output_twice(
-        tmp_path: Path, name: str, expected: str) -> None:
+        tmp_path: Path, procs: Processes, name: str, expected: str) -> None:
     script = copy(name, tmp_path)
     for _ in range(2):  # the second run reads every result from .laufband
-        done = subprocess.run([sys.executable, script], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=200)
+        done = procs.python(script, cwd=tmp_path, timeout=EXAMPLE_DEADLINE)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == expected
 
 
 @pytest.mark.mpi
-def test_mpi_example_under_two_ranks(tmp_path: Path) -> None:
+def test_mpi_example_under_two_ranks(tmp_path: Path, procs: Processes) -> None:
     script = copy("mpi_example.py", tmp_path)
-    done = subprocess.run([mpiexec(), "-n", "2", sys.executable, script], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=200)
+    done = procs.run([mpiexec(), "-n", "2", sys.executable, script], cwd=tmp_path,
+                     timeout=EXAMPLE_DEADLINE)
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in (tmp_path / "mpi_results.txt").read_text().splitlines()]
     assert sorted(int(item) for item, _ in rows) == list(range(100))
     assert {rank for _, rank in rows} == {"0", "1"}
 
 
-def test_slurm_scripts_are_valid_bash() -> None:
-    for script in (EXAMPLES / "slurm").glob("*.sh"):
-        assert subprocess.run(["bash", "-n", script]).returncode == 0
+def test_slurm_scripts_are_valid_bash(procs: Processes) -> None:
+    scripts = sorted((EXAMPLES / "slurm").glob("*.sh"))
+    assert scripts
+    for script in scripts:
+        checked = procs.run(["bash", "-n", script])
+        assert checked.returncode == 0, checked.stderr

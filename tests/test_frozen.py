@@ -5,20 +5,20 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from filelock import FileLock, Timeout
 
 from tests.helpers.procs import (
     Processes,
     completions,
+    next_line,
     orphans,
     read_log,
+    stop_outside_the_lock,
     task_states,
     wait_for,
 )
@@ -46,7 +46,7 @@ def frozen_holder(procs: Processes, state: Path) -> subprocess.Popen[str]:
             print("held", flush=True)
             os.kill(os.getpid(), signal.SIGSTOP)
     """))
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    assert next_line(holder, what="the holder to hold the lock").strip() == "held"
     wait_for(lambda: Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
              == "T", what="the holder to stop")
     return holder
@@ -61,17 +61,19 @@ def test_frozen_lock_holder_is_named_and_waited_for_cheaply(
                           "--items", 5, stderr=err,
                           env={"LAUFBAND_LOCK_WARNING": str(WARN_AFTER)})
     try:
-        took, used, status = frozen_for_a_while(holder, waiter, state, err)
+        took, used, status = frozen_for_a_while(procs, holder, waiter, state, err)
     finally:
         holder.send_signal(signal.SIGCONT)  # resumed: it commits, and everyone goes on
     lines = [line for line in err.read_text().splitlines() if "waited" in line]
     assert len(lines) == 1, lines  # one line, not one per poll
-    assert f"pid {holder.pid}" in lines[0] and "frozen" in lines[0], lines[0]
+    assert f"pid {holder.pid}" in lines[0], lines[0]
+    assert "frozen" in lines[0], lines[0]
     assert used <= MAX_WAIT_CPU, f"the waiter spent {used:.2f} s of CPU waiting"
     assert took <= STATUS_DEADLINE, f"status took {took:.1f} s"
     assert status.returncode == 1
     assert status.stderr.count("\n") == 1, status.stderr
-    assert f"pid {holder.pid}" in status.stderr and "frozen" in status.stderr
+    assert f"pid {holder.pid}" in status.stderr
+    assert "frozen" in status.stderr
     [(code, _, _)] = procs.wait_all([holder])
     assert code == 0
     assert waiter.wait(timeout=30) == 0
@@ -79,7 +81,8 @@ def test_frozen_lock_holder_is_named_and_waited_for_cheaply(
 
 
 def frozen_for_a_while(
-    holder: subprocess.Popen[str], waiter: subprocess.Popen[str], state: Path, err: Path
+    procs: Processes, holder: subprocess.Popen[str], waiter: subprocess.Popen[str],
+    state: Path, err: Path,
 ) -> tuple[float, float, subprocess.CompletedProcess[str]]:
     """While the holder is frozen: wait for the waiter's warning, run ``laufband status``
     and measure the waiter's CPU time; return (status seconds, CPU seconds, status)."""
@@ -87,29 +90,12 @@ def frozen_for_a_while(
              what="the waiter to name the holder")
     before = cpu_seconds(waiter.pid)
     began = time.monotonic()
-    status = subprocess.run(  # warning early: a status that gives up says so only once
-        [sys.executable, "-m", "laufband", "status", str(state)], capture_output=True,
-        text=True, timeout=STATUS_DEADLINE + 30,
-        env={**os.environ, "LAUFBAND_LOCK_WARNING": str(WARN_AFTER)})
+    status = procs.python(  # warning early: a status that gives up says so only once
+        "-m", "laufband", "status", state, timeout=STATUS_DEADLINE + 30,
+        env={"LAUFBAND_LOCK_WARNING": str(WARN_AFTER)})
     took = time.monotonic() - began
     time.sleep(max(0.0, WAIT_WINDOW - took))  # measuring: the waiter must stay idle
     return took, cpu_seconds(waiter.pid) - before, status
-
-
-def stop_outside_the_lock(proc: subprocess.Popen[str], state: Path) -> None:
-    """SIGSTOP ``proc`` at a moment it does not hold the state lock."""
-    lock = FileLock(state / "state.lock")
-    for _ in range(50):
-        proc.send_signal(signal.SIGSTOP)
-        try:
-            lock.acquire(timeout=0.5)
-        except Timeout:
-            proc.send_signal(signal.SIGCONT)  # frozen mid-transaction: try again
-            time.sleep(0.05)
-            continue
-        lock.release()
-        return
-    raise AssertionError("could not stop the worker outside the state lock")
 
 
 @pytest.mark.timeout(120)
@@ -160,7 +146,7 @@ def test_time_spent_waiting_for_the_lock_is_not_silence(state: Path, procs: Proc
             print("held", flush=True)
             time.sleep({2 * timeout})
     """))
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    assert next_line(holder, what="the holder to hold the lock").strip() == "held"
     with store.transaction():  # we wait 2 x timeout behind the holder
         assert not detector.is_dead(watched)
     time.sleep(timeout * 1.2)  # now a real silence, watched while the lock was free

@@ -92,9 +92,9 @@ def test_in_process_forms_kwargs_generator_and_errors(state: Path) -> None:
             raise KeyError("three")
         return x
 
-    with parallel_config(backend="laufband", n_jobs=2, path=state):
-        with pytest.raises(KeyError, match="three"):
-            Parallel()(delayed(broken)(i) for i in range(6))
+    with parallel_config(backend="laufband", n_jobs=2, path=state), \
+            pytest.raises(KeyError, match="three"):
+        Parallel()(delayed(broken)(i) for i in range(6))
 
 
 def test_a_callable_object_changed_between_calls_is_computed_again(state: Path) -> None:
@@ -115,8 +115,7 @@ def test_nested_parallel_runs_sequentially_inside_a_task(state: Path) -> None:
         from joblib.parallel import get_active_backend
 
         backend, _ = get_active_backend()
-        return [type(backend).__name__] + Parallel(n_jobs=4)(
-            delayed(str)(x + i) for i in range(2))
+        return [type(backend).__name__, *Parallel(n_jobs=4)(delayed(str)(x + i) for i in range(2))]
 
     with parallel_config(backend="laufband", n_jobs=2, path=state):
         out = Parallel()(delayed(inner)(i) for i in range(2))

@@ -52,7 +52,8 @@ def test_both_files_give_one_warning_naming_both_then_none(tmp_path: Path) -> No
     assert "\n" not in message
     assert "laufband.sqlite and graphband.sqlite" in message
     assert str(tmp_path) in message
-    assert "original laufband (0.2.x)" in message and "every item runs again" in message
+    assert "original laufband (0.2.x)" in message
+    assert "every item runs again" in message
     assert "delete or move" in message
     assert warning.filename == __file__  # points at the caller, not into laufband
     assert caught(tmp_path) == []
@@ -87,5 +88,6 @@ def test_the_check_is_two_stat_calls(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_the_warning_pickles() -> None:
     warning = OriginalStateWarning("laufband.sqlite in '/x' was written by ...")
     again = pickle.loads(pickle.dumps(warning))
-    assert type(again) is OriginalStateWarning and again.args == warning.args
+    assert type(again) is OriginalStateWarning
+    assert again.args == warning.args
     assert issubclass(OriginalStateWarning, UserWarning)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,6 +14,7 @@ from laufband.inflight import InFlight
 from laufband.liveness import HOST, DeadWorkerDetector
 from laufband.store import Scope, Store
 from tests.helpers.procs import (
+    RUN_DEADLINE,
     Processes,
     completions,
     online_workers,
@@ -59,7 +58,7 @@ def test_task_killed_twice_stays_killed(state: Path, procs: Processes) -> None:
         proc = procs.worker(state, logs, "--items", 1, "--sleep", 60)
         wait_for(lambda p=proc: started(logs, p.pid, 0), what=f"attempt {attempt} to start")
         proc.kill()
-        proc.wait()
+        proc.wait(timeout=RUN_DEADLINE)
     last = procs.worker(state, logs, "--items", 1)
     assert procs.wait_all([last])[0][0] == 0
     assert read_log(logs / f"{last.pid}.start") == []  # nothing left it may run
@@ -94,7 +93,7 @@ def test_resume_after_kill_loses_at_most_a_flush_window(state: Path, procs: Proc
     first = procs.worker(state, logs, "--items", 40, "--sleep", 0.05)
     wait_for(lambda: len(read_log(logs / f"{first.pid}.done")) >= 5, what="some progress")
     first.kill()
-    first.wait()
+    first.wait(timeout=RUN_DEADLINE)
     second = procs.worker(state, logs, "--items", 40, "--sleep", 0.05)
     assert procs.wait_all([second])[0][0] == 0
     done = completions(logs)
@@ -111,17 +110,19 @@ def test_ctrl_c_puts_the_current_task_back_to_pending(state: Path, procs: Proces
     wait_for(lambda: started(logs, proc.pid, 1), what="item 1 to start")
     proc.send_signal(signal.SIGINT)
     code, _, err = procs.wait_all([proc], deadline=30)[0]
-    assert code != 0 and "KeyboardInterrupt" in err
+    assert code != 0
+    assert "KeyboardInterrupt" in err
     assert task_states(state, "work") == {"0": "completed", "1": "pending", "2": "pending"}
     assert task_events(state, "work") == []
     assert online_workers(state) == 0
 
 
-def test_a_between_tasks_record_is_trusted_on_this_host_only(state: Path) -> None:
+def test_a_between_tasks_record_is_trusted_on_this_host_only(state: Path,
+                                                            procs: Processes) -> None:
     # A record from another host may not have been written back to the shared
     # filesystem yet: "between tasks" there falls back to blaming the lowest task.
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    gone = procs.python("-c", "import os; print(os.getpid())")
+    assert gone.returncode == 0, gone.stderr
     store = Store(state)
     with store.transaction() as tx:
         wf = tx.open_workflow("work", keyed=False).id
@@ -181,7 +182,7 @@ def test_restart_with_the_identifier_of_a_killed_worker(state: Path, procs: Proc
     first = procs.worker(state, logs, "--items", 5, "--sleep", 60, "--sleep-on", 2, env=env)
     wait_for(lambda: started(logs, first.pid, 2), what="item 2 to start")
     first.kill()
-    first.wait()
+    first.wait(timeout=RUN_DEADLINE)
     again = procs.worker(state, logs, "--items", 5, env=env)
     assert procs.wait_all([again])[0][0] == 0
     assert set(task_states(state, "work").values()) == {"completed"}

@@ -4,15 +4,19 @@ leaves failed or blocked tasks says so in one line."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.procs import Processes, task_states, wait_for
+from tests.helpers.procs import (
+    RUN_DEADLINE,
+    Processes,
+    next_line,
+    read_log,
+    task_states,
+    wait_for,
+)
 
 GRAPH = textwrap.dedent("""
     import sys, time
@@ -31,16 +35,17 @@ GRAPH = textwrap.dedent("""
 
 @pytest.mark.timeout(60)
 def test_a_worker_leaves_when_its_tasks_wait_for_labels_nobody_online_has(
-        tmp_path: Path, state: Path) -> None:
+        tmp_path: Path, state: Path, procs: Processes) -> None:
     script = tmp_path / "graph.py"
     script.write_text(GRAPH)
-    done = subprocess.run([sys.executable, str(script), str(state), "", "0"],
-                          capture_output=True, text=True, timeout=30)
+    done = procs.python(script, state, "", "0", timeout=RUN_DEADLINE)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ran", "d"]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert "'b', 'c'" in lines[0] and "'gpu'" in lines[0] and "labels=" in lines[0]
+    assert "'b', 'c'" in lines[0]
+    assert "'gpu'" in lines[0]
+    assert "labels=" in lines[0]
     assert task_states(state, "graph") == {"a": "pending", "b": "pending", "c": "pending",
                                            "d": "completed"}
 
@@ -51,7 +56,7 @@ def test_a_worker_waits_while_a_worker_with_the_labels_is_online(
     script = tmp_path / "graph.py"
     script.write_text(GRAPH)
     gpu = procs.start(script, state, "gpu", "2.0")  # runs a (2 s), leaves b, c, d
-    assert gpu.stdout is not None and gpu.stdout.readline().split() == ["ran", "a"]
+    assert next_line(gpu, what="the gpu worker to run a").split() == ["ran", "a"]
     cpu = procs.start(script, state, "", "0")
     results = procs.wait_all([gpu, cpu], deadline=30)
     assert [code for code, _, _ in results] == [0, 0], results
@@ -76,13 +81,13 @@ CATCH = textwrap.dedent("""
 
 
 @pytest.mark.timeout(60)
-def test_catch_fails_the_task_and_the_loop_goes_on(tmp_path: Path, state: Path) -> None:
+def test_catch_fails_the_task_and_the_loop_goes_on(tmp_path: Path, state: Path,
+                                                   procs: Processes) -> None:
     from tests.helpers.procs import task_events
 
     script = tmp_path / "catch.py"
     script.write_text(CATCH)
-    done = subprocess.run([sys.executable, str(script), str(state)], capture_output=True,
-                          text=True, timeout=30)
+    done = procs.python(script, state, timeout=RUN_DEADLINE)
     assert done.returncode == 0, done.stderr
     bad = {3, 8, 13, 18}
     assert [int(x) for x in done.stdout.split()] == [i for i in range(20) if i not in bad]
@@ -92,10 +97,13 @@ def test_catch_fails_the_task_and_the_loop_goes_on(tmp_path: Path, state: Path) 
     assert errors["8"] == "ValueError: item 8 is bad"
     # The end of the run says how many failed and how to see them, in one line.
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "4 failed" in lines[0] and "laufband status" in lines[0]
-    again = subprocess.run([sys.executable, str(script), str(state)], capture_output=True,
-                           text=True, timeout=30)
-    assert again.stdout == "" and "4 failed" in again.stderr
+    assert len(lines) == 1
+    assert "4 failed" in lines[0]
+    assert "laufband status" in lines[0]
+    again = procs.python(script, state, timeout=RUN_DEADLINE)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == ""
+    assert "4 failed" in again.stderr
 
 
 @pytest.mark.timeout(60)
@@ -112,26 +120,32 @@ def test_failure_policy_stop_stops_the_other_workers(tmp_path: Path, state: Path
             if sys.argv[2] == "fail":
                 print(item, flush=True)
                 raise RuntimeError("the SCF did not converge")
+            with open(sys.argv[3], "a") as log:
+                log.write(f"{item}\\n")
             time.sleep(0.01)
     """))
-    other = procs.start(script, state, "work")
-    wait_for(lambda: (state / "state.db").exists(), what="the first worker")
-    time.sleep(0.3)
-    failing = procs.start(script, state, "fail")  # fails its first item
+    working = tmp_path / "working.log"
+    other = procs.start(script, state, "work", working)
+    wait_for(lambda: len(read_log(working)) >= 3, what="the first worker to finish items")
+    failing = procs.start(script, state, "fail", working)  # fails its first item
     code, out, err = procs.wait_all([failing], deadline=30)[0]
-    assert code != 0 and "SCF did not converge" in err
+    assert code != 0
+    assert "SCF did not converge" in err
     failed = out.split()[0]
     code, _, err = procs.wait_all([other], deadline=30)[0]
     assert code != 0
     last = err.strip().splitlines()[-1]
-    assert last.startswith("RuntimeError:") and f"'{failed}'" in last and "'stop'" in last
+    assert last.startswith("RuntimeError:")
+    assert f"'{failed}'" in last
+    assert "'stop'" in last
     states = task_states(state, "stop")
     assert states[failed] == "failed"
     assert sum(v == "completed" for v in states.values()) < 399  # nobody ran to the end
     # A new worker does not start on the workflow either.
     again = procs.start(script, state, "work")
     code, _, err = procs.wait_all([again], deadline=30)[0]
-    assert code != 0 and f"'{failed}'" in err
+    assert code != 0
+    assert f"'{failed}'" in err
 
 
 def test_two_catches_in_one_body_fail_the_item_once(state: Path) -> None:
@@ -159,9 +173,8 @@ def test_catch_outside_a_loop_and_in_a_disabled_loop(state: Path,
     from laufband import Laufband
 
     worker = Laufband([1, 2], path=state, name="outside")
-    with pytest.raises(RuntimeError, match="inside the body of the loop"):
-        with worker.catch():
-            pass
+    with pytest.raises(RuntimeError, match="inside the body of the loop"), worker.catch():
+        pass
     plain = Laufband([1, 2], path=state, name="plain", disabled=True)
     seen = []
     for item in plain:

@@ -10,14 +10,13 @@ heartbeat, like one on another host. Each namespaced worker here runs under
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tests.helpers.procs import (
     Processes,
     completions,
     read_log,
+    signal_sessions,
     task_events,
     task_states,
     wait_for,
@@ -58,7 +58,7 @@ def unshare_prefix() -> tuple[list[str], str]:
         prefix = ["unshare", "--pid", "--fork", "--mount-proc", *extra]
         try:
             probe = subprocess.run([*prefix, "true"], capture_output=True, text=True,
-                                   timeout=PROBE_DEADLINE)
+                                   timeout=PROBE_DEADLINE, check=False)
         except subprocess.TimeoutExpired:
             return [], f"`unshare ... true` took more than {PROBE_DEADLINE} s"
         if probe.returncode == 0:
@@ -68,42 +68,26 @@ def unshare_prefix() -> tuple[list[str], str]:
 
 
 @pytest.fixture
-def namespaced(procs: Processes) -> Iterator[Spawn]:
+def namespaced(procs: Processes) -> Spawn:
     """Start ``python ARGS...`` as pid 1 of a new pid namespace, in a session of its own
-    (so the whole group can be killed); the groups are gone at teardown."""
+    (so the whole group can be killed); ``procs`` ends what is left at teardown."""
     prefix, reason = unshare_prefix()
     if not prefix:
         pytest.skip(f"no pid namespaces here: {reason}")
-    started: list[subprocess.Popen[str]] = []
 
     def spawn(*args: object, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [*prefix, sys.executable, *map(str, args)], env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )
-        started.append(proc)
-        procs.started.append(proc)  # communicated (and its pipes closed) at teardown
-        return proc
+        return procs.popen([*prefix, sys.executable, *map(str, args)], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    yield spawn
-    leftovers = [proc.pid for proc in started if proc.poll() is None]
-    for proc in started:
-        kill(proc)
-    assert not leftovers, f"namespaced workers still running at teardown: {leftovers}"
+    return spawn
 
 
 def kill(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL a worker that still runs; for one in a session of its own (``unshare``
-    and its pid-1 child: killing ``unshare`` alone may leave the child), its group."""
+    """SIGKILL a worker that still runs, with its session (``unshare`` and its pid-1
+    child: killing ``unshare`` alone may leave the child)."""
     if proc.poll() is not None:
         return  # reaped: its pid may belong to someone else by now
-    try:
-        if os.getpgid(proc.pid) == proc.pid:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-    except ProcessLookupError:
-        pass
+    signal_sessions({proc.pid}, signal.SIGKILL)
 
 
 def describe_tasks(state: Path) -> str:
@@ -122,7 +106,7 @@ def finish(proc: subprocess.Popen[str], deadline: float, what: str,
         out, err = proc.communicate(timeout=deadline)
     except subprocess.TimeoutExpired:
         kill(proc)
-        _, err = proc.communicate()
+        _, err = proc.communicate(timeout=RUN)
         pytest.fail(f"{what} still running after {deadline} s (tasks:"
                     f" {describe_tasks(state)}):\n{err[-2000:]}")
     assert proc.returncode == 0, f"{what} exited {proc.returncode}:\n{err[-2000:]}"
@@ -186,7 +170,6 @@ def test_dead_worker_of_another_namespace_is_reaped_by_heartbeat(
              what="the namespaced worker to start item 5")
     kill(victim)
     victim.wait(timeout=RUN)
-    started = time.monotonic()
     survivor = procs.worker(state, survivor_logs, "--items", "20", *BEAT, env=HEARTBEAT)
     survivor_log = survivor_logs / f"{survivor.pid}.start"
     try:
@@ -196,7 +179,6 @@ def test_dead_worker_of_another_namespace_is_reaped_by_heartbeat(
         kill(survivor)
         pytest.fail(f"{error} (tasks: {describe_tasks(state)})")
     finish(survivor, SURVIVOR_DEADLINE, "the host worker", state)
-    took = time.monotonic() - started
     timeout = float(HEARTBEAT["LAUFBAND_HEARTBEAT_TIMEOUT"])
     assert retaken >= timeout, (
         f"item 5 was taken over {retaken:.2f} s after the host worker started, before the"
@@ -205,7 +187,6 @@ def test_dead_worker_of_another_namespace_is_reaped_by_heartbeat(
     assert states["5"] == "completed", f"item 5 is {states['5']}"
     assert set(states.values()) == {"completed"}, Counter(states.values())
     assert [event[0] for event in kills(state)] == ["5"], kills(state)
-    print(f"item 5 taken over after {retaken:.1f} s, all done after {took:.1f} s")
 
 
 def test_live_worker_of_another_namespace_is_not_reaped(

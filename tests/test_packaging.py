@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import laufband
-from tests.helpers.procs import Processes
+from tests.helpers.procs import RUN_DEADLINE, Processes, next_line
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL_VERSION = (0, 2, 1)  # the original laufband on PyPI: ours must sort above it
@@ -43,21 +43,19 @@ def minimum_filelock() -> str:
     return found.group(1)
 
 
-def test_version_is_0_3_0_above_the_original_laufband() -> None:
-    result = subprocess.run([sys.executable, "-m", "laufband", "--version"], capture_output=True,
-                            text=True, timeout=60)
+def test_version_is_0_3_0_above_the_original_laufband(procs: Processes) -> None:
+    result = procs.python("-m", "laufband", "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "laufband 0.3.0"
     assert laufband.__version__ == "0.3.0"
     assert release(laufband.__version__) > ORIGINAL_VERSION
 
 
-def test_console_script_prints_the_version() -> None:
+def test_console_script_prints_the_version(procs: Processes) -> None:
     script = Path(sys.executable).parent / "laufband"
     if not script.exists():
         pytest.skip("the laufband console script is not installed next to this python")
-    result = subprocess.run([str(script), "--version"], capture_output=True, text=True,
-                            timeout=60)
+    result = procs.run([script, "--version"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"laufband {laufband.__version__}"
 
@@ -111,7 +109,7 @@ def pinned_filelock(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
          "--disable-pip-version-check", "--target", str(target), f"filelock=={version}"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, f"pip cannot install filelock=={version}:\n{result.stderr}"
     return version, target
 
@@ -129,9 +127,9 @@ def test_the_minimum_filelock_runs_two_workers(
     if lock == "soft":  # a soft lock left by a killed process must not stop the run
         state.mkdir()
         holder = procs.start("-c", STALE_SOFT_LOCK, state / "state.lock", env=env)
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert next_line(holder, what="the holder to hold the lock").strip() == "held"
         holder.kill()
-        holder.wait()
+        holder.wait(timeout=RUN_DEADLINE)
         assert (state / "state.lock").exists()
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -144,3 +142,11 @@ def test_the_minimum_filelock_runs_two_workers(
         assert reported_version == version
         assert Path(module).is_relative_to(target), module
     assert Counter(log.read_text().split()) == {str(i): 1 for i in range(20)}
+
+
+def test_import_is_light(procs: Processes) -> None:
+    heavy = ["joblib", "networkx", "typer", "rich", "mpi4py"]
+    code = f"import sys, laufband; print([m for m in {heavy!r} if m in sys.modules])"
+    result = procs.python("-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

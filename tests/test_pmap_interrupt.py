@@ -11,12 +11,11 @@ import subprocess
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.procs import Processes, wait_for
+from tests.helpers.procs import Processes, session_members, wait_for
 
 ITEMS = 400
 WORKERS = 4
@@ -55,18 +54,6 @@ def script(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def groups() -> Iterator[list[int]]:
-    """Process groups started by a test: killed at teardown whatever happened."""
-    started: list[int] = []
-    yield started
-    for group in started:
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def logged(log: Path) -> list[tuple[int, int, float]]:
     """(item, pid, time) of every item the function finished."""
     if not log.exists():
@@ -78,34 +65,18 @@ def logged(log: Path) -> list[tuple[int, int, float]]:
     return rows
 
 
-def session_members(session: int) -> list[str]:
-    """Processes of a session that still run (zombies have ended: not counted)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()  # state, ppid, pgrp, session, ...
-        if int(fields[3]) == session and fields[0] != "Z":
-            members.append(f"{stat.parent.name} {text[:text.rindex(')') + 1]} {fields[0]}")
-    return members
-
-
 def screen_lines(text: str) -> list[str]:
     """The lines a terminal shows: of each line, what the last carriage return left."""
     return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.rsplit("\r", 1)[-1]]
 
 
-def interrupt(procs: Processes, groups: list[int], script: Path, state: Path,
+def interrupt(procs: Processes, script: Path, state: Path,
               log: Path, err: Path, method: str, signals: int = 1,
               *args: str) -> tuple[int, str, float]:
     """Run the script until every worker has finished items, Ctrl-C it like a terminal
     (``signals`` times, 50 ms apart); return exit status, stderr, and the time of the
     first signal."""
-    proc = procs.start_logged(script, state, log, method, *args, stderr=err,
-                              new_session=True)
-    groups.append(proc.pid)
+    proc = procs.start_logged(script, state, log, method, *args, stderr=err)  # own session
     wait_for(lambda: len({pid for _, pid, _ in logged(log)}) == WORKERS
              and len(logged(log)) >= 40, what="every worker to finish items")
     sent = time.time()
@@ -118,7 +89,7 @@ def interrupt(procs: Processes, groups: list[int], script: Path, state: Path,
         code = proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         pytest.fail(f"the caller hangs after Ctrl-C; stderr:\n{err.read_text()}")
-    left = session_members(proc.pid)
+    left = session_members({proc.pid})
     assert not left, f"processes left after the caller exited: {left}"
     return code, err.read_bytes().decode(), sent  # not read_text: it turns \r into \n
 
@@ -167,10 +138,10 @@ def check_split(first: list[tuple[int, int, float]], second: list[tuple[int, int
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_ctrl_c_prints_one_traceback_and_keeps_finished_items(
-        method: str, procs: Processes, groups: list[int], script: Path, tmp_path: Path,
+        method: str, procs: Processes, script: Path, tmp_path: Path,
         state: Path) -> None:
     log = tmp_path / "first.log"
-    code, stderr, sent = interrupt(procs, groups, script, state, log, tmp_path / "first.err",
+    code, stderr, sent = interrupt(procs, script, state, log, tmp_path / "first.err",
                                    method)
     check_one_short_traceback(code, stderr)
     check_rest_computed_once(procs, script, state, tmp_path, log, sent, method)
@@ -178,10 +149,10 @@ def test_ctrl_c_prints_one_traceback_and_keeps_finished_items(
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_second_ctrl_c_during_the_cleanup(method: str, procs: Processes, groups: list[int],
+def test_second_ctrl_c_during_the_cleanup(method: str, procs: Processes,
                                           script: Path, tmp_path: Path, state: Path) -> None:
     log = tmp_path / "first.log"
-    code, stderr, sent = interrupt(procs, groups, script, state, log, tmp_path / "first.err",
+    code, stderr, sent = interrupt(procs, script, state, log, tmp_path / "first.err",
                                    method, signals=2)
     check_one_short_traceback(code, stderr)
     check_rest_computed_once(procs, script, state, tmp_path, log, sent, method)
@@ -190,29 +161,29 @@ def test_second_ctrl_c_during_the_cleanup(method: str, procs: Processes, groups:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_the_same_process_calls_again_after_ctrl_c(
-        method: str, procs: Processes, groups: list[int], script: Path, tmp_path: Path,
+        method: str, procs: Processes, script: Path, tmp_path: Path,
         state: Path) -> None:
     """As in a notebook: the KeyboardInterrupt is caught and the same call made again
     in the same process; it returns the complete list, computing only the rest."""
     log = tmp_path / "first.log"
-    code, stderr, sent = interrupt(procs, groups, script, state, log, tmp_path / "first.err",
+    code, stderr, sent = interrupt(procs, script, state, log, tmp_path / "first.err",
                                    method, 1, "again")
     assert code == 0, stderr
-    assert "Traceback" not in stderr and "interrupted" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "interrupted" in stderr, stderr
     rows = logged(log)
     check_split([r for r in rows if r[2] < sent], [r for r in rows if r[2] >= sent], sent)
 
 
 @pytest.mark.timeout(180)
-def test_ctrl_c_while_spawned_helpers_start(procs: Processes, groups: list[int],
+def test_ctrl_c_while_spawned_helpers_start(procs: Processes,
                                             script: Path, tmp_path: Path) -> None:
     """A Ctrl-C that lands while spawned helpers' interpreters start up (on main, each
     such helper printed "Fatal Python error: init_import_site" and a traceback)."""
     for attempt, delay in enumerate([0.0, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3]):
         state, log = tmp_path / f"state{attempt}", tmp_path / f"log{attempt}"
         err = tmp_path / f"err{attempt}"
-        proc = procs.start_logged(script, state, log, "spawn", stderr=err, new_session=True)
-        groups.append(proc.pid)
+        proc = procs.start_logged(script, state, log, "spawn", stderr=err)  # own session
         wait_for(lambda: bool(logged(log)), what="the caller's first item")  # noqa: B023
         time.sleep(delay)  # helpers start once ~30 ms of work shows they pay off
         os.killpg(proc.pid, signal.SIGINT)
@@ -222,7 +193,8 @@ def test_ctrl_c_while_spawned_helpers_start(procs: Processes, groups: list[int],
             pytest.fail(f"the caller hangs after Ctrl-C; stderr:\n{err.read_text()}")
         if code == 0:
             continue  # finished before the signal: nothing to check
-        assert not session_members(proc.pid), "processes left after the caller exited"
+        left = session_members({proc.pid})
+        assert not left, f"processes left after the caller exited: {left}"
         stderr = err.read_bytes().decode()
         assert "Fatal Python error" not in stderr, stderr
         check_one_short_traceback(code, stderr)

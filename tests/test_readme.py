@@ -98,7 +98,8 @@ def test_failure_policy_break_exception_and_close(tmp_path: Path, procs: Process
     assert "re-raised: Something went wrong" in out
     assert "after close: [71, 72, 73, 74, 75, 76, 77, 78, 79, 80]" in out
     states = task_states(tmp_path / ".laufband", "policy")
-    assert states["50"] == "failed" and states["70"] == "failed"
+    assert states["50"] == "failed"
+    assert states["70"] == "failed"
     assert states["80"] == "completed"
     assert Counter(states.values()) == {"completed": 79, "failed": 2, "pending": 19}
     assert [(task, state) for task, state, _ in task_events(tmp_path / ".laufband", "policy")] \
@@ -122,7 +123,8 @@ def test_uncaught_exception_fails_task_with_its_error(tmp_path: Path, procs: Pro
                 raise ValueError("Something went wrong")
     """)
     [(code, _, err)] = procs.wait_all([procs.start(script, cwd=tmp_path)])
-    assert code == 1 and "ValueError: Something went wrong" in err
+    assert code == 1
+    assert "ValueError: Something went wrong" in err
     states = task_states(tmp_path / ".laufband", "crash")
     assert states["3"] == "failed"
     assert [states[str(i)] for i in range(3)] == ["completed"] * 3

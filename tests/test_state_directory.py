@@ -147,9 +147,10 @@ def test_a_directory_others_can_write_is_refused(state: Path, procs: Processes, 
                                                  loose: int) -> None:
     """A directory writable by group or others: refused, nothing created in it."""
     state.mkdir()
-    os.chmod(state, loose)
+    state.chmod(loose)
     message = refused(state)
-    assert "writable by group or others" in message and "chmod" in message, message
+    assert "writable by group or others" in message, message
+    assert "chmod" in message, message
     line = assert_one_state_error(*run(procs, loop, state), state)
     assert "writable by group or others" in line, line
     assert not (state / "state.db").exists()
@@ -224,12 +225,13 @@ def remove_tree(path: Path) -> None:
     while True:
         try:
             shutil.rmtree(path)
-            return
         except FileNotFoundError:
             return
         except OSError:  # a file appeared while removing: "Directory not empty"
             if time.monotonic() - start > COMMAND_DEADLINE:
                 raise
+        else:
+            return
 
 
 def test_a_removed_directory_stops_the_worker(state: Path, procs: Processes, loop: Path,
@@ -353,13 +355,19 @@ def test_a_full_disk_while_creating_the_state_says_so(mounted_state: Path) -> No
     """No room for the database: "the disk is full", not "not a laufband state database"
     (which invites deleting the state)."""
     filler = mounted_state / "filler"
-    with open(filler, "wb") as out:
-        with contextlib.suppress(OSError):
-            while True:
-                out.write(bytes(64 * 1024))
-                out.flush()
+    with filler.open("wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(bytes(64 * 1024))
+            out.flush()
     message = refused(mounted_state / "new")
     assert message.startswith("the disk is full in PATH"), message
+
+
+def use_the_lock(worker: Laufband) -> None:
+    """Take ``worker.lock`` in each iteration of the loop."""
+    for _ in worker:
+        with worker.lock:
+            pass
 
 
 def test_a_symlinked_user_lock_is_refused(state: Path, tmp_path: Path) -> None:
@@ -368,8 +376,6 @@ def test_a_symlinked_user_lock_is_refused(state: Path, tmp_path: Path) -> None:
     state.mkdir(mode=0o700)
     (state / "user.lock").symlink_to(target)
     worker = Laufband(range(2), path=state, tqdm_kwargs=QUIET)
-    with pytest.raises(StateError, match="user.lock' is a symlink"):
-        for _ in worker:
-            with worker.lock:
-                pass
+    with pytest.raises(StateError, match=r"user\.lock' is a symlink"):
+        use_the_lock(worker)
     assert target.read_bytes() == CONTENT

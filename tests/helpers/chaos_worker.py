@@ -20,5 +20,5 @@ for item in worker:
     with worker.lock:  # kills land here too: the lock must never stay held
         time.sleep((1 + item * 7919 % 10) / 1000)
         # The output row, written under worker.lock as the body's last act.
-        with open(logs / f"{os.getpid()}.done", "a") as log:
+        with (logs / f"{os.getpid()}.done").open("a") as log:
             log.write(f"{item}\n")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 
-def compute(x: int, logs: Path, sleep: float, kill_helper: bool, caller: int) -> None:
+def compute(x: int, logs: Path, sleep: float, *, kill_helper: bool, caller: int) -> None:
     """Sleep ``sleep`` seconds and append ``x`` to LOGS/<pid>.done; with ``kill_helper``
     the first helper to get here SIGKILLs itself instead, once (LOGS/killed-once)."""
     marker = logs / "killed-once"
@@ -17,5 +17,5 @@ def compute(x: int, logs: Path, sleep: float, kill_helper: bool, caller: int) ->
         marker.write_text(str(x))
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(sleep)
-    with open(logs / f"{os.getpid()}.done", "a") as log:
+    with (logs / f"{os.getpid()}.done").open("a") as log:
         log.write(f"{x}\n")

@@ -7,8 +7,10 @@ Usage::
 
 A step is a Python line run in the laufband package or a SQLite VM step of any
 connection (a progress handler on each, so a kill can land inside ``executescript``
-or a ``COMMIT``). Creation starts with the store's first line and ends when
-``Store._connect`` returns (the database is open, with its schema).
+or a ``COMMIT``). Creation starts with the first line of the store (``store.py`` or the
+``store/`` package) and ends when ``Store.transaction`` first enters its body (the
+database is open, with its schema, and locked): named by public API only, so the
+store's internals may be arranged as they like.
 
 In a trial, a forked child runs a Laufband loop over 20 items and SIGKILLs itself at
 step N; then another forked child, the next worker, must run all 20 items in the
@@ -19,6 +21,7 @@ interpreter start-ups. Prints one line per failed trial: ``N<TAB>what went wrong
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sqlite3
@@ -33,7 +36,14 @@ from laufband import Laufband
 from laufband.store import Store
 
 PACKAGE = str(Path(laufband.__file__).resolve().parent) + os.sep
-STORE = os.sep + "store.py"
+STORE = (os.sep + "store.py", os.sep + "store" + os.sep)  # the module, or the package
+
+
+@functools.cache
+def in_store(filename: str) -> bool:
+    """Whether ``filename`` (a file of the laufband package) belongs to its store."""
+    inside = os.path.realpath(filename)[len(PACKAGE) - 1:]  # from the separator on
+    return inside == STORE[0] or inside.startswith(STORE[1])
 ITEMS = 20
 
 
@@ -43,7 +53,7 @@ class Killer:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.count = 0
-        self.counting = False  # from the store's first line to the end of _connect
+        self.counting = False  # from the store's first line to its first transaction
         self.done = False
         self._ours: dict[str, bool] = {}  # file name -> inside the laufband package
 
@@ -68,15 +78,15 @@ class Killer:
         ours = self._ours.get(name)
         if ours is None:
             ours = self._ours[name] = os.path.realpath(name).startswith(PACKAGE)
-        if ours and not self.counting and name.endswith(STORE):
+        if ours and not self.counting and in_store(name):
             self.counting = True  # the store begins: creation starts here
         return self._line if ours else None
 
     def _line(self, frame: FrameType, event: str, arg: Any) -> Any:
         if event == "line":
             self.step()
-        elif (event == "return" and frame.f_code.co_name == "_connect"
-              and frame.f_code.co_filename.endswith(STORE)):
+        elif (event == "return" and frame.f_code.co_name == "transaction"
+              and in_store(frame.f_code.co_filename)):  # its generator yields the body
             self.counting, self.done = False, True  # creation is over
         return None if self.done else self._line
 

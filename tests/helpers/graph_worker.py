@@ -1,6 +1,7 @@
 """A Graphband worker for multi-process tests: a diamond-shaped chain of layers.
 
-Logs "start ID TIME" and "end ID TIME" lines to LOG/<pid>.log.
+Logs "start ID TIME" and "end ID TIME" lines to LOG/<pid>.log. With ``--hold-until
+FILE`` a task's body waits for FILE to exist (at most HOLD_DEADLINE) instead of sleeping.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 from laufband import Graphband, Task
+
+HOLD_DEADLINE = 60.0  # seconds a body waits for its --hold-until file
 
 
 def layered_tasks(layers: int, width: int, multi: int, require: str | None) -> list[Task]:
@@ -24,6 +27,16 @@ def layered_tasks(layers: int, width: int, multi: int, require: str | None) -> l
     return tasks
 
 
+def hold(until: Path) -> None:
+    """Wait until the test creates ``until`` (a task that runs as long as it wants)."""
+    end = time.monotonic() + HOLD_DEADLINE
+    while not until.exists():
+        if time.monotonic() > end:
+            msg = f"{until} did not appear within {HOLD_DEADLINE} s"
+            raise TimeoutError(msg)
+        time.sleep(0.01)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("state")
@@ -34,6 +47,7 @@ def main() -> None:
     parser.add_argument("--multi", type=int, default=1)
     parser.add_argument("--labels", default="")
     parser.add_argument("--require", default=None)
+    parser.add_argument("--hold-until", type=Path, default=None)
     args = parser.parse_args()
     log = Path(args.logs) / f"{os.getpid()}.log"
     tasks = layered_tasks(args.layers, args.width, args.multi, args.require)
@@ -42,7 +56,10 @@ def main() -> None:
     with log.open("a", buffering=1) as out:
         for task in worker:
             out.write(f"start {task.id} {time.time()}\n")
-            time.sleep(args.sleep)
+            if args.hold_until is None:
+                time.sleep(args.sleep)
+            else:
+                hold(args.hold_until)
             out.write(f"end {task.id} {time.time()}\n")
 
 

@@ -35,7 +35,7 @@ CALLER = os.getpid()
 
 
 def cube(x: int, offset: int = 0) -> int:
-    compute(x, LOGS, args.sleep, args.kill_helper, CALLER)
+    compute(x, LOGS, args.sleep, kill_helper=args.kill_helper, caller=CALLER)
     return x**3 + offset
 
 

@@ -15,7 +15,7 @@ RANK = os.environ.get("PMI_RANK", "?")
 
 
 def log(item: object) -> None:
-    with open(LOGS / f"{os.getpid()}.done", "a") as out:
+    with (LOGS / f"{os.getpid()}.done").open("a") as out:
         out.write(f"{item}\n")
 
 
@@ -49,10 +49,10 @@ elif KIND == "graph":
     tasks = [Task(f"{layer}-{i}", dependencies=[f"{layer - 1}-{j}" for j in range(4)]
                   if layer else []) for layer in range(3) for i in range(4)]
     for task in Graphband(tasks, path=STATE, name="graph"):
-        with open(LOGS / f"{os.getpid()}.log", "a") as out:
+        with (LOGS / f"{os.getpid()}.log").open("a") as out:
             out.write(f"start {task.id} {time.time()}\n")
         time.sleep(0.05)
-        with open(LOGS / f"{os.getpid()}.log", "a") as out:
+        with (LOGS / f"{os.getpid()}.log").open("a") as out:
             out.write(f"end {task.id} {time.time()}\n")
 
 elif KIND in ("crash-exit", "crash-kill"):

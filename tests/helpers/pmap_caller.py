@@ -40,7 +40,7 @@ def main() -> None:
     caller = os.getpid()
 
     def square(x: int) -> int:
-        compute(x, logs, args.sleep, args.kill_helper, caller)
+        compute(x, logs, args.sleep, kill_helper=args.kill_helper, caller=caller)
         return x * x
 
     items = range(args.first, args.first + args.items * args.step, args.step)

@@ -30,16 +30,21 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from filelock import FileLock, Timeout
 
 from laufband.errors import StateError
 from laufband.options import check_seconds, resolve
+from laufband.store.layout import DIRECTORY_MODE, FILE_MODE, StateDirectory
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 POLL_FIRST, POLL_LAST = 0.001, 0.05  # seconds between attempts where we must poll
 _NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
 HOLDER_SIZE = 512  # bytes of the holder record: one pwrite, never a partial line
+_HOLDER_FIELDS = 4  # host, pid, rank, since: tab-separated
 WATCH_THREAD = "laufband-lock-watch"
 HOST = socket.gethostname()
 
@@ -49,8 +54,10 @@ _waited_lock = threading.Lock()
 
 
 def lock_waits() -> float:
-    """Seconds this process has spent waiting for state locks so far (a reaper does
-    not count them as a silence of the workers it watches)."""
+    """Return the seconds this process has spent waiting for state locks so far.
+
+    A reaper does not count them as a silence of the workers it watches.
+    """
     return _waited[0]
 
 
@@ -63,16 +70,16 @@ class Holder(NamedTuple):
     since: float  # wall clock of the holder's host
 
     def describe(self, now: float | None = None) -> str:
-        """``host h, pid 12 (rank 3), for 41 s`` (rank only when there is one)."""
+        """Describe the holder: ``host h, pid 12 (rank 3), for 41 s`` (a rank if any)."""
         held = max(0.0, (time.time() if now is None else now) - self.since)
         rank = f" (rank {self.rank})" if self.rank else ""
         return f"host {self.host}, pid {self.pid}{rank}, for {held:.0f} s"
 
 
-def read_holder(path: Path) -> Holder | None:
-    """The holder record of a state directory, or None when there is none (yet)."""
+def read_holder(path: StateDirectory | Path) -> Holder | None:
+    """Return the holder record of a state directory, or None when there is none (yet)."""
     try:
-        fd = os.open(path / "state.holder", os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(StateDirectory.of(path).holder, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
@@ -80,7 +87,7 @@ def read_holder(path: Path) -> Holder | None:
     finally:
         os.close(fd)
     parts = raw.split("\t")
-    if len(parts) != 4:
+    if len(parts) != _HOLDER_FIELDS:
         return None
     try:
         return Holder(parts[0], int(parts[1]), parts[2], float(parts[3]))
@@ -91,16 +98,20 @@ def read_holder(path: Path) -> Holder | None:
 class StateLock:
     """``state.lock`` of one state directory, for one process (thread-safe)."""
 
-    def __init__(self, path: Path, soft: bool = False, rank: int | None = None) -> None:
-        self.path = path
-        lock_type = FileLock
+    def __init__(self, path: StateDirectory | Path, *, soft: bool = False,
+                 rank: int | None = None) -> None:
+        self.state = StateDirectory.of(path)
+        self.path = self.state.path
+        lock_type: type[BaseFileLock] = FileLock
         if soft:  # imported on demand: ~4 ms that most runs never need
-            from filelock import SoftFileLock as lock_type  # type: ignore[assignment]
+            from filelock import SoftFileLock
+
+            lock_type = SoftFileLock
         # One lock instance per path and process (two on one path in one thread
         # deadlock); thread-local so the heartbeat thread excludes the main thread.
         SHIELD.enter()  # filelock's registry takes locks of its own: no interrupt inside
         try:
-            self._lock = lock_type(path / "state.lock", mode=0o600, is_singleton=True,
+            self._lock = lock_type(self.state.state_lock, mode=FILE_MODE, is_singleton=True,
                                    thread_local=True)
         finally:
             SHIELD.leave()
@@ -109,7 +120,7 @@ class StateLock:
         self._shielded = threading.local()  # .on while this thread's attempt is shielded
         self._rank = "" if rank is None else str(rank)
         self._holder_fd = (-1, -1)  # (fd, pid): reopened in a forked child
-        self._directory = _identity(path)
+        self._directory = _identity(self.path)
 
     def _removed(self) -> bool:
         """Whether the state directory is gone or was replaced since we opened it."""
@@ -119,34 +130,44 @@ class StateLock:
             return True
 
     def acquire(self, patience: float | None = None) -> None:
-        """Take the lock, waiting in line. With ``patience``, raise :class:`StateError`
-        naming the holder once one holder has kept it that many seconds."""
+        """Take the lock, waiting in line.
+
+        Raises:
+            StateError: With ``patience``, once one holder has kept the lock that many
+                seconds (naming it); or the state directory was removed.
+        """
         if self._removed():  # filelock would recreate it 0755: not ours to revive
-            raise StateError(self._removed_message())
+            raise StateError(self._removed_message(), path=self.path)
         try:
             if not self._try():
                 self._wait(patience)
-            if self._removed():  # removed while we waited; filelock made a new one
-                with contextlib.suppress(OSError):
-                    os.chmod(self.path, 0o700)
-                raise StateError(self._removed_message())
+            self._check_still_there()
             self._write_holder()
         except BaseException as error:
             self.release()  # whatever happened, nothing stays held
             if isinstance(error, OSError):
-                msg = (f"cannot take the state lock {str(self.path / 'state.lock')!r}"
+                msg = (f"cannot take the state lock {str(self.state.state_lock)!r}"
                        f" ({error.strerror or error}): fix the state directory or pass"
                        " another path=")
-                raise StateError(msg) from None
+                raise StateError(msg, path=self.state.state_lock) from None
             raise
+
+    def _check_still_there(self) -> None:
+        """Refuse a directory removed while we waited (filelock made a new one)."""
+        if self._removed():
+            with contextlib.suppress(OSError):
+                self.path.chmod(DIRECTORY_MODE)
+            raise StateError(self._removed_message(), path=self.path)
 
     def _removed_message(self) -> str:
         return (f"state directory {str(self.path)!r} was removed while this process used it:"
                 " this worker stops; start the workers again")
 
     def release(self) -> None:
-        """Let the next worker in (if this thread holds the lock: safe in ``finally``);
-        an interrupt that arrived meanwhile is raised now."""
+        """Let the next worker in (if this thread holds the lock: safe in ``finally``).
+
+        An interrupt that arrived meanwhile is raised now.
+        """
         try:
             if self._lock.is_locked:
                 self._lock.release()
@@ -192,9 +213,9 @@ class StateLock:
                 self._poll(None)  # a filesystem without flock (filelock falls back too)
 
     def _wait_on_flocks(self) -> None:
-        with self._turn(self._descriptor("queue", "state.queue")):
+        with self._turn(self._descriptor("queue", self.state.queue)):
             # At the head of the line: sleep until state.lock is free, then take it.
-            free = self._descriptor("wait", "state.lock")
+            free = self._descriptor("wait", self.state.state_lock)
             while True:
                 with self._turn(free):
                     pass
@@ -210,14 +231,14 @@ class StateLock:
                 if holder != first:
                     first, since = holder, time.monotonic()  # the lock moves: keep waiting
                 elif time.monotonic() - since >= patience:
-                    raise StateError(_stuck_message(self.path, holder))
+                    raise StateError(_stuck_message(self.path, holder), path=self.path)
             time.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, POLL_LAST)
 
-    def _descriptor(self, name: str, file: str) -> int:
+    def _descriptor(self, name: str, file: Path) -> int:
         fd, pid = getattr(self._local, name, (-1, -1))
         if pid != os.getpid():  # new thread, or a forked child: open our own
-            fd = os.open(self.path / file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
             setattr(self._local, name, (fd, os.getpid()))
         return fd
 
@@ -236,8 +257,8 @@ class StateLock:
         fd, pid = self._holder_fd
         if pid != os.getpid():
             try:
-                fd = os.open(self.path / "state.holder",
-                             os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+                fd = os.open(self.state.holder, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW,
+                             FILE_MODE)
             except OSError:
                 fd = -1  # a diagnosis only: never a reason to fail a transaction
             self._holder_fd = fd, os.getpid()
@@ -248,7 +269,7 @@ class StateLock:
 
 
 def _identity(path: Path) -> tuple[int, int]:
-    info = os.stat(path)
+    info = path.stat()
     return info.st_dev, info.st_ino
 
 
@@ -259,11 +280,16 @@ def _stuck_message(path: Path, holder: Holder | None) -> str:
 
 
 class _Watch:
-    """The one daemon thread of a process that names the holder of a wait for a state
-    lock gone on too long (forked children start afresh: see ``_WATCH``)."""
+    """The one daemon thread of a process naming the holder when a wait goes on too long.
+
+    Forked children start afresh (``reset``).
+    """
 
     def __init__(self) -> None:
-        self._threshold: float | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every wait and thread (in a forked child: none of its parent's runs)."""
         # (thread, state directory) -> monotonic time its wait began
         self._waits: dict[tuple[int, Path], float] = {}
         self._changed = threading.Condition()
@@ -284,13 +310,12 @@ class _Watch:
                 self._waits.pop(key, None)
 
     def _start(self) -> None:
-        self._threshold = check_seconds(
-            "lock_warning", resolve("lock_warning", None, 30.0, float))
-        self._thread = threading.Thread(target=self._run, name=WATCH_THREAD, daemon=True)
+        threshold = check_seconds("lock_warning", resolve("lock_warning", None, 30.0, float))
+        self._thread = threading.Thread(target=self._run, args=(threshold,), name=WATCH_THREAD,
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        assert self._threshold is not None
+    def _run(self, threshold: float) -> None:
         late: set[tuple[tuple[int, Path], float]] = set()  # waits past the threshold
         named: set[tuple[Path, Holder | None]] = set()  # once per process, not per thread
         with self._changed:
@@ -299,36 +324,30 @@ class _Watch:
                 waits = set(self._waits.items())
                 late &= waits
                 for wait in waits - late:
-                    if now - wait[1] >= self._threshold:
+                    if now - wait[1] >= threshold:
                         late.add(wait)
                         path = wait[0][1]
                         holder = read_holder(path)
                         if (path, holder) not in named:
                             named.add((path, holder))
                             _say(path, holder, now - wait[1])
-                due = [self._threshold - (now - began) for _, began in waits - late]
+                due = [threshold - (now - began) for _, began in waits - late]
                 self._changed.wait(timeout=min(due) if due else None)
 
 
 _WATCH = _Watch()
-
-
-def _watch_afresh() -> None:
-    """In a forked child: no watcher thread yet, and no lock its parent's may hold."""
-    global _WATCH
-    _WATCH = _Watch()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_watch_afresh)
+if hasattr(os, "register_at_fork"):  # no watcher thread yet, no lock its parent's may hold
+    os.register_at_fork(after_in_child=_WATCH.reset)
 
 
 class _Shield:
-    """Keeps a Ctrl-C or SIGTERM (laufband's own handlers) from landing while the main
-    thread holds the state lock: it is raised when the lock is released. Waiting for
-    the lock stays interruptible; holding it lasts milliseconds. Without this, an
-    interrupt between taking the lock and the ``try`` that releases it leaked the
-    lock in a long-lived process (a Jupyter kernel), and every worker then waited."""
+    """Keeps a Ctrl-C or SIGTERM from landing while the main thread holds the state lock.
+
+    laufband's own handlers deliver it here: it is raised when the lock is released.
+    Waiting for the lock stays interruptible; holding it lasts milliseconds. Without
+    this, an interrupt between taking the lock and the ``try`` that releases it leaked
+    the lock in a long-lived process (a Jupyter kernel), and every worker then waited.
+    """
 
     def __init__(self) -> None:
         self.depth = 0

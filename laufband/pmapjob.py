@@ -1,0 +1,177 @@
+"""Run pmap's worker side.
+
+pmap's worker side: the job every worker of a call runs (picklable, for spawned
+helpers) and the Graphband that yields the job's (task number, item) pairs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from laufband import interrupts
+from laufband.errors import StateError
+from laufband.graphband import Graphband
+from laufband.outcomes import OutcomeSink
+from laufband.store import Scope, Transaction, Workflow
+
+
+class Plan(NamedTuple):
+    """Hold what one call needs from its workflow.
+
+    What one call needs from its workflow: the task number of each of its keys,
+    the scope holding them, and the numbers not completed when it registered.
+    """
+
+    wf: int
+    numbers: dict[Any, int]
+    scope: Scope
+    todo: dict[int, str]
+    completed: int  # the workflow's completed tasks then (for the progress bar)
+
+
+class Job:
+    """Everything a worker needs: picklable with cloudpickle when ``func`` is.
+
+    ``items[i]`` is the item of task ``seqs[i]``; the numbers are either one solid
+    range or, when ``restricted``, the only tasks this job may claim.
+    """
+
+    def __init__(self, func: Callable[[Any], Any], plan: Plan, seqs: list[int],
+                 items: list[Any], *, path: str, name: str, progress: bool,
+                 options: dict[str, Any]) -> None:
+        """Make the job of one pmap call."""
+        self.func, self.seqs, self.items = func, seqs, items
+        self.wf, self.restricted = plan.wf, plan.scope.restricted
+        self.left = len(plan.todo)  # tasks not completed when the job was made
+        self.size = len(plan.numbers)  # the call's tasks, completed ones included
+        self.completed_before = plan.completed  # the workflow's completed tasks then
+        self.path, self.name, self.progress, self.options = path, name, progress, options
+        self.by_value = False  # pickle results by value (set in spawned helpers)
+        self.expected = 1  # workers sure to come: the caller and its forked helpers
+        self._loop: Iterator[Any] | None = None  # while run() runs here
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Return the state to pickle, without this process's loop."""
+        state = dict(self.__dict__)  # pickled for spawned helpers while the caller works
+        state["_loop"] = None
+        return state
+
+    @property
+    def scope(self) -> Scope:
+        """Return the scope holding this job's tasks."""
+        return Scope(start=self.seqs[0], limit=self.seqs[-1] + 1, restricted=self.restricted)
+
+    def item_at(self) -> Callable[[int], tuple[int, Any]]:
+        """Return a function mapping a task number to the pair (task number, item)."""
+        if self.restricted:
+            pairs = dict(zip(self.seqs, zip(self.seqs, self.items, strict=True), strict=True))
+            return pairs.__getitem__
+        items, start = self.items, self.seqs[0]
+        return lambda seq: (seq, items[seq - start])
+
+    def run(self, *, show_progress: bool,
+            on_progress: Callable[[int, float, float], bool] | None = None,
+            helper: bool = False) -> None:
+        """Run the laufband worker loop until nothing is left that it could run.
+
+        ``on_progress(done, seconds, per_task)`` is called before each task until it
+        returns True; ``per_task`` is the mean time of the tasks done so far.
+        A ``helper`` leaves as soon as nothing is left to claim; the caller waits for
+        tasks running elsewhere (and takes over those of helpers that died).
+        """
+        try:
+            self._work(show_progress=show_progress, on_progress=on_progress, helper=helper)
+        except StateError:
+            if not helper:
+                raise
+            # A helper leaves quietly: its tasks went back to pending and the caller
+            # runs them, reporting the error itself if it persists (one message, not
+            # one per process).
+
+    def stop(self) -> None:
+        """Finish this process's loop if an exception left it mid-task.
+
+        Finish this process's loop if an exception left it mid-task (Ctrl-C): the
+        task goes back (or fails, as laufband decides), finished ones are stored, the
+        worker goes offline. Idempotent; at once rather than whenever the loop is
+        garbage collected.
+        """
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        with contextlib.suppress(StateError):
+            loop.close()  # type: ignore[attr-defined]
+        interrupts.finish_cut_short_stops()  # a hand-back that a signal cut short
+
+    def _work(self, *, show_progress: bool,
+              on_progress: Callable[[int, float, float], bool] | None,
+              helper: bool) -> None:
+        """Return the worker loop of ``run``."""
+        options = dict(self.options)
+        tqdm_kwargs = dict(options.pop("tqdm_kwargs", None) or {})
+        tqdm_kwargs.setdefault("disable", not show_progress)
+        tqdm_kwargs.setdefault("desc", f"pmap {self.name}")
+        dumps = pickle.dumps
+        if self.by_value:  # a spawned helper: classes of the caller's __main__ travel too
+            import cloudpickle
+
+            dumps = cloudpickle.dumps
+        sink = OutcomeSink(Path(self.path), self.wf, dumps)
+        worker = PmapWorker(self, path=self.path, name=self.name, tqdm_kwargs=tqdm_kwargs,
+                         sink=sink, leave_when_idle=helper, expected_workers=self.expected,
+                         **options)
+        func, record = self.func, sink.record
+        started, done = time.monotonic(), 0
+        self._loop = loop = iter(worker)
+        for seq, item in loop:
+            if on_progress is not None:
+                seconds = time.monotonic() - started
+                if on_progress(done, seconds, seconds / done if done else 0.0):
+                    on_progress = None
+                done += 1
+            try:
+                value = func(item)
+            except Exception as error:  # noqa: BLE001 - reported to the caller
+                sink.record_error(seq, error)
+                continue
+            record(seq, value)  # pickled by the sink before the next transaction
+
+
+class PmapWorker(Graphband[Any]):
+    """Work through the tasks of a job.
+
+    A laufband worker over the tasks of a job, which the caller has registered;
+    it yields (task number, item) pairs.
+    """
+
+    def __init__(self, job: Job, **options: Any) -> None:
+        """Make a worker over the tasks of ``job``."""
+        super().__init__((), **options)
+        self._job = job
+
+    def _register(self, tx: Transaction, workflow: Workflow, tasks: list[Any]) -> Scope:
+        if self._job.restricted:
+            tx.restrict_to(self._job.seqs)
+        return self._job.scope
+
+    def _item_getter(self) -> Callable[[int], Any]:
+        return self._job.item_at()
+
+    def _planned_total(self) -> int:
+        return self._job.size
+
+    def _show_progress(self, completed: int, total: int) -> None:
+        # The bar counts this call's items: those done before it, and every completion
+        # in the workflow since (by any worker of any process; another call's items
+        # being computed at the same time count too, within the total).
+        job = self._job
+        done = job.size - job.left + completed - job.completed_before
+        super()._show_progress(max(0, min(done, job.size)), job.size)
+
+    def _plain_items(self) -> Iterable[Any]:
+        return zip(self._job.seqs, self._job.items, strict=True)

@@ -1,0 +1,122 @@
+"""Read a worker's settings.
+
+A worker's settings: each option from its argument, ``LAUFBAND_<OPTION>`` or its
+default (see :mod:`laufband.options`), checked once when the worker is made.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from laufband import mpi
+from laufband.liveness import HOST
+from laufband.options import (
+    check_count,
+    check_heartbeat,
+    check_seconds,
+    parse_bool,
+    parse_labels,
+    resolve,
+)
+from laufband.store import StateDirectory
+
+_identifiers = itertools.count()
+
+
+class WorkerSettings(NamedTuple):
+    """Every option of a worker, resolved and checked."""
+
+    state: StateDirectory
+    name: str
+    identifier: str
+    labels: frozenset[str]
+    max_killed_retries: int
+    max_failed_retries: int
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    disabled: bool
+    user_lock: Any  # a lock object given as lock=, else None
+    soft_lock: bool
+    failure_policy: str
+    rank: int | None  # MPI rank, None outside MPI
+    expected_workers: int  # workers known to come: every MPI rank, or pmap's helpers
+
+
+def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
+    *,
+    path: str | os.PathLike[str] | None,
+    name: str | None,
+    identifier: str | Callable[[], str] | None,
+    labels: Iterable[str] | None,
+    max_killed_retries: int | None,
+    max_failed_retries: int | None,
+    heartbeat_interval: float | None,
+    heartbeat_timeout: float | None,
+    disabled: bool | None,
+    lock: str | AbstractContextManager[Any] | None,
+    failure_policy: str | None,
+    expected_workers: int | None,
+) -> WorkerSettings:
+    """Resolve and check the options of a worker (argument, environment, default)."""
+    if callable(identifier):  # as in laufband 0.2.x: a function naming the worker
+        identifier = identifier()
+    interval = check_seconds(
+        "heartbeat_interval", resolve("heartbeat_interval", heartbeat_interval, 10.0, float))
+    timeout = check_seconds(
+        "heartbeat_timeout", resolve("heartbeat_timeout", heartbeat_timeout, 30.0, float))
+    check_heartbeat(interval, timeout)
+    found = mpi.rank_and_size()
+    rank, size = found or (None, 1)
+    return WorkerSettings(
+        state=StateDirectory.resolve(path),
+        name=resolve("name", name, _script_name(), str),
+        identifier=resolve("identifier", identifier, None, str) or _default_identifier(rank),
+        labels=frozenset(resolve("labels", labels, frozenset(), parse_labels)),
+        max_killed_retries=check_count(
+            "max_killed_retries", resolve("max_killed_retries", max_killed_retries, 1, int)),
+        max_failed_retries=check_count(
+            "max_failed_retries", resolve("max_failed_retries", max_failed_retries, 0, int)),
+        heartbeat_interval=interval,
+        heartbeat_timeout=timeout,
+        disabled=resolve("disabled", disabled, False, parse_bool),
+        user_lock=None if lock is None or isinstance(lock, str) else lock,
+        soft_lock=_lock_kind(
+            resolve("lock", lock if isinstance(lock, str) else None, "file", str)) == "soft",
+        failure_policy=_failure_policy(
+            resolve("failure_policy", failure_policy, "continue", str)),
+        rank=rank,
+        expected_workers=max(size, expected_workers or 1),
+    )
+
+
+def _lock_kind(kind: str) -> str:
+    if kind.lower() not in ("file", "soft"):
+        msg = (f"lock must be 'file', 'soft' or a lock object such as filelock.FileLock,"
+               f" got {kind!r}")
+        raise ValueError(msg)
+    return kind.lower()
+
+
+def _failure_policy(policy: str) -> str:
+    if policy not in ("continue", "stop"):
+        msg = f"failure_policy must be 'continue' or 'stop', got {policy!r}"
+        raise ValueError(msg)
+    return policy
+
+
+def _script_name() -> str:
+    script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+    return script if script and script not in ("-c", "-m") else "default"
+
+
+def _default_identifier(rank: int | None) -> str:
+    # The random part: containers that share a host name but not pids all run pid 1.
+    rank_part = f"-rank{rank}" if rank is not None else ""
+    return f"{HOST}-{os.getpid()}{rank_part}-{secrets.token_hex(3)}-{next(_identifiers)}"

@@ -1,0 +1,125 @@
+"""The database: its schema, its version, and opening it safely.
+
+SQLite from the standard library with the classic rollback journal: WAL needs shared
+memory, which NFS does not have. A ``schema_version`` row in ``meta``; a file of
+another version (or no laufband database at all) gives one clear error line.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+
+from laufband.errors import StateError
+from laufband.store.layout import FILE_MODE, StateDirectory, refuse_symlink
+
+# 3: workflow and worker numbers are never reused (AUTOINCREMENT): a worker still
+# running after ``laufband reset`` must not write into the new workflow's rows.
+# 4: the fingerprint digests every item (a BLOB); tasks keep the user's info.
+# 5: keys live in key blocks only (no tasks.key): one mapping for every keyed
+# workflow; workers.current is a task number.
+SCHEMA_VERSION = 5
+
+_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE workflows(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, keyed INTEGER NOT NULL,
+    total INTEGER NOT NULL DEFAULT 0, completed INTEGER NOT NULL DEFAULT 0,
+    running INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+    killed INTEGER NOT NULL DEFAULT 0, blocked INTEGER NOT NULL DEFAULT 0,
+    floor INTEGER NOT NULL DEFAULT 0, simple INTEGER NOT NULL DEFAULT 1,
+    materialized INTEGER NOT NULL DEFAULT 0,
+    fingerprint BLOB, created REAL NOT NULL);
+CREATE TABLE tasks(
+    wf INTEGER NOT NULL, seq INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending', worker INTEGER,
+    kills INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+    max_workers INTEGER NOT NULL DEFAULT 1, requirements TEXT, info TEXT,
+    PRIMARY KEY (wf, seq)) WITHOUT ROWID;
+CREATE TABLE deps(
+    wf INTEGER NOT NULL, seq INTEGER NOT NULL, dep INTEGER NOT NULL,
+    PRIMARY KEY (wf, seq, dep)) WITHOUT ROWID;
+CREATE TABLE holders(
+    wf INTEGER NOT NULL, seq INTEGER NOT NULL, worker INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (wf, seq, worker)) WITHOUT ROWID;
+CREATE TABLE workers(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, identifier TEXT NOT NULL UNIQUE, wf INTEGER,
+    host TEXT, pid INTEGER, token TEXT, rank INTEGER, labels TEXT, current INTEGER,
+    state TEXT NOT NULL, beat INTEGER NOT NULL DEFAULT 0, seen REAL,
+    started REAL, done INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE key_blocks(
+    wf INTEGER NOT NULL, first INTEGER NOT NULL, count INTEGER NOT NULL,
+    named INTEGER NOT NULL, keys BLOB NOT NULL,
+    PRIMARY KEY (wf, first)) WITHOUT ROWID;
+CREATE TABLE result_chunks(
+    id INTEGER PRIMARY KEY, wf INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
+    payload BLOB NOT NULL);
+CREATE INDEX result_chunks_by_wf ON result_chunks(wf, lo);
+CREATE TABLE events(
+    id INTEGER PRIMARY KEY, wf INTEGER, seq INTEGER, worker INTEGER,
+    state TEXT NOT NULL, time REAL NOT NULL, error TEXT);
+"""
+
+
+def open_database(state: StateDirectory) -> sqlite3.Connection:
+    """Open the database, creating its schema when it has none (call it under the lock).
+
+    Raises:
+        StateError: The file is a symlink, not a laufband database, of another schema
+            version, or cannot be written.
+    """
+    refuse_symlink(state.database)
+    refuse_symlink(state.journal)
+    try:
+        # Created 0600 before SQLite opens it (its journal takes the same mode).
+        os.close(os.open(state.database, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE))
+        conn = sqlite3.connect(state.database, isolation_level=None, timeout=60.0)
+        # A rollback journal (WAL needs shared memory, which NFS lacks), kept
+        # between transactions: creating and deleting it costs ~20 % per commit.
+        conn.execute("PRAGMA journal_mode = PERSIST")
+        # Empty, not missing: a first worker killed while creating the schema
+        # leaves an empty file (SQLite rolls a hot journal back on open), which
+        # the next worker completes. Schema and version commit together.
+        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {_SCHEMA} INSERT INTO meta VALUES ('schema_version',"
+                f" '{SCHEMA_VERSION}'); COMMIT;"
+            )
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError as error:
+        # "no such table": a SQLite file of someone else's; the rest (full, read-only,
+        # I/O errors) says the directory does not take writes.
+        raise (foreign_error(state, error) if "no such" in str(error)
+               else write_error(state, error)) from None
+    except sqlite3.DatabaseError as error:
+        raise foreign_error(state, error) from None
+    except OSError as error:
+        raise write_error(state, error) from None
+    if row is None or row[0] != str(SCHEMA_VERSION):
+        conn.close()
+        found = row[0] if row else "none"
+        msg = (
+            f"{state.database} has schema version {found}, this laufband reads version"
+            f" {SCHEMA_VERSION}: use the laufband version that wrote it, or another path="
+        )
+        raise StateError(msg, path=state.database)
+    return conn
+
+
+def foreign_error(state: StateDirectory, error: sqlite3.DatabaseError) -> StateError:
+    """Return the error for a database file that is not laufband's (or was overwritten)."""
+    msg = (
+        f"{state.database} is not a laufband state database ({error}): point path= at"
+        " another directory, or move the file away if it is yours to discard"
+    )
+    return StateError(msg, path=state.database)
+
+
+def write_error(state: StateDirectory, error: BaseException) -> StateError:
+    """Return the error for a state directory that stopped taking writes."""
+    full = "full" in str(error) or getattr(error, "errno", None) == errno.ENOSPC
+    what = "the disk is full" if full else f"the state cannot be written ({error})"
+    msg = (f"{what} in {state.path}: free space or fix the directory, then run again;"
+           " tasks this worker had not yet recorded as finished will run again")
+    return StateError(msg, path=state.path)
