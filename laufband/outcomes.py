@@ -244,11 +244,11 @@ def read_outcomes(tx: Transaction, state: Path, wf: int, numbers: dict[Any, int]
     outcomes, other = _unpack(chunks)
     in_files = [seq for seq, (kind, _) in other.items() if kind == IN_FILE]
     if in_files:  # ours only: chunks also hold other calls' tasks
-        ours = set(seqs)
+        ours, results = set(seqs), StateDirectory.of(state)
         for seq in in_files:
             if seq in ours and seq not in states:
                 try:
-                    data = StateDirectory.of(state).result_file(wf, seq).read_bytes()
+                    data = results.result_file(wf, seq).read_bytes()
                 except OSError:  # removed: reopened, the next call computes it
                     continue
                 outcomes[seq] = pickle.loads(data)
