@@ -4,6 +4,17 @@ Run from anywhere::
 
     .venv/bin/python benchmarks/mpi.py            # full run (~2-4 min)
     .venv/bin/python benchmarks/mpi.py --quick    # smoke run with small sizes
+    .venv/bin/python benchmarks/mpi.py --only a --delay 0.01 --tree /tmp/base17
+
+``--tree PATH`` (default: this repository) is the laufband source tree the ranks of
+"ours" import: its ``laufband/`` is copied at start (a tree edited during the run stays
+one version) and every rank puts the copy first on ``sys.path`` and checks
+``laufband.__file__``. ``--delay SECONDS`` adds a fixed latency to every store
+transaction in every rank, exactly as ``slowfs.py`` does (``latency.py``: ``delay``
+before taking the lock, ``delay`` before commit while holding it); the same wrapper of
+``Store.transaction`` counts each rank's transactions, its lock wait and the time it
+holds the lock, with or without delay. 0.2.1 has no ``Store.transaction``: it runs only
+with ``--delay 0``.
 
 Every rank is started by ``mpiexec`` (the one beside the running python: the mpich
 wheel) and runs a plain ``for item in Laufband(...)`` loop whose body sleeps; the
@@ -21,6 +32,7 @@ from __future__ import annotations
 _T_SCRIPT = __import__("time").time()  # when this interpreter reached the script
 
 import argparse  # noqa: E402
+import compileall  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -32,9 +44,11 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import latency  # noqa: E402  (benchmarks/latency.py: store latency, counters, tree snapshot)
 import loop  # noqa: E402  (benchmarks/loop.py: venv of 0.2.1, Laufband construction, table)
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # ======================================================================================
@@ -42,10 +56,11 @@ MPIEXEC = Path(sys.executable).parent / "mpiexec"
 # ======================================================================================
 
 
-# Per-claim lock wait/hold and transaction counts were measured by wrapping
-# Store.transaction and Graphband._claim at run time; patching laufband's private methods
-# is not allowed any more, and no public hook reports them: the table says n/a.
-PROBE_NA = "needs a documented per-transaction hook (kind, lock wait, hold, tasks claimed)"
+# Ours: latency.install_patches wraps Store.transaction (the store's public transaction
+# method; slowfs.py injects its latency there too) and counts transactions, lock wait
+# and hold. Which transactions claim tasks (Graphband._claim, private) is not known any
+# more: the lock wait is per transaction of any kind, batch sizes are not reported.
+PROBE_NA = "0.2.1 has no Store.transaction"
 
 
 def worker_main(cfg: dict) -> None:
@@ -54,11 +69,17 @@ def worker_main(cfg: dict) -> None:
     impl = cfg["impl"]
     rank = int(os.environ.get("PMI_RANK", "-1"))  # only to name this rank's files
     out: dict = {"rank": rank, "pid": os.getpid(), "script_at": _T_SCRIPT}
+    if impl == "ours" and cfg.get("tree"):
+        latency.use_tree(cfg["tree"])  # the snapshot first on sys.path, checked
     import laufband  # noqa: F401
 
     out["imported_at"] = time.time()
     out["module"] = loop._check_impl(impl)
+    waits: list[float] | None = None
     if impl == "ours":
+        waits = []
+        latency.install_patches(cfg["delay"], waits)
+    else:
         out["probe_error"] = PROBE_NA
     deadline = cfg["launched"] + cfg["cap"]
     run_dir = Path(cfg["run_dir"])
@@ -74,6 +95,8 @@ def worker_main(cfg: dict) -> None:
             end = time.time()
             log.write(f"{item} {start!r} {end!r}\n")
     out["done_at"] = time.time()
+    if waits is not None:  # the heartbeat thread may still add: copy
+        out["probe"] = dict(latency.STATS, waits=list(waits))
     usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this rank
     out["cpu_s"] = usage.ru_utime + usage.ru_stime
     (run_dir / f"result-{rank}.json").write_text(json.dumps(out))
@@ -85,8 +108,12 @@ def worker_main(cfg: dict) -> None:
 
 
 def run_mpi(python: str, impl: str, workdir: Path, ranks: int, n: int, sleep: float,
-            cap: float) -> dict:
-    """Run ``ranks`` ranks of ``impl`` under mpiexec on a fresh state; parse the logs."""
+            cap: float, tree: str | None = None, delay: float = 0.0) -> dict:
+    """Run ``ranks`` ranks of ``impl`` under mpiexec on a fresh state; parse the logs.
+
+    ``tree`` (ours only) is the directory holding the laufband package the ranks import;
+    ``delay`` (ours only) the latency injected into each store transaction.
+    """
     run_dir = workdir / f"{impl}-{ranks}x{n}"
     state = run_dir / "state"
     state.mkdir(parents=True)
@@ -99,7 +126,7 @@ def run_mpi(python: str, impl: str, workdir: Path, ranks: int, n: int, sleep: fl
     cpu0 = children_cpu()
     launched = time.time()
     cfg = {"impl": impl, "n": n, "sleep": sleep, "cap": cap, "launched": launched,
-           "state": str(state), "run_dir": str(run_dir)}
+           "state": str(state), "run_dir": str(run_dir), "tree": tree, "delay": delay}
     cmd = [str(MPIEXEC), "-n", str(ranks), python, str(Path(__file__).resolve()),
            "--worker", json.dumps(cfg)]
     with open(run_dir / "mpiexec.out", "w") as out, open(run_dir / "mpiexec.err", "w") as err:
@@ -178,21 +205,20 @@ def analyse(results: dict, run_dir: Path, ranks: int, n: int, sleep: float, wall
     }
     probes = [r["probe"] for r in results.values() if "probe" in r]
     if probes and len(probes) == len(results):
-        claims = [c for p in probes for c in p["claims"]]
-        other = [t for p in probes for t in p["other"]]
-        waits = sorted(c[0] for c in claims)
-        nonempty = [c[2] for c in claims if c[2]]
+        waits = sorted(w for p in probes for w in p["waits"])
+        txs = [p["tx"] for p in probes]
+        held = [p["held_s"] for p in probes]
         out["probe"] = {
-            "claims": len(claims), "nonempty": len(nonempty),
-            "batch_mean": statistics.mean(nonempty) if nonempty else 0.0,
-            "batch_max": max(nonempty) if nonempty else 0,
-            "wait_median": statistics.median(waits), "wait_mean": statistics.mean(waits),
-            "wait_p95": waits[int(0.95 * (len(waits) - 1))], "wait_max": waits[-1],
-            "hold_median": statistics.median(c[1] for c in claims),
-            "other": len(other),
-            "other_wait_median": statistics.median(t[0] for t in other) if other else 0.0,
-            "txns": len(claims) + len(other),
-            "lock_held_s": sum(c[1] for c in claims) + sum(t[1] for t in other),
+            "txns": sum(txs), "tx_min": min(txs), "tx_median": statistics.median(txs),
+            "tx_max": max(txs),
+            "lock_held_s": sum(held), "held_min": min(held),
+            "held_median": statistics.median(held), "held_max": max(held),
+            "wait_median": statistics.median(waits) if waits else 0.0,
+            "wait_mean": statistics.mean(waits) if waits else 0.0,
+            "wait_p95": waits[int(0.95 * (len(waits) - 1))] if waits else 0.0,
+            "wait_max": waits[-1] if waits else 0.0,
+            "reaps": sum(p["reaps"] for p in probes),
+            "reap_s": sum(p["reap_s"] for p in probes),
         }
     else:
         errors = {r.get("probe_error") for r in results.values()} - {None}
@@ -226,7 +252,17 @@ def txn_cell(r: dict) -> str:
     p = r.get("probe")
     if p is None:
         return "n/a"
-    return f"{p['txns'] / r['window']:,.0f}/s ({p['txns']:,} in {r['window']:.1f} s)"
+    return (f"{p['txns'] / r['window']:,.0f}/s ({p['txns']:,} in {r['window']:.1f} s);"
+            f" per rank {p['tx_min']:,} / {p['tx_median']:,.0f} / {p['tx_max']:,}")
+
+
+def held_cell(r: dict) -> str:
+    p = r.get("probe")
+    if p is None:
+        return "n/a"
+    return (f"{p['lock_held_s']:.1f} s ({p['lock_held_s'] / r['window'] * 100:.0f} % of the"
+            f" window); per rank {p['held_min']:.2f} / {p['held_median']:.2f} /"
+            f" {p['held_max']:.2f} s")
 
 
 def cpu_cell(r: dict) -> str:
@@ -264,11 +300,13 @@ def section(rows: list, tag: str, r: dict, g, ideal: float, with_targets: bool) 
     rows.append([f"{tag}5  wall time of mpiexec (ideal work {ideal:.1f} s per rank)",
                  f"{r['wall']:.1f} s", cell(lambda x: f"{x['wall']:.1f} s"),
                  rat(r["wall"], "wall", False), "-", "-"])
-    rows.append([f"{tag}6  lock wait per claim, median / p95 / max", wait_cell(r),
+    rows.append([f"{tag}6  lock wait per store transaction, median / p95 / max", wait_cell(r),
                  cell(wait_cell), "-", "-", "-"])
-    rows.append([f"{tag}7  store transactions per second, all ranks", txn_cell(r),
-                 cell(txn_cell), "-", "-", "-"])
-    rows.append([f"{tag}8  CPU time of all ranks (share of {os.cpu_count()} CPUs over the wall)",
+    rows.append([f"{tag}7  store transactions per second, all ranks; per rank min / median"
+                 " / max", txn_cell(r), cell(txn_cell), "-", "-", "-"])
+    rows.append([f"{tag}8  lock held, all ranks; per rank min / median / max", held_cell(r),
+                 cell(held_cell), "-", "-", "-"])
+    rows.append([f"{tag}9  CPU time of all ranks (share of {os.cpu_count()} CPUs over the wall)",
                  cpu_cell(r), cell(cpu_cell), rat(r["cpu"], "cpu", False), "-", "-"])
 
 
@@ -287,12 +325,10 @@ def details(tag: str, name: str, r: dict) -> list[str]:
     p = r.get("probe")
     if p:
         lines.append(
-            f"     claims {p['claims']:,} ({p['nonempty']:,} got tasks, mean batch"
-            f" {p['batch_mean']:.1f}, max {p['batch_max']}), claim wait mean"
-            f" {p['wait_mean'] * 1e3:.1f} ms, claim hold median {p['hold_median'] * 1e3:.2f} ms;"
-            f" {p['other']:,} other transactions (flushes, start/stop, heartbeats), wait median"
-            f" {p['other_wait_median'] * 1e3:.1f} ms; lock held {p['lock_held_s']:.1f} s in"
-            f" total")
+            f"     store transactions {p['txns']:,} (heartbeats included), lock wait mean"
+            f" {p['wait_mean'] * 1e3:.1f} ms, lock held per transaction mean"
+            f" {p['lock_held_s'] / max(p['txns'], 1) * 1e3:.2f} ms; DeadWorkerDetector.reap"
+            f" {p['reaps']:,} calls, {p['reap_s']:.2f} s in total")
     lines.append(f"     CPU of the whole mpiexec process tree {r['tree_cpu']:.1f} s (ranks"
                  f" {r['cpu']:.1f} s, so mpiexec and its proxies {r['tree_cpu'] - r['cpu']:.1f} s)")
     if r["stderr_tail"]:
@@ -303,75 +339,126 @@ def details(tag: str, name: str, r: dict) -> list[str]:
 # -- main ------------------------------------------------------------------------------
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--no-original", action="store_true",
                         help="skip laufband 0.2.1 (no venv is created)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    parser.add_argument("--tree", default=str(ROOT), metavar="PATH",
+                        help=f"laufband source tree the ranks of ours import (default {ROOT})")
+    parser.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                        help="latency injected twice into every store transaction of ours,"
+                        " as slowfs.py does (default 0: off; 0.2.1 is then not run)")
+    parser.add_argument("--only", choices=("a", "b"), help="run one scenario only")
+    parser.add_argument("--ranks", type=int, help="ranks of scenario a (default 64, quick 16)")
+    parser.add_argument("--tasks", type=int,
+                        help="tasks of scenario a (default 6400, quick 800)")
+    parser.add_argument("--cap", type=float, metavar="SECONDS",
+                        help="scenario a: no new task after this long (default 90, quick 60)")
     args = parser.parse_args()
-    q = args.quick
-    sizes = {"a_ranks": 16 if q else 64, "a_n": 800 if q else 6400,
+    if args.delay < 0:
+        parser.error("--delay must be >= 0")
+    if not (Path(args.tree) / "laufband" / "__init__.py").exists():
+        parser.error(f"--tree {args.tree}: no laufband/__init__.py there")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    q, delay = args.quick, args.delay
+    sizes = {"a_ranks": args.ranks or (16 if q else 64), "a_n": args.tasks or (800 if q else 6400),
              "b_ranks": 8, "b_n": 160 if q else 800, "sleep": 0.05,
-             "a_cap": 60.0 if q else 90.0, "orig_cap": 30.0 if q else 120.0}
+             "a_cap": args.cap or (60.0 if q else 90.0), "orig_cap": 30.0 if q else 120.0}
+    run_a, run_b = args.only in (None, "a"), args.only in (None, "b")
 
     log = loop.log
     if not MPIEXEC.exists():
         raise SystemExit(f"no mpiexec beside {sys.executable}: pip install mpich")
     t_start = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="laufband-bench-mpi-"))
+    snapshots = latency.snapshot([(Path(args.tree).resolve().name or "tree", args.tree)],
+                                 prefix="laufband-bench-mpi-tree-")
+    tree = str(next(snapshots.iterdir()))
+    compileall.compile_dir(tree, quiet=1)  # once here, not by every rank at its start
     orig_python, orig_reason = None, "skipped (--no-original)"
-    if not args.no_original:
+    if delay:
+        orig_reason = f"not run with --delay ({PROBE_NA})"
+    elif not args.no_original and run_b:
         try:
             orig_python = loop.ensure_original_venv(log)
         except loop.Unavailable as error:
             orig_reason = f"not available: {error}"
             log(orig_reason)
     s = sizes["sleep"]
+    tag = f", delay {delay * 1e3:g} ms" if delay else ""
+    a = b = g = None
     try:
-        log(f"ours: {sizes['a_ranks']} ranks x {sizes['a_n']:,} tasks x 50 ms ...")
-        a = run_mpi(sys.executable, "ours", workdir, sizes["a_ranks"], sizes["a_n"], s,
-                    sizes["a_cap"])
-        log(f"ours: {sizes['b_ranks']} ranks x {sizes['b_n']} tasks x 50 ms ...")
-        b = run_mpi(sys.executable, "ours", workdir, sizes["b_ranks"], sizes["b_n"], s, 300.0)
-        g = orig_reason
-        if orig_python is not None:
-            log(f"original: {sizes['b_ranks']} ranks x {sizes['b_n']} tasks x 50 ms"
-                f" (cap {sizes['orig_cap']:.0f} s) ...")
-            try:
-                g = run_mpi(orig_python, "orig", workdir, sizes["b_ranks"], sizes["b_n"], s,
-                            sizes["orig_cap"])
-            except Exception as error:  # noqa: BLE001
-                g = f"not available: {error}"
+        if run_a:
+            log(f"ours: {sizes['a_ranks']} ranks x {sizes['a_n']:,} tasks x 50 ms{tag} ...")
+            a = run_mpi(sys.executable, "ours", workdir, sizes["a_ranks"], sizes["a_n"], s,
+                        sizes["a_cap"], tree, delay)
+        if run_b:
+            log(f"ours: {sizes['b_ranks']} ranks x {sizes['b_n']} tasks x 50 ms{tag} ...")
+            b = run_mpi(sys.executable, "ours", workdir, sizes["b_ranks"], sizes["b_n"], s,
+                        300.0, tree, delay)
+            g = orig_reason
+            if orig_python is not None:
+                log(f"original: {sizes['b_ranks']} ranks x {sizes['b_n']} tasks x 50 ms"
+                    f" (cap {sizes['orig_cap']:.0f} s) ...")
+                try:
+                    g = run_mpi(orig_python, "orig", workdir, sizes["b_ranks"], sizes["b_n"], s,
+                                sizes["orig_cap"])
+                except Exception as error:  # noqa: BLE001
+                    g = f"not available: {error}"
     finally:
         if args.keep:
-            log(f"kept {workdir}")
+            log(f"kept {workdir} and {snapshots}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(snapshots, ignore_errors=True)
+    print(report(args, sizes, a, b, g))
+    custom = q or args.ranks or args.tasks
+    print(f"total benchmark time {time.time() - t_start:.0f} s on {os.cpu_count()} CPUs"
+          + (" (not the full sizes: targets are meant for them)" if custom else ""))
+    return 0
 
+
+def report(args: argparse.Namespace, sizes: dict, a, b, g) -> str:
+    """The table and details of the scenarios that ran (``a``/``b`` None: not run)."""
+    s, delay = sizes["sleep"], args.delay
     rows: list[list[str]] = []
-    section(rows, "a", a, None, a["n"] * s / a["ranks"], True)
-    rows.append(["--"])
-    section(rows, "b", b, g, b["n"] * s / b["ranks"], False)
+    scenarios = []
+    if a is not None:
+        section(rows, "a", a, None, a["n"] * s / a["ranks"], True)
+        scenarios.append(f"a: {a['ranks']} ranks x {a['n']:,} tasks x 50 ms time.sleep (capped"
+                         f" at {sizes['a_cap']:.0f} s after launch)")
+    if b is not None:
+        if rows:
+            rows.append(["--"])
+        section(rows, "b", b, g, b["n"] * s / b["ranks"], False)
+        scenarios.append(f"b: {b['ranks']} ranks x {b['n']:,} tasks x 50 ms (0.2.1 capped at"
+                         f" {sizes['orig_cap']:.0f} s)")
+    injected = (f"injected store latency {delay * 1e3:g} ms before the lock and"
+                f" {delay * 1e3:g} ms before commit" if delay else "no injected latency")
     header = ["scenario", "laufband (ours)", f"laufband {loop.ORIGINAL_VERSION}", "ratio",
               "target", "met?"]
     lines = [
-        f"a: {a['ranks']} ranks x {a['n']:,} tasks x 50 ms time.sleep (capped at"
-        f" {sizes['a_cap']:.0f} s after launch); b: {b['ranks']} ranks x {b['n']:,} tasks x 50 ms"
-        f" (0.2.1 capped at {sizes['orig_cap']:.0f} s)", "",
+        "; ".join(scenarios), f"ours: laufband from {args.tree} (snapshot), {injected}", "",
         loop.table(rows, header), "",
         "ratio: how many times better ours is. Lock wait (ours only): time from entering a",
-        "claiming store transaction to its body (state file lock + BEGIN), measured by",
-        "wrapping Store.transaction in the benchmark's rank processes.",
+        "store transaction's original context manager to its body (state file lock + BEGIN",
+        "IMMEDIATE; any kind of transaction, heartbeats included; the injected delay not",
+        "included), measured by wrapping Store.transaction in the rank processes.",
         "details (times relative to the start of mpiexec):",
-        *details("a", "ours", a), *details("b", "ours", b),
     ]
+    if a is not None:
+        lines += details("a", "ours", a)
+    if b is not None:
+        lines += details("b", "ours", b)
     if isinstance(g, dict):
         lines += details("b", "0.2.1", g)
-    lines.append(f"total benchmark time {time.time() - t_start:.0f} s on {os.cpu_count()} CPUs"
-                 + (" (--quick sizes: targets are meant for the full sizes)" if q else ""))
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

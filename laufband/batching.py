@@ -18,6 +18,8 @@ MAX_BATCH = 16384
 MIN_FLUSH = 0.2  # seconds: finished work is written at most this often
 MIN_WAIT = 0.005  # seconds: shortest sleep while waiting for tasks running elsewhere
 JUMP = 0.05  # seconds of work a batch may grow to at once, past doubling
+CHECK_EVERY = 0.02  # seconds between a running batch's looks at the clock's plans
+SLACK = 0.05  # seconds a batch may overrun twice its plan before handing back the rest
 
 
 class BatchSizer:
@@ -38,6 +40,11 @@ class BatchSizer:
         """Record that ``count`` tasks took ``seconds`` of loop time."""
         if count:
             self._task_time = _blend(self._task_time, seconds / count)
+
+    @property
+    def transaction_time(self) -> float:
+        """Moving average of one store transaction (lock wait included), seconds."""
+        return self._txn_time
 
     def observe_transaction(self, seconds: float) -> None:
         """Record how long a store transaction (lock wait included) took."""
@@ -74,8 +81,12 @@ class BatchSizer:
         # unless every worker is counted (late joiners find work, and a batch rarely
         # holds finished but unflushed tasks when its worker dies).
         guided = remaining // (workers if all_counted else 2 * workers)
-        if self._task_time > 0:  # but not below two transactions of work: not worth a claim
-            guided = max(guided, min(remaining, int(2 * self._txn_time / self._task_time)))
+        if self._task_time > 0:  # but not below two transactions of work (not worth a
+            # claim), unless that is more than a worker's share of what is left: the
+            # last tasks may be slow ones (heterogeneous work), and a worker that claimed
+            # them all would run them one after the other while the others idle.
+            floor = int(2 * self._txn_time / self._task_time)
+            guided = max(guided, min(remaining // workers, floor))
         self.size = max(1, min(wanted, guided))
         return self.size
 
@@ -100,3 +111,50 @@ class BatchSizer:
 
 def _blend(old: float, new: float) -> float:
     return new if old <= 0 else 0.7 * old + 0.3 * new
+
+
+class Pace:
+    """A running batch's plan: when to flush, claim ahead, or hand back its rest.
+
+    Made as a batch starts, from what the sizer learned; the loop asks it at
+    checkpoints (every ``CHECK_EVERY`` seconds, between tasks).
+    """
+
+    def __init__(self, sizer: BatchSizer, size: int, now: float) -> None:
+        """Plan a batch of ``size`` tasks starting ``now``."""
+        self.started = self.last_flush = self._last_check = now
+        self.size = size
+        self.rate = sizer.task_time  # planned seconds per task; 0: learnt at the first check
+        self.flush_every = sizer.flush_interval()
+        self._checked = 0  # tasks done at the last check
+        transaction = sizer.transaction_time
+        # Claim ahead this long before the batch ends: a background transaction (and
+        # the lock waits it meets) ends before the loop needs its batch.
+        self._lead = CHECK_EVERY + 4 * transaction
+        self._slack = max(SLACK, 4 * transaction)
+
+    def overran(self, done: int, now: float) -> bool:
+        """Whether the batch fell far behind its plan, as of ``done`` tasks.
+
+        Then its tasks got slower (heterogeneous work: a few large molecules after
+        many small ones), and the unstarted rest goes back for idle workers to take.
+        Behind since the batch started, or since the last check (where slow tasks
+        after many fast ones show even when the fast ones ran slower than planned).
+        """
+        since, self._last_check = now - self._last_check, now
+        recent, self._checked = done - self._checked, done
+        if self.rate <= 0:  # no plan yet: the tasks so far make it
+            self.rate = (now - self.started) / done if done else 0.0
+            return False
+        if done >= self.size:
+            return False
+        return (now - self.started > 2 * done * self.rate + self._slack
+                or since > 4 * recent * self.rate + self._slack)
+
+    def ends_soon(self, done: int) -> bool:
+        """Whether the rest of the batch is planned to take less than the claim lead."""
+        return self.rate > 0 and (self.size - done) * self.rate <= self._lead + self.rate
+
+    def flush_due(self, now: float) -> bool:
+        """Whether finished work waited long enough to be written."""
+        return now - self.last_flush >= self.flush_every

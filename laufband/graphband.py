@@ -63,8 +63,6 @@ class Graphband(WorkerLoop, Generic[T]):
             produce with the completion of their tasks (see
             :class:`laufband.session.ResultSink`). A worker with a sink leaves reporting
             failed tasks to its caller.
-        leave_when_idle: Leave as soon as nothing is ready, instead of waiting for tasks
-            running elsewhere (``pmap``'s helpers; the caller waits).
         expected_workers: Workers known to be starting (``pmap``'s forked helpers),
             counted in batch sizes before they are online (every MPI rank is counted).
 
@@ -92,7 +90,6 @@ class Graphband(WorkerLoop, Generic[T]):
         lock: str | AbstractContextManager[Any] | None = None,
         failure_policy: str | None = None,
         sink: ResultSink | None = None,
-        leave_when_idle: bool = False,
         expected_workers: int | None = None,
         **replaced: Any,
     ) -> None:
@@ -104,7 +101,7 @@ class Graphband(WorkerLoop, Generic[T]):
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
             disabled=disabled, lock=lock, failure_policy=failure_policy,
             expected_workers=expected_workers)
-        super().__init__(settings, tqdm_kwargs, sink, leave_when_idle=leave_when_idle)
+        super().__init__(settings, tqdm_kwargs, sink)
         self._source = tasks
         self.path = settings.state.path
         self.name = settings.name
@@ -168,9 +165,8 @@ class Graphband(WorkerLoop, Generic[T]):
     def close(self) -> None:
         """Mark the current task completed and stop iterating; the worker goes offline."""
         session = self._session
-        if session is not None and session.current is not None:
-            session.finished.append(session.current)
-            session.current = None
+        if session is not None:
+            session.finish_current()
         self._closed = True
         self._stop()
 

@@ -11,8 +11,8 @@ its position in it in a small memory-mapped file of the state directory
     word 1: n | flags     how many tasks the batch has; FINAL if a finished body
                           is all a task needs (pmap's also need their result); RUN if
                           the batch is n consecutive tasks
-    words 2 .. 2+n-1      the batch, in the order the loop runs it (RUN: word 2 only,
-                          the first task)
+    words 2 .. 2+n-1      the finished tasks not yet written, then the batch, in the
+                          order the loop runs it (RUN: word 2 only, the first task)
 
 Moving on to the next task is one store into shared memory (no system call), and
 the kernel keeps the page when the process dies, even by SIGKILL, so on the same
@@ -39,7 +39,9 @@ from typing import NamedTuple
 from laufband.batching import MAX_BATCH
 from laufband.store import DIRECTORY_MODE, FILE_MODE, StateDirectory
 
-CAPACITY = MAX_BATCH  # tasks a record holds: a batch is never longer
+# Tasks a record holds: a batch, after the finished tasks not yet written (at most
+# one batch's worth: the loop writes at once when there are more).
+CAPACITY = 2 * MAX_BATCH
 FINAL = 1 << 32  # flag in word 1: the finished bodies of the batch are all their tasks need
 RUN = 1 << 33  # flag in word 1: the batch is consecutive tasks from the one in word 2
 _HEADER = struct.Struct("<qq")
@@ -119,14 +121,18 @@ class InFlight:
             _ignore if self._map is None else partial(_WORD.pack_into, self._map, 0))
         self.begin([])
 
-    def begin(self, batch: list[int]) -> None:
-        """Record a new batch, none of it started.
+    def begin(self, batch: list[int], finished: list[int] | None = None) -> int:
+        """Record a new batch, none of it started, after tasks ``finished`` but not written.
 
-        The position is written first: a death while the batch is written finds nothing
-        finished.
+        Return the position of the batch's first task in the record (``mark(2*(offset
+        + i) + 1)`` as ``batch[i]`` starts). The position is written first: a death while
+        the batch is written finds no more finished than before.
         """
+        finished = finished or []
+        offset = len(finished)
         if self._map is None:
-            return
+            return offset
+        batch = finished + batch
         if len(batch) > CAPACITY:
             msg = f"a batch of {len(batch)} tasks exceeds the record's {CAPACITY}"
             raise ValueError(msg)
@@ -134,9 +140,11 @@ class InFlight:
         if batch and batch == list(range(batch[0], batch[0] + len(batch))):  # a run:
             _WORD.pack_into(self._map, _HEADER.size, batch[0])  # its first task says all
             _WORD.pack_into(self._map, _WORD.size, len(batch) | self._flags | RUN)
-            return
-        self._map[_HEADER.size: _HEADER.size + len(batch) * _WORD.size] = array("q", batch)
-        _WORD.pack_into(self._map, _WORD.size, len(batch) | self._flags)
+        else:
+            self._map[_HEADER.size: _HEADER.size + len(batch) * _WORD.size] = array("q", batch)
+            _WORD.pack_into(self._map, _WORD.size, len(batch) | self._flags)
+        self.mark(2 * offset)
+        return offset
 
     def settle(self, body_finished: bool) -> None:  # noqa: FBT001 - settle(finished) reads well
         """Record that no loop body runs any more; a death from now on counts no kill.

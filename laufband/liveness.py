@@ -185,6 +185,7 @@ class Heartbeat:
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="laufband-heartbeat", daemon=True)
+        self.last_beat = time.monotonic()  # when the last beat committed (or we started)
 
     def start(self) -> None:
         """Start beating."""
@@ -202,7 +203,9 @@ class Heartbeat:
                 # A beat that fails (a read-only or full filesystem for a moment, an NFS
                 # hiccup) is tried again next interval: a heartbeat thread that died
                 # would get this live worker reaped by its peers for the rest of its run.
-                with contextlib.suppress(StateError), self._store.transaction() as tx:
-                    tx.beat(self._worker)
+                with contextlib.suppress(StateError):
+                    with self._store.transaction() as tx:
+                        tx.beat(self._worker)
+                    self.last_beat = time.monotonic()
         finally:
             self._store.close()

@@ -219,17 +219,21 @@ def _compute(job: Job, workers: int, method: str) -> BaseException | None:
     timer.daemon = True
     timer.start()
 
+    previous = [0.0]  # seconds at the previous call: the last task took the difference
+
     def start_when_worth_it(done: int, seconds: float, per_task: float) -> bool:
         # Spawned helpers cost ~0.3 s of CPU each and then compete for the state lock:
-        # for work the caller finishes sooner alone (many tiny tasks), start none.
+        # for work the caller finishes sooner alone (many tiny tasks), start none, but
+        # watch on: tasks that turn slow (many small molecules, then large ones) make
+        # what is left worth them after all.
+        last, previous[0] = seconds - previous[0], seconds
         if seconds < PROBE:
             return False
         timer.cancel()
-        if (job.left - done) * (per_task or seconds / max(done, 1)) > HELPER_START:
+        if (job.left - done) * max(per_task, last) > HELPER_START:
             start_once()
-        else:
-            decided.acquire(blocking=False)  # not worth it: the timer must not start them
-        return True
+            return True
+        return False
 
     def end() -> None:
         timer.cancel()

@@ -81,11 +81,12 @@ class Job:
 
         ``on_progress(done, seconds, per_task)`` is called before each task until it
         returns True; ``per_task`` is the mean time of the tasks done so far.
-        A ``helper`` leaves as soon as nothing is left to claim; the caller waits for
-        tasks running elsewhere (and takes over those of helpers that died).
+        Helpers and the caller alike wait for tasks running elsewhere while any
+        may come back to them (a batch far behind its plan hands back its rest; the
+        tasks of a worker that died return).
         """
         try:
-            self._work(show_progress=show_progress, on_progress=on_progress, helper=helper)
+            self._work(show_progress=show_progress, on_progress=on_progress)
         except StateError:
             if not helper:
                 raise
@@ -109,8 +110,7 @@ class Job:
         interrupts.finish_cut_short_stops()  # a hand-back that a signal cut short
 
     def _work(self, *, show_progress: bool,
-              on_progress: Callable[[int, float, float], bool] | None,
-              helper: bool) -> None:
+              on_progress: Callable[[int, float, float], bool] | None) -> None:
         """Return the worker loop of ``run``."""
         options = dict(self.options)
         tqdm_kwargs = dict(options.pop("tqdm_kwargs", None) or {})
@@ -123,7 +123,7 @@ class Job:
             dumps = cloudpickle.dumps
         sink = OutcomeSink(Path(self.path), self.wf, dumps)
         worker = PmapWorker(self, path=self.path, name=self.name, tqdm_kwargs=tqdm_kwargs,
-                         sink=sink, leave_when_idle=helper, expected_workers=self.expected,
+                         sink=sink, expected_workers=self.expected,
                          **options)
         func, record = self.func, sink.record
         started, done = time.monotonic(), 0

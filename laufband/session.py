@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from laufband.errors import StateError
 from laufband.inflight import InFlight
 from laufband.liveness import Heartbeat
+from laufband.pipeline import Background
 
 if TYPE_CHECKING:
     from laufband.store import Scope, Store, Transaction, Workflow
@@ -77,7 +78,11 @@ class WorkerSession:
         self.scope = scope
         self.sink = sink
         self.batch: list[int] = []  # claimed, handed back by a stop unless finished
-        self.current: int | None = None  # the task whose loop body runs
+        self.taken = 0  # batch[:taken] are in finished (or settled)
+        self.current: int | None = None  # the task whose loop body runs (or last ran)
+        self.settled: set[int] = set()  # tasks of the batch failed or handed back one by one
+        self.next_batch: list[int] = []  # claimed ahead by a background transaction
+        self.returning: list[int] = []  # being handed back by a background transaction
         self.interrupted: int | None = None  # the task a Ctrl-C or SIGTERM arrived during
         self.finished: list[int] = []  # bodies that ran, completed by the next write
         self.failures: list[tuple[int, str]] = []  # (task, error text)
@@ -87,6 +92,7 @@ class WorkerSession:
         self.last_sweep = -float("inf")
         self._in_flight: InFlight | None = None
         self._heartbeat: Heartbeat | None = None
+        self.background: Background[Any] = Background(store)
 
     @property
     def wf(self) -> int:
@@ -106,6 +112,36 @@ class WorkerSession:
             msg = "the worker session has not begun"
             raise RuntimeError(msg)
         return self._in_flight
+
+    def start_batch(self, batch: list[int]) -> None:
+        """Make ``batch`` the one the loop runs (none of it started)."""
+        self.batch, self.taken, self.current = batch, 0, None
+        self.settled.clear()
+
+    def take_finished(self, done: int) -> None:
+        """Count ``batch[:done]`` as finished (but the settled ones), to write next."""
+        if done > self.taken:
+            fresh = self.batch[self.taken:done]
+            if self.settled:
+                fresh = [seq for seq in fresh if seq not in self.settled]
+            self.finished.extend(fresh)
+            self.taken = done
+
+    def take_finished_before_current(self) -> None:
+        """Count the batch up to the current task as finished (its body did not)."""
+        if self.current is not None and self.current in self.batch[self.taken:]:
+            self.take_finished(self.batch.index(self.current, self.taken))
+
+    def finish_current(self) -> None:
+        """Count the batch up to and including the current task as finished."""
+        if self.current is not None and self.current in self.batch[self.taken:]:
+            self.take_finished(self.batch.index(self.current, self.taken) + 1)
+        self.current = None
+
+    def held(self) -> list[int]:
+        """Return every task claimed and not finished: what a stop hands back."""
+        return [seq for seq in (*self.batch[self.taken:], *self.next_batch, *self.returning)
+                if seq not in self.settled]
 
     def settle(self, *, body_finished: bool) -> None:
         """Tell reapers no loop body runs any more (see ``InFlight.settle``)."""
@@ -131,13 +167,20 @@ class WorkerSession:
             raise StateError(msg, path=self.store.path)
         return state
 
-    def write(self, tx: Transaction, identifier: str, max_failed_retries: int) -> Unwritten:
+    def unwritten_counts(self) -> tuple[int, int]:
+        """Return how many finished tasks and failures wait (a write's ``upto``)."""
+        return len(self.finished), len(self.failures)
+
+    def write(self, tx: Transaction, identifier: str, max_failed_retries: int,
+              upto: tuple[int, int] | None = None) -> Unwritten:
         """Record finished tasks, outcomes and failures.
 
-        Record finished tasks, outcomes and failures; return how much, for
-        :meth:`forget` once the transaction has committed.
+        Record finished tasks, outcomes and failures (the first ``upto`` of each, as
+        counted when the sink was packed); return how much, for :meth:`forget` once
+        the transaction has committed.
         """
-        written = Unwritten(len(self.finished), len(self.failures), None)
+        finished, failures = self.unwritten_counts() if upto is None else upto
+        written = Unwritten(finished, failures, None)
         if self.check_registered(tx) != "online":
             # Taken for dead (a long stall): our tasks went back and may have run
             # elsewhere since; what we finished must not overwrite their results.
@@ -211,14 +254,20 @@ class WorkerSession:
         self.forget(written)
         return completed, total
 
+    def silent_for(self) -> float:
+        """Seconds since our heartbeat last committed (since we began, before the first)."""
+        beat = self._heartbeat.last_beat if self._heartbeat is not None else time.monotonic()
+        return time.monotonic() - beat
+
     def stop_heartbeat(self) -> None:
         """Stop beating (first thing when the worker stops)."""
         if self._heartbeat is not None:
             self._heartbeat.stop()
 
     def close(self) -> None:
-        """Stop the heartbeat, remove the in-flight record, close the store."""
+        """Stop the heartbeat and background thread, remove the in-flight record, close."""
         self.stop_heartbeat()
+        self.background.close()
         if self._in_flight is not None:
             self._in_flight.close()
         self.store.close()

@@ -30,13 +30,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tqdm import tqdm
 
 from laufband import interrupts
-from laufband.batching import BatchSizer
+from laufband.batching import CHECK_EVERY, BatchSizer, Pace
 from laufband.errors import StateError
+from laufband.inflight import CAPACITY
 from laufband.legacy import warn_about_original_state
 from laufband.liveness import HOST, DeadWorkerDetector, process_token
 from laufband.progress import ProgressBar
@@ -48,6 +49,19 @@ if TYPE_CHECKING:
     from laufband.settings import WorkerSettings
 
 MAX_WAIT = 1.0  # longest sleep while waiting for work running elsewhere
+IDLE_REAP = 1.0  # seconds: how often workers waiting for work look for dead ones
+
+
+class Turn(NamedTuple):
+    """What a background transaction did (taken in by the loop once it committed)."""
+
+    written: Any
+    released: bool
+    total: int
+    completed: int
+    stop: RuntimeError | None
+    seconds: float
+    ahead: list[int]  # session.next_batch when the transaction began
 
 
 class WorkerLoop:
@@ -60,11 +74,10 @@ class WorkerLoop:
     _keyed = True  # task ids are keys (Graphband) rather than positions
 
     def __init__(self, settings: WorkerSettings, tqdm_kwargs: dict[str, Any] | None,
-                 sink: ResultSink | None, *, leave_when_idle: bool) -> None:
+                 sink: ResultSink | None) -> None:
         """Make a worker loop with the given settings, progress bar and sink."""
         self._settings = settings
         self._sink = sink
-        self._leave_when_idle = leave_when_idle
         kwargs = dict(tqdm_kwargs or {})
         kwargs.setdefault("disable", settings.rank not in (None, 0))
         self._progress_bar = ProgressBar(kwargs)
@@ -90,7 +103,9 @@ class WorkerLoop:
                 if not batch:
                     return
                 yield from self._run_batch(batch)
-                batch = []
+                if self._closed:  # close() in the loop body stopped the worker
+                    return
+                batch = self._claimed_ahead()
         except GeneratorExit:
             self._abandon_current()
             raise
@@ -106,60 +121,182 @@ class WorkerLoop:
                     self._stop()
 
     def _run_batch(self, batch: list[int]) -> Iterator[Any]:
-        # The hot path: per task one yield, one list append, one store into the
-        # in-flight record and one clock read. session.batch and session.current always
-        # tell _stop() which claimed tasks are still ours; the record tells a reaper
-        # which finished.
+        # The hot path: per task one yield, two stores (session.current, the in-flight
+        # record) and one clock read. session.batch, .taken and .current always tell
+        # _stop() which claimed tasks are still ours; the record tells a reaper which
+        # finished. Writing and claiming happen in the background (_checkpoint).
         session = self._live_session
+        session.start_batch(batch)
+        session.next_batch = []  # after start_batch: a stop between finds it either way
         item = self._item_getter()
-        finished = session.finished
-        flush_every = self._sizer.flush_interval()
-        started = last_flush = time.monotonic()
-        # A batch about to end is flushed by the claim that follows it, not twice.
-        expected_end = started + len(batch) * self._sizer.task_time
+        if len(session.finished) + len(batch) > CAPACITY:  # more than the record holds
+            self._settle_background()
+            self._flush()
         record = session.in_flight
-        record.begin(batch)
+        # Finished tasks not written yet stay in the record, before the batch.
+        base = 2 * record.begin(batch, session.finished)
         mark = record.mark
-        for position, seq in zip(itertools.count(1, 2), batch):
-            # Current first, finished before not current: an interrupt between two
-            # of these statements finds the task in _stop() either way.
+        clock = time.monotonic
+        pace = Pace(self._sizer, len(batch), clock())
+        if session.background.idle and pace.ends_soon(0):  # a short batch: claim the
+            self._submit(claim=True)                         # next one at once
+        check_at = pace.started + CHECK_EVERY
+        done = 0
+        for position, done, seq in zip(itertools.count(base + 1, 2), itertools.count(1), batch):
             session.current = seq
             mark(position)  # batch[i] runs, and so the tasks before it finished
             yield item(seq)
             if self._closed:  # close() was called in the loop body
                 return
-            finished.append(seq)
-            session.current = None
-            now = time.monotonic()
-            if now - last_flush >= flush_every and not 0 < expected_end - now <= flush_every / 2:
+            if clock() >= check_at:
+                session.current = None
                 mark(position + 1)
-                self._flush()
-                last_flush = now
-                if session.evicted:  # taken for dead meanwhile: the rest is not ours
-                    break
+                if not self._checkpoint(pace, done):
+                    break  # the rest went back, or is not ours any more
+                check_at = clock() + CHECK_EVERY
+        session.current = None
         record.settle(body_finished=True)
-        session.batch = []
-        self._sizer.observe_tasks(len(batch), time.monotonic() - started)
+        session.take_finished(done)
+        session.start_batch([])
+        self._sizer.observe_tasks(done, time.monotonic() - pace.started)
+
+    def _checkpoint(self, pace: Pace, done: int) -> bool:
+        """Between two tasks: hand the store work to the background; False to end the batch.
+
+        Collects a background transaction that ended; starts one that writes what
+        finished (every ``flush_every``), claims the next batch ahead (as this one
+        ends soon), or hands back the unstarted rest of a batch far behind its plan.
+        """
+        session = self._live_session
+        background = session.background
+        if background.ready and not self._apply(background.collect()):
+            return False  # taken for dead meanwhile: the rest is not ours
+        if self._paused_long():  # we may have been taken for dead: find out first
+            self._settle_background()
+            return self._flush()
+        if not background.idle:
+            return True
+        now = time.monotonic()
+        session.take_finished(done)
+        if pace.overran(done, now):
+            session.returning = session.batch[done:]
+            del session.batch[done:]
+            self._submit(claim=False)
+            return False
+        claim = not session.next_batch and pace.ends_soon(done)
+        if claim or pace.flush_due(now):
+            pace.last_flush = now
+            self._submit(claim=claim)
+        return True
+
+    def _submit(self, *, claim: bool) -> None:
+        """Start a background transaction: write what finished; release; claim ahead."""
+        session = self._live_session
+        session.pack()  # here, not in the thread: pickling may run user code
+        upto = session.unwritten_counts()
+        returning = list(session.returning)
+        ahead = session.next_batch
+        session.background.submit(lambda: self._turn(upto, returning, ahead, claim=claim))
+
+    def _turn(self, upto: tuple[int, int], returning: list[int], ahead: list[int], *,
+              claim: bool) -> Turn:
+        """Run one transaction in the background thread (see ``_submit``)."""
+        session = self._live_session
+        began = time.monotonic()
+        try:
+            with session.store.transaction() as tx:
+                settings = self._settings
+                written = session.write(tx, settings.identifier, settings.max_failed_retries,
+                                        upto)
+                tx.release(session.wf, session.number, returning)
+                self._reap_if_due(tx, settings.heartbeat_interval)
+                if claim:
+                    # Recorded before the commit: _stop() hands it back from then on.
+                    session.next_batch = self._claim(tx)
+                total, completed = tx.progress(session.wf)
+                stop = stopped_by_policy(tx, session.wf, settings)
+        except BaseException:
+            session.next_batch = []  # rolled back: not claimed after all
+            raise
+        return Turn(written, bool(returning), total, completed, stop,
+                    time.monotonic() - began, ahead)
+
+    def _apply(self, turn: Turn, *, raise_stop: bool = True) -> bool:
+        """Take in what a background transaction did, once it committed.
+
+        Return False if it found us taken for dead (see ``_taken_for_dead``).
+        """
+        session = self._live_session
+        session.forget(turn.written)
+        if turn.released:
+            session.returning = []
+        self._sizer.observe_transaction(turn.seconds)
+        self._show_progress(turn.completed, turn.total)
+        if turn.stop is not None and raise_stop:
+            raise turn.stop
+        return not self._taken_for_dead(turn.ahead)
+
+    def _taken_for_dead(self, ahead: list[int]) -> bool:
+        """Whether a write found us taken for dead; then drop what we had not written.
+
+        Another worker returned our tasks (a long pause) and they may have run since:
+        what we finished or failed before must never be written over their outcome,
+        nor the batch claimed ahead before (``ahead``) run. Tasks claimed by the
+        transaction that found out are ours (it registered us anew).
+        """
+        session = self._live_session
+        if not session.evicted:
+            return False
+        if session.next_batch is ahead:
+            session.next_batch = []
+        session.forget_all()
+        session.start_batch([])  # none of the batch is ours, finished or not
+        session.in_flight.begin([])  # nor for a reaper, should we die now
+        session.evicted = False
+        return True
+
+    def _settle_background(self, *, raise_stop: bool = True) -> None:
+        """Wait for the background transaction, if any, and take it in."""
+        background = self._live_session.background
+        if not background.idle:
+            self._apply(background.collect(), raise_stop=raise_stop)
+
+    def _claimed_ahead(self) -> list[int]:
+        """Return the batch claimed in the background ([]: claim now, or nothing left)."""
+        session = self._live_session
+        self._settle_background()
+        if session.next_batch and self._paused_long() and not self._flush():
+            return []  # taken for dead while it waited: it was returned
+        return list(session.next_batch)
+
+    def _paused_long(self) -> bool:
+        """Whether our heartbeat was silent long enough that we may be taken for dead.
+
+        (A frozen process, a suspended laptop.) Then the loop writes before it runs
+        anything it claimed: the write finds out.
+        """
+        return self._live_session.silent_for() >= self._settings.heartbeat_timeout / 2
 
     def _next_batch(self) -> list[int]:
         """Finish what ran and claim the next batch in one transaction; wait if needed."""
         session = self._live_session
+        self._settle_background()
         wait = min(0.01, self._sizer.longest_wait(MAX_WAIT))
         while True:
             began = time.monotonic()
+            ahead = session.next_batch
             session.pack()
             with session.store.transaction() as tx:
                 written = self._write(tx)
-                if began - session.last_reap >= self._settings.heartbeat_interval:
-                    self._reap(tx)
+                self._reap_if_due(tx, self._settings.heartbeat_interval)
                 batch = self._claim(tx)
-                if not batch and (self._reap(tx) or self._sweep(tx)):
+                if not batch and (self._reap_if_due(tx, IDLE_REAP) or self._sweep(tx)):
                     batch = self._claim(tx)
                 # Recorded before the commit: an interrupt from here on finds the
                 # batch in _stop() and hands it back.
-                session.batch = batch
+                session.next_batch = batch
                 more = bool(batch) or self._may_get_work(tx)
-                leaving = not batch and not (more and not self._leave_when_idle)
+                leaving = not batch and not more
                 goodbye = None
                 if leaving:
                     tx.set_offline(session.number)  # the loop ends: no other transaction
@@ -169,13 +306,14 @@ class WorkerLoop:
                 stop = stopped_by_policy(tx, session.wf, self._settings)
             session.offline = leaving  # once committed: a rollback leaves us online
             session.forget(written)
+            self._taken_for_dead(ahead)
             self._sizer.observe_transaction(time.monotonic() - began)
             self._show_progress(completed, total)
             if stop:  # failure_policy="stop"; the batch just claimed is handed back
                 raise stop
             if leaving and goodbye:
                 tqdm.write(goodbye, file=sys.stderr)
-            if batch or not more or self._leave_when_idle:
+            if batch or not more:
                 return batch
             time.sleep(wait)
             wait = min(wait * 2, self._sizer.longest_wait(MAX_WAIT))
@@ -187,7 +325,7 @@ class WorkerLoop:
             # Another worker took us for dead (e.g. a long pause): our claims were
             # returned to pending and our stale finishes ignored; carry on as new.
             self._register_worker(tx, wf)
-            session.evicted = False
+            session.evicted = True
         counts = tx.counts(wf)
         total = sum(counts.values())
         mine = self._mine()
@@ -223,9 +361,20 @@ class WorkerLoop:
                                          session.scope)
         return self._stuck is None
 
-    def _reap(self, tx: Transaction) -> int:
+    def _reap_if_due(self, tx: Transaction, interval: float) -> int:
+        """Reap dead workers if we did not for ``interval`` and no worker did for a while.
+
+        At most once per ``interval`` per worker, and once per ``IDLE_REAP`` among all
+        workers (``take_reap_turn``): liveness checks stay off the task path however
+        many workers there are.
+        """
         session = self._live_session
-        session.last_reap = time.monotonic()
+        now = time.monotonic()
+        if now - session.last_reap < interval:
+            return 0
+        session.last_reap = now
+        if not tx.take_reap_turn(min(interval, IDLE_REAP)):
+            return 0
         return self._detector.reap(tx, session.number, self._settings.max_killed_retries)
 
     def _sweep(self, tx: Transaction) -> int:
@@ -252,23 +401,29 @@ class WorkerLoop:
         in-flight record counts the task's finished body as done.
         """
         session = self._session
-        if session is None or session.current is None:
+        seq = None if session is None else session.current
+        if session is None or seq is None or seq in session.settled:
             return  # failed already, by an earlier catch()
-        session.failures.append((session.current, text))
-        session.current = None  # failed: neither finished nor to hand back
+        self._settle_background()  # one transaction at a time
+        session.failures.append((seq, text))
+        session.settled.add(seq)  # failed: neither finished nor handed back
         self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Write what finished now; return False if that found us taken for dead."""
         session = self._live_session
+        ahead = session.next_batch
         session.pack()
         with session.store.transaction() as tx:
             written = self._write(tx)
             total, completed = tx.progress(session.wf)
             stop = stopped_by_policy(tx, session.wf, self._settings)
         session.forget(written)
+        evicted = self._taken_for_dead(ahead)
         self._show_progress(completed, total)
         if stop:
             raise stop
+        return not evicted
 
     def _show_progress(self, completed: int, total: int) -> None:
         self._progress_bar.show(completed, total)
@@ -276,9 +431,10 @@ class WorkerLoop:
     def _abandon_current(self, error: BaseException | None = None) -> None:
         """Fail the task the loop was left in, or hand it back after Ctrl-C."""
         session = self._session
-        if session is None or session.current is None:
+        seq = None if session is None else session.current
+        if session is None or seq is None or seq in session.settled:
             return
-        seq = session.current
+        self._settle_background(raise_stop=False)
         interrupted = isinstance(error, KeyboardInterrupt) or session.interrupted == seq
         session.settle(body_finished=False)
         # The task stays ours (in current) until the transaction commits: if a second
@@ -291,7 +447,7 @@ class WorkerLoop:
                         else "the loop was left by break or an exception")
                 tx.fail(session.wf, session.number, seq, text,
                         self._settings.max_failed_retries)
-        session.current = None
+        session.settled.add(seq)
         if error is None and not interrupted:
             interrupts.remember_failure(interrupts.Failure(
                 id(self), session.store, session.wf, seq, session.number, self._consumer))
@@ -334,7 +490,7 @@ class WorkerLoop:
             session = self._session = WorkerSession(store, workflow, number, scope, self._sink)
             interrupts.track(self, _HOOKS)
             if claim:
-                session.batch = batch = self._claim(tx)
+                session.next_batch = batch = self._claim(tx)
             stop = stopped_by_policy(tx, workflow.id, settings)
         # Dead workers are looked for when no task is left to claim, and every
         # heartbeat interval: not by every worker as it starts.
@@ -360,11 +516,12 @@ class WorkerLoop:
             return
         self._stopping = True  # until done: a stop cut short is finished by the next start
         session.stop_heartbeat()
-        # The whole batch: the tasks of it that finished are completed first, in the
-        # same transaction, and release() leaves alone what is no longer running.
-        held = list(session.batch)
-        if session.current is not None:  # stopped without the loop body finishing
-            held.append(session.current)
+        with contextlib.suppress(StateError):  # rolled back: what it held is still held
+            self._settle_background(raise_stop=False)
+        # What finished is completed first, in the same transaction, and release()
+        # leaves alone what is no longer running.
+        session.take_finished_before_current()
+        held = session.held()
         session.settle(body_finished=session.current is None)
         error = session.pack_or_return(held)
         if held or session.unwritten() or not session.offline:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from laufband.batching import JUMP, BatchSizer
+from laufband.batching import JUMP, BatchSizer, Pace
 from laufband.store import Scope, Store
 
 
@@ -15,8 +15,10 @@ def test_batches_grow_for_fast_tasks_and_stay_single_for_slow_ones() -> None:
         size = fast.next_size(remaining=1_000_000, workers=1)
         fast.observe_tasks(size, size * 1e-6)
     assert fast.size >= 4096
-    # Fewer left than two transactions' worth of work: all in one claim.
-    assert fast.next_size(remaining=10, workers=2) == 10
+    # Few left: two transactions' worth of work, but never more than a worker's share
+    # of them (the last tasks may be slow ones).
+    assert fast.next_size(remaining=10, workers=2) == 5
+    assert fast.next_size(remaining=16, workers=8) == 2
     medium = BatchSizer()
     medium.observe_tasks(1, 0.01)
     assert medium.next_size(remaining=10, workers=2) == 2  # guided: unclaimed / (2 x workers)
@@ -50,3 +52,19 @@ def test_a_batch_finished_out_of_order_completes_exactly_those_tasks(state: Path
         store.close()
     assert states == {**dict.fromkeys(["0", "6", "10", "11"], "pending"),
                       **dict.fromkeys(["1", "2", "3", "4", "5", "7", "8", "9"], "completed")}
+
+
+def test_a_batch_far_behind_its_plan_hands_back_its_rest() -> None:
+    """Pace: slow tasks after many fast ones show at the next check; a batch that runs
+    somewhat slower than planned (a busy machine) keeps its tasks."""
+    sizer = BatchSizer()
+    sizer.observe_tasks(100, 100 * 0.0002)  # planned: 0.2 ms per task
+    pace = Pace(sizer, 506, now=0.0)
+    assert not pace.overran(400, now=0.08)  # as planned
+    assert not pace.overran(497, now=0.2)  # twice as slow as planned: a busy machine
+    assert pace.overran(498, now=0.7)  # one task took 0.5 s: give the rest back
+    assert not pace.overran(506, now=5.0)  # nothing left to give back
+    unplanned = Pace(BatchSizer(), 10, now=0.0)
+    assert not unplanned.overran(5, now=0.05)  # the first check makes the plan: 10 ms
+    assert not unplanned.overran(6, now=0.07)
+    assert unplanned.overran(7, now=1.0)

@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
-import fcntl
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from filelock import FileLock
 
 from laufband import Laufband, WorkflowMismatchError
+from laufband.store import FILE_MODE
 
 if TYPE_CHECKING:
     from tests.helpers.procs import Processes
@@ -146,7 +147,8 @@ def test_numpy_data_is_digested_from_its_bytes(state: Path) -> None:
 
 class Frames(Sequence[int]):
     """A sequence of the user's own class (like a trajectory file): every item read
-    notes whether laufband held its state lock meanwhile (user code must run outside)."""
+    notes whether the reading thread held laufband's state lock (user code runs outside
+    it, so a slow read never keeps other workers waiting)."""
 
     def __init__(self, count: int, state: Path) -> None:
         self.count, self.state, self.under_lock = count, state, 0
@@ -157,14 +159,11 @@ class Frames(Sequence[int]):
     def __getitem__(self, index):  # type: ignore[no-untyped-def]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(self.count))]
-        lock = self.state / "state.lock"
-        if lock.exists():
-            with lock.open("a") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    fcntl.flock(handle, fcntl.LOCK_UN)
-                except BlockingIOError:
-                    self.under_lock += 1
+        # The thread reading holds no state lock (a worker's background thread may
+        # hold it meanwhile: its transaction does not wait for user code).
+        lock = FileLock(self.state / "state.lock", mode=FILE_MODE, is_singleton=True,
+                        thread_local=True)
+        self.under_lock += lock.is_locked
         if not 0 <= index < self.count:
             raise IndexError(index)
         return index * 10

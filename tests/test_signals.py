@@ -84,8 +84,11 @@ def test_retry_returns_a_task_stuck_on_a_worker_that_is_gone(state: Path,
     logs = state.parent / "logs"
     [(code, _, _)] = procs.wait_all([procs.worker(state, logs, "--items", 10)])
     assert code == 0
-    with sqlite3.connect(state / "state.db") as conn:  # the stuck state, by hand
-        conn.execute("UPDATE tasks SET state = 'running', worker = 1 WHERE seq IN (3, 4)")
+    with sqlite3.connect(state / "state.db") as conn:  # the stuck state, by hand:
+        conn.execute("DELETE FROM runs")  # 3 and 4 run on worker 1, which went offline
+        conn.executemany("INSERT INTO runs VALUES (1, ?, ?, ?, ?)",
+                         [(0, 2, None, "completed"), (3, 4, 1, "running"),
+                          (5, 9, None, "completed")])
         conn.execute("UPDATE workflows SET running = 2, completed = completed - 2")
         conn.execute("UPDATE workers SET state = 'offline'")
     assert len(orphans(state)) == 2

@@ -86,6 +86,19 @@ class KeyCache:
         self._blocks.clear()
 
 
+class Restriction:
+    """The only tasks a store's worker may claim, when restricted (``restrict_to``).
+
+    One per store, for the connection of every thread: a temporary table belongs to
+    one connection, so each loads it before its first restricted query.
+    """
+
+    def __init__(self) -> None:
+        self.seqs: list[int] | None = None
+        # id of an open connection -> the list its temp.mine holds (Store.close forgets)
+        self.loaded: dict[int, list[int]] = {}
+
+
 class TransactionBase:
     """The connection and the helpers every operation uses.
 
@@ -93,13 +106,15 @@ class TransactionBase:
         conn: The connection, inside ``BEGIN IMMEDIATE``.
         state: The state directory (named in errors), if known.
         keys: The store's cache of key blocks (a private one if None).
+        restriction: The store's restriction of claims (a private one if None).
     """
 
     def __init__(self, conn: sqlite3.Connection, state: StateDirectory | None = None,
-                 keys: KeyCache | None = None) -> None:
+                 keys: KeyCache | None = None, restriction: Restriction | None = None) -> None:
         self._db = conn
         self.state = state
         self._keys = KeyCache() if keys is None else keys
+        self._restriction = Restriction() if restriction is None else restriction
         self.committed: list[Callable[[], None]] = []  # run once the transaction commits
 
     def after_commit(self, action: Callable[[], None]) -> None:
@@ -107,11 +122,11 @@ class TransactionBase:
         self.committed.append(action)
 
     def materialize(self, wf: int, upto: int) -> None:
-        """Give tasks below ``upto`` that have no row yet a pending row.
+        """Give tasks from ``workflows.materialized`` to below ``upto`` a pending row.
 
-        Restricted claims, dependencies and claims above the next unclaimed task look at
-        rows only. Tasks from ``workflows.materialized`` up to ``total`` are pending
-        without a row: registering a million of them costs one UPDATE.
+        Tasks from ``workflows.materialized`` up to ``total`` are pending without a
+        row: registering a million of them costs one UPDATE. (Tasks below it lie in
+        runs or have rows: ``RunOperations._rows_below`` gives them all rows.)
         """
         materialized = self._db.execute(
             "SELECT materialized FROM workflows WHERE id = ?", (wf,)).fetchone()[0]
@@ -119,11 +134,15 @@ class TransactionBase:
             self._insert_rows(wf, materialized, upto - 1, "pending", None)
             self._db.execute("UPDATE workflows SET materialized = ? WHERE id = ?", (upto, wf))
 
-    def _materialize_mine(self, wf: int) -> None:
-        """Give the tasks of a restricted worker rows: its claims and views read rows only."""
-        top = self._db.execute("SELECT max(seq) FROM temp.mine").fetchone()[0]
-        if top is not None:
-            self.materialize(wf, top + 1)
+    def _load_mine(self) -> None:
+        """Fill this connection's ``temp.mine`` with the store's restriction, if not yet."""
+        seqs = self._restriction.seqs
+        if seqs is None or self._restriction.loaded.get(id(self._db)) is seqs:
+            return
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS mine(seq INTEGER PRIMARY KEY)")
+        self._db.execute("DELETE FROM temp.mine")
+        self._db.executemany("INSERT INTO temp.mine VALUES (?)", ((s,) for s in seqs))
+        self._restriction.loaded[id(self._db)] = seqs  # Store.transaction forgets it on rollback
 
     def _insert_rows(self, wf: int, lo: int, hi: int, state: str, worker: int | None) -> None:
         # A recursive CTE inserts in C: ~1 us per task, no Python loop.

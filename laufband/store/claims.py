@@ -2,7 +2,8 @@
 
 Simple workflows (no dependencies, requirements or multi-worker tasks) are claimed by
 number range from ``workflows.floor`` on, without reading rows one by one; tasks
-without a row yet (from ``materialized`` up to ``total``) are inserted as running.
+without a row yet (from ``materialized`` up to ``total``) are claimed as one run
+(:mod:`laufband.store.runs`).
 Other workflows are claimed through ``_READY``, then topped up with tasks without a
 row (plain ones: registration writes rows up to the last task that needs one).
 A restricted worker (``restrict_to``) claims rows only, so its tasks get rows first.
@@ -14,7 +15,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from laufband.store.base import TransactionBase
+from laufband.store.runs import RunOperations
 
 if TYPE_CHECKING:
     from laufband.store.records import Scope
@@ -58,14 +59,13 @@ def could_run_params(wf: int, worker: int, labels: Sequence[str],
             "start": scope.start, "limit": scope.limit}
 
 
-class ClaimOperations(TransactionBase):
+class ClaimOperations(RunOperations):
     """Claiming tasks, and whether any may still come."""
 
     def restrict_to(self, seqs: Iterable[int]) -> None:
-        """Limit this connection's claims to the given tasks (a worker lacking data for others)."""
-        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS mine(seq INTEGER PRIMARY KEY)")
-        self._db.execute("DELETE FROM temp.mine")
-        self._db.executemany("INSERT INTO temp.mine VALUES (?)", ((s,) for s in seqs))
+        """Limit this store's claims to the given tasks (a worker lacking data for others)."""
+        self._restriction.seqs = list(seqs)
+        self._load_mine()
 
     def claim(
         self, wf: int, worker: int, k: int, labels: Sequence[str], scope: Scope
@@ -98,7 +98,9 @@ class ClaimOperations(TransactionBase):
         row = self._db.execute(
             "SELECT 1 FROM tasks t WHERE" + COULD_RUN + (MINE if scope.restricted else "")
             + " LIMIT 1", could_run_params(wf, worker, labels, scope)).fetchone()
-        return row is not None or self._lazy_within(wf, scope)
+        return (row is not None or self._lazy_within(wf, scope)
+                or (not scope.restricted  # (restricted: its tasks all have rows)
+                    and self._runs_elsewhere(wf, worker, scope.start, scope.limit)))
 
     def _claim_ready(self, wf: int, worker: int, k: int, labels: Sequence[str],
                      scope: Scope, floor: int) -> list[int]:
@@ -172,7 +174,7 @@ class ClaimOperations(TransactionBase):
         if hi < lo or scope.restricted:
             return []
         self.materialize(wf, lo)  # tasks below our scope stay pending, now with rows
-        self._insert_rows(wf, lo, hi, "running", worker)
+        self._start_run(wf, lo, hi, worker)  # one row for the whole claim
         self._db.execute("UPDATE workflows SET materialized = ? WHERE id = ?", (hi + 1, wf))
         if shared and lo == materialized:
             self._db.execute("UPDATE workflows SET floor = ? WHERE id = ?", (hi + 1, wf))

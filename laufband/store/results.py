@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import repeat
 
-from laufband.store.records import Scope, chunks, placeholders, within
+from laufband.store.records import Scope, _ranges, chunks, placeholders, within
 from laufband.store.views import ViewOperations
 
 
@@ -31,6 +31,8 @@ class ResultOperations(ViewOperations):
 
     def reopen(self, wf: int, seqs: Sequence[int]) -> None:
         """Make completed tasks pending again: their results were lost."""
+        for lo, hi in _ranges(seqs):
+            self._rows_within(wf, lo, hi)
         for part in chunks(seqs):
             self._retry(wf, ("completed",), f" AND seq IN ({placeholders(len(part))})", part)
 
@@ -39,6 +41,8 @@ class ResultOperations(ViewOperations):
         counts = self.counts(wf)
         if not counts["failed"] and not counts["killed"]:  # the counters spare a scan
             return 0
+        if scope.restricted:
+            self._load_mine()
         where, params = within(scope)
         return len(self._retry(wf, ("failed", "killed"), where, params))
 
@@ -55,7 +59,11 @@ class ResultOperations(ViewOperations):
             (wf, *params)))
         materialized, total = self._db.execute(
             "SELECT materialized, total FROM workflows WHERE id = ?", (wf,)).fetchone()
-        if not scope.restricted:
+        if not scope.restricted:  # (restricted: its tasks all have rows)
             lazy = range(max(materialized, scope.start), min(total, scope.limit))
             states.update(zip(lazy, repeat("pending")))
+            for lo, hi, state in self._run_states(wf):
+                if state == "running":
+                    states.update((seq, state) for seq in range(max(lo, scope.start),
+                                                               min(hi + 1, scope.limit)))
         return states

@@ -19,7 +19,16 @@ from laufband.store.layout import FILE_MODE, StateDirectory, refuse_symlink
 # 4: the fingerprint digests every item (a BLOB); tasks keep the user's info.
 # 5: keys live in key blocks only (no tasks.key): one mapping for every keyed
 # workflow; workers.current is a task number.
-SCHEMA_VERSION = 5
+# 6: runs: claims and completions of tasks without rows, as ranges. A version-5 file
+# gains the table on open (it has no runs yet); version 5 cannot read version 6.
+SCHEMA_VERSION = 6
+
+_RUNS = """
+CREATE TABLE runs(
+    wf INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL, worker INTEGER,
+    state TEXT NOT NULL, PRIMARY KEY (wf, lo)) WITHOUT ROWID;
+CREATE INDEX runs_by_worker ON runs(worker, state);
+"""
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,7 +68,7 @@ CREATE INDEX result_chunks_by_wf ON result_chunks(wf, lo);
 CREATE TABLE events(
     id INTEGER PRIMARY KEY, wf INTEGER, seq INTEGER, worker INTEGER,
     state TEXT NOT NULL, time REAL NOT NULL, error TEXT);
-"""
+""" + _RUNS
 
 
 def open_database(state: StateDirectory) -> sqlite3.Connection:
@@ -87,6 +96,10 @@ def open_database(state: StateDirectory) -> sqlite3.Connection:
                 f" '{SCHEMA_VERSION}'); COMMIT;"
             )
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and row[0] == "5":
+            conn.executescript(f"BEGIN IMMEDIATE; {_RUNS} UPDATE meta SET value ="
+                               f" '{SCHEMA_VERSION}' WHERE key = 'schema_version'; COMMIT;")
+            row = (str(SCHEMA_VERSION),)
     except sqlite3.OperationalError as error:
         # "no such table": a SQLite file of someone else's; the rest (full, read-only,
         # I/O errors) says the directory does not take writes.

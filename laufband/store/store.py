@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from laufband.store.base import KeyCache
+from laufband.store.base import KeyCache, Restriction
 from laufband.store.layout import StateDirectory
 from laufband.store.lock import StateLock
 from laufband.store.schema import foreign_error, open_database, write_error
@@ -36,6 +36,7 @@ class Store:
         self._patience = patience
         self._conns: dict[int, sqlite3.Connection] = {}  # the database opens lazily
         self._keys = KeyCache()  # key blocks unpickled so far, for every thread
+        self._restriction = Restriction()  # what restrict_to allows, for every thread
 
     def _connection(self) -> sqlite3.Connection:
         key = threading.get_ident()
@@ -63,12 +64,13 @@ class Store:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                tx = Transaction(conn, self.state, self._keys)
+                tx = Transaction(conn, self.state, self._keys, self._restriction)
                 yield tx
                 conn.execute("COMMIT")
                 committed = tx.committed
             except BaseException as error:
                 self._keys.clear()  # it may hold key blocks that were rolled back
+                self._restriction.loaded.pop(id(conn), None)  # and temp.mine with them
                 if conn.in_transaction:
                     with suppress(sqlite3.Error):  # a broken file cannot even roll back
                         conn.execute("ROLLBACK")
@@ -86,4 +88,5 @@ class Store:
         """Close this thread's connection."""
         conn = self._conns.pop(threading.get_ident(), None)
         if conn is not None:
+            self._restriction.loaded.pop(id(conn), None)
             conn.close()

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from laufband.errors import TaskGraphError
 from laufband.store.keys import KeyOperations
 from laufband.store.records import NewTask, Workflow, _ranges
+from laufband.store.runs import RunOperations
 
 
-class TaskOperations(KeyOperations):
+class TaskOperations(KeyOperations, RunOperations):
     """Workflows, registration and the transitions of tasks."""
 
     # -- workflows -------------------------------------------------------------------
@@ -117,7 +118,7 @@ class TaskOperations(KeyOperations):
         if not needy:
             return
         upto = 1 + max(numbers[key] for task in needy for key in (task.key, *task.dependencies))
-        self.materialize(wf, min(upto, first))  # older tasks: pending rows
+        self._rows_below(wf, min(upto, first))  # older tasks: rows (pending if new)
         if upto <= first:
             return
         self._db.executemany(
@@ -147,6 +148,7 @@ class TaskOperations(KeyOperations):
             ((wf, lo, hi, worker) for lo, hi in runs),
         )
         completed = self._db.total_changes - before
+        completed += sum(self._complete_runs(wf, worker, lo, hi) for lo, hi in runs)
         self._shift(wf, completed, "running", "completed")
         if not self._is_simple(wf):
             completed += self._finish_multi(wf, worker, runs)
@@ -185,6 +187,7 @@ class TaskOperations(KeyOperations):
         self, wf: int, worker: int, seq: int, error: str, max_failed_retries: int
     ) -> str:
         """Record a failure of ``seq``; return its new state (pending while retries are left)."""
+        self._unrun(wf, worker, seq, seq)
         held = self._db.execute(
             "DELETE FROM holders WHERE wf = ? AND seq = ? AND worker = ? AND done = 0",
             (wf, seq, worker),
@@ -210,6 +213,8 @@ class TaskOperations(KeyOperations):
         runs = _ranges(seqs)
         if not runs:
             return
+        for lo, hi in runs:
+            self._unrun(wf, worker, lo, hi)
         before = self._db.total_changes
         self._db.executemany(
             "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ?"
@@ -284,6 +289,7 @@ class TaskOperations(KeyOperations):
     def _retry_orphans(self, wf: int, where: str = "",
                        params: Sequence[object] = ()) -> list[tuple[int]]:
         """Make running single-worker tasks whose worker is not online pending again."""
+        self._unrun_orphans(wf)
         rows = self._db.execute(
             "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND state ="
             " 'running' AND max_workers = 1 AND coalesce(worker, -1) NOT IN (SELECT id FROM"

@@ -35,6 +35,8 @@ class ViewOperations(TaskOperations):
         """Tasks per state by scanning the task table (checks the counters in tests)."""
         found = dict(self._db.execute(
             "SELECT state, count(*) FROM tasks WHERE wf = ? GROUP BY state", (wf,)))
+        for lo, hi, state in self._run_states(wf):
+            found[state] = found.get(state, 0) + hi - lo + 1
         materialized, total = self._db.execute(
             "SELECT materialized, total FROM workflows WHERE id = ?", (wf,)).fetchone()
         found["pending"] = found.get("pending", 0) + total - materialized
@@ -51,6 +53,8 @@ class ViewOperations(TaskOperations):
     def task_states(self, wf: int) -> dict[str, str]:
         """Task id -> state for a whole workflow."""
         states = dict(self._db.execute("SELECT seq, state FROM tasks WHERE wf = ?", (wf,)))
+        for lo, hi, state in self._run_states(wf):
+            states.update(zip(range(lo, hi + 1), repeat(state)))
         materialized, total = self._db.execute(
             "SELECT materialized, total FROM workflows WHERE id = ?", (wf,)).fetchone()
         states.update(zip(range(materialized, total), repeat("pending")))
@@ -118,7 +122,8 @@ class ViewOperations(TaskOperations):
         it only when ``may_get_work`` is true and nothing is ready: it reads every open
         task of the workflow.
         """
-        if self._is_simple(wf) or self._lazy_within(wf, scope):
+        if (self._is_simple(wf) or self._lazy_within(wf, scope)
+                or self._runs_elsewhere(wf, worker, scope.start, scope.limit)):
             return None  # no requirements, no dependencies (or plain tasks): reachable
         online = [frozenset(json.loads(found or "[]")) for (found,) in self._db.execute(
             "SELECT labels FROM workers WHERE wf = ? AND state = 'online'", (wf,))]
@@ -189,8 +194,8 @@ class ViewOperations(TaskOperations):
 
     def reset(self, wf: int) -> None:
         """Delete a workflow and everything stored for it."""
-        for table in ("tasks", "deps", "holders", "key_blocks", "result_chunks", "events",
-                      "workers"):
+        for table in ("tasks", "runs", "deps", "holders", "key_blocks", "result_chunks",
+                      "events", "workers"):
             self._db.execute(f"DELETE FROM {table} WHERE wf = ?", (wf,))  # fixed names
         self._db.execute("DELETE FROM workflows WHERE id = ?", (wf,))
         self._keys.drop(wf)

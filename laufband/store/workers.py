@@ -53,6 +53,20 @@ class WorkerOperations(TaskOperations):
         )
         return int(row[0])
 
+    def take_reap_turn(self, interval: float) -> bool:
+        """Whether this worker reaps now: no worker did for ``interval`` seconds.
+
+        Reaping is delegated this way: one worker looks at everyone's liveness per
+        interval, however many workers there are (a time ahead of ours by more than
+        the interval, from a host whose clock is off, does not count).
+        """
+        now = time.time()
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('reaped', '0')")
+        return self._db.execute(
+            "UPDATE meta SET value = ? WHERE key = 'reaped'"
+            " AND (CAST(value AS REAL) <= ? OR CAST(value AS REAL) > ?)",
+            (repr(now), now - interval, now + interval)).rowcount > 0
+
     def worker_state(self, worker: int) -> str | None:
         """Return ``online``, ``offline`` or ``dead``; None when the record is gone (reset)."""
         row = self._db.execute("SELECT state FROM workers WHERE id = ?", (worker,)).fetchone()
@@ -74,6 +88,7 @@ class WorkerOperations(TaskOperations):
             " WHERE id = ? AND state = 'online'",
             (time.time(), worker),
         )
+        self._unrun_worker(worker)  # none should be left: rows show them to sweepers
         for wf, seq in self._db.execute(
                 "DELETE FROM holders WHERE worker = ? AND done = 0 RETURNING wf, seq",
                 (worker,)).fetchall():
@@ -136,6 +151,7 @@ class WorkerOperations(TaskOperations):
         its lowest running task counts the kill: a worker runs its batch in order.
         """
         self._db.execute("UPDATE workers SET state = 'dead' WHERE id = ?", (dead.id,))
+        self._unrun_worker(dead.id)
         workflows = self._db.execute(
             "SELECT wf FROM tasks WHERE worker = ? AND state = 'running'"
             " UNION SELECT wf FROM holders WHERE worker = ? AND done = 0",

@@ -408,7 +408,13 @@ def orphans(path: Path) -> list[tuple[str, int, int, str | None]]:
     plain SQL so the check does not trust the store it checks.
     """
     with sqlite3.connect(path / "state.db") as conn:
-        return conn.execute(
+        rows = conn.execute(
             "SELECT f.name, t.seq, t.worker, w.state FROM tasks t JOIN workflows f"
             " ON f.id = t.wf LEFT JOIN workers w ON w.id = t.worker"
             " WHERE t.state = 'running' AND coalesce(w.state, '') != 'online'").fetchall()
+        runs = conn.execute(  # tasks claimed as a run, without rows of their own
+            "SELECT f.name, r.lo, r.hi, r.worker, w.state FROM runs r JOIN workflows f"
+            " ON f.id = r.wf LEFT JOIN workers w ON w.id = r.worker"
+            " WHERE r.state = 'running' AND coalesce(w.state, '') != 'online'").fetchall()
+    return rows + [(name, seq, worker, state) for name, lo, hi, worker, state in runs
+                   for seq in range(lo, hi + 1)]
