@@ -157,6 +157,8 @@ class WorkerLoop:
         session.current = None
         record.settle(body_finished=True)
         session.take_finished(done)
+        if session.settled:  # failed tasks are not finished ones, should we die now
+            record.begin([], session.finished)
         session.start_batch([])
         self._sizer.observe_tasks(done, time.monotonic() - pace.started)
 
@@ -183,7 +185,9 @@ class WorkerLoop:
             del session.batch[done:]
             self._submit(claim=False)
             return False
-        claim = not session.next_batch and pace.ends_soon(done)
+        # Not after a failure in this batch: the claim might take the failed task again
+        # while the in-flight record still counts it among the finished.
+        claim = not session.next_batch and not session.settled and pace.ends_soon(done)
         if claim or pace.flush_due(now):
             pace.last_flush = now
             self._submit(claim=claim)
@@ -216,7 +220,8 @@ class WorkerLoop:
                 total, completed = tx.progress(session.wf)
                 stop = stopped_by_policy(tx, session.wf, settings)
         except BaseException:
-            session.next_batch = []  # rolled back: not claimed after all
+            if claim:
+                session.next_batch = ahead  # rolled back: not claimed after all
             raise
         return Turn(written, bool(returning), total, completed, stop,
                     time.monotonic() - began, ahead)
