@@ -151,6 +151,13 @@ class Pace:
         return (now - self.started > 2 * done * self.rate + self._slack
                 or since > 4 * recent * self.rate + self._slack)
 
+    def first_check(self) -> float:
+        """When to look first: at the claim lead before the planned end, at the latest."""
+        if self.rate <= 0:
+            return self.started + CHECK_EVERY
+        planned = self.size * self.rate
+        return self.started + min(CHECK_EVERY, max(0.0, planned - self._lead))
+
     def ends_soon(self, done: int) -> bool:
         """Whether the rest of the batch is planned to take less than the claim lead."""
         return self.rate > 0 and (self.size - done) * self.rate <= self._lead + self.rate

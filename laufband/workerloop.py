@@ -98,13 +98,33 @@ class WorkerLoop:
             self._stop()               # caught and the loop run again, as in Jupyter)
         try:
             batch = self._start(claim=True)
+            session = self._live_session
+            clock = time.monotonic
             while not self._closed:
                 batch = batch or self._next_batch()
                 if not batch:
                     return
-                yield from self._run_batch(batch)
-                if self._closed:  # close() in the loop body stopped the worker
-                    return
+                # The hot path, inline (no generator in between): per task one yield,
+                # two stores (session.current, the in-flight record) and a clock read.
+                # session.batch, .taken and .current always tell _stop() which claimed
+                # tasks are still ours; the record tells a reaper which finished.
+                # Writing and claiming happen in the background (_checkpoint).
+                pace, base, mark, item = self._begin_batch(batch)
+                check_at = pace.first_check()
+                position = base
+                for position, seq in zip(itertools.count(base + 1, 2), batch):
+                    session.current = seq
+                    mark(position)  # batch[i] runs, and so the tasks before it finished
+                    yield item(seq)
+                    if self._closed:  # close() was called in the loop body
+                        return
+                    if clock() >= check_at:
+                        session.current = None
+                        mark(position + 1)
+                        if not self._checkpoint(pace, (position + 1 - base) // 2):
+                            break  # the rest went back, or is not ours any more
+                        check_at = clock() + CHECK_EVERY
+                self._end_batch(pace, (position + 1 - base) // 2)
                 batch = self._claimed_ahead()
         except GeneratorExit:
             self._abandon_current()
@@ -120,41 +140,28 @@ class WorkerLoop:
                 with contextlib.suppress(StateError):
                     self._stop()
 
-    def _run_batch(self, batch: list[int]) -> Iterator[Any]:
-        # The hot path: per task one yield, two stores (session.current, the in-flight
-        # record) and one clock read. session.batch, .taken and .current always tell
-        # _stop() which claimed tasks are still ours; the record tells a reaper which
-        # finished. Writing and claiming happen in the background (_checkpoint).
+    def _begin_batch(self, batch: list[int]) -> tuple[Pace, int, Callable[[int], None],
+                                                       Callable[[int], Any]]:
+        """Make ``batch`` the running one; return its pace, record base, marker, items."""
         session = self._live_session
         session.start_batch(batch)
         session.next_batch = []  # after start_batch: a stop between finds it either way
-        item = self._item_getter()
         if len(session.finished) + len(batch) > CAPACITY:  # more than the record holds
             self._settle_background()
             self._flush()
         record = session.in_flight
         # Finished tasks not written yet stay in the record, before the batch.
         base = 2 * record.begin(batch, session.finished)
-        mark = record.mark
-        clock = time.monotonic
-        pace = Pace(self._sizer, len(batch), clock())
+        pace = Pace(self._sizer, len(batch), time.monotonic())
         if session.background.idle and pace.ends_soon(0):  # a short batch: claim the
             self._submit(claim=True)                         # next one at once
-        check_at = pace.started + CHECK_EVERY
-        done = 0
-        for position, done, seq in zip(itertools.count(base + 1, 2), itertools.count(1), batch):
-            session.current = seq
-            mark(position)  # batch[i] runs, and so the tasks before it finished
-            yield item(seq)
-            if self._closed:  # close() was called in the loop body
-                return
-            if clock() >= check_at:
-                session.current = None
-                mark(position + 1)
-                if not self._checkpoint(pace, done):
-                    break  # the rest went back, or is not ours any more
-                check_at = clock() + CHECK_EVERY
+        return pace, base, record.mark, self._item_getter()
+
+    def _end_batch(self, pace: Pace, done: int) -> None:
+        """Count the batch's first ``done`` tasks finished; the rest went back or was lost."""
+        session = self._live_session
         session.current = None
+        record = session.in_flight
         record.settle(body_finished=True)
         session.take_finished(done)
         if session.settled:  # failed tasks are not finished ones, should we die now
