@@ -18,6 +18,7 @@ Modules, one concern each::
       keys.py         key blocks: the one mapping from task keys to task numbers
       tasks.py        workflows, registration, finish / fail / release / block
       claims.py       ready tasks and claims (by number range where possible)
+      runs.py         claims and completions of tasks without rows, as ranges
       workers.py      worker records, heartbeats, reaping dead workers
       views.py        counts, progress, events, workers; retry, reset
       results.py      pmap's result chunks and unfinished tasks
@@ -45,12 +46,15 @@ are rows in ``events``. Every transition also moves a per-state counter in
 ``workflows`` (``_shift``; pending = total minus the others), so progress and
 status never scan the task table.
 
-Tasks get their row when claims need it: numbers from ``workflows.materialized`` up
-to ``total`` are pending without a row, so registering a million positional tasks
-costs one UPDATE, and a million keys one key block. Rows are written at
+Tasks get their row only when something unusual happens to them: numbers from
+``workflows.materialized`` up to ``total`` are pending without a row, so registering
+a million positional tasks costs one UPDATE, and a million keys one key block. A
+claim of such tasks is one ``runs`` row (a range, running on its worker); finishing
+part of it makes that part a completed run (``runs.py``). Rows are written at
 registration only for tasks with dependencies, requirements, several workers or
-info, and for the tasks they depend on (``register_keyed``). ``workflows.floor`` is
-a number below which no row is pending, so claims never rescan finished work.
+info, and for the tasks they depend on (``register_keyed``); a failure, hand-back,
+kill or reopen gives the tasks concerned rows first. ``workflows.floor`` is a
+number below which no row is pending, so claims never rescan finished work.
 """
 
 from laufband.store.base import KeyCache
