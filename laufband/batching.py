@@ -162,6 +162,12 @@ class Pace:
         """Whether the rest of the batch is planned to take less than the claim lead."""
         return self.rate > 0 and (self.size - done) * self.rate <= self._lead + self.rate
 
-    def flush_due(self, now: float) -> bool:
-        """Whether finished work waited long enough to be written."""
-        return now - self.last_flush >= self.flush_every
+    def flush_due(self, now: float, done: int) -> bool:
+        """Whether finished work waited long enough to be written.
+
+        Not when the batch is planned to end within half a flush interval: the claim
+        ahead writes it then (one transaction, not two).
+        """
+        if now - self.last_flush < self.flush_every:
+            return False
+        return not 0 < (self.size - done) * self.rate <= self.flush_every / 2

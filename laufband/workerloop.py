@@ -195,7 +195,7 @@ class WorkerLoop:
         # Not after a failure in this batch: the claim might take the failed task again
         # while the in-flight record still counts it among the finished.
         claim = not session.next_batch and not session.settled and pace.ends_soon(done)
-        if claim or pace.flush_due(now):
+        if claim or pace.flush_due(now, done):
             pace.last_flush = now
             self._submit(claim=claim)
         return True
