@@ -47,6 +47,9 @@ RUN = 1 << 33  # flag in word 1: the batch is consecutive tasks from the one in 
 _HEADER = struct.Struct("<qq")
 _WORD = struct.Struct("<q")
 _SIZE = _HEADER.size + CAPACITY * _WORD.size
+# Records of laufband 0.3 before #17 (schema 5) held one batch: a worker of that
+# version that died on this host left one of this size, read the same way.
+_SIZES = (_SIZE, _HEADER.size + MAX_BATCH * _WORD.size)
 
 
 class Record(NamedTuple):
@@ -191,11 +194,12 @@ def read_record(state: StateDirectory | Path, worker: int) -> Record | None:
             data = handle.read(_SIZE + 1)  # a longer file is no record
     except _UNSAFE:
         return None
-    if len(data) != _SIZE:
+    if len(data) not in _SIZES:
         return None
     position, word = _HEADER.unpack_from(data)
     size, final = word & (FINAL - 1), bool(word & FINAL)
-    if not 0 <= size <= CAPACITY or not 0 <= position <= 2 * size or word >> 34:
+    capacity = (len(data) - _HEADER.size) // _WORD.size
+    if not 0 <= size <= capacity or not 0 <= position <= 2 * size or word >> 34:
         return None
     if word & RUN:
         first = _WORD.unpack_from(data, _HEADER.size)[0]

@@ -64,11 +64,17 @@ class Background(Generic[T]):
                 self._future = None
 
     def close(self) -> None:
-        """Close the thread's connection and end the thread (collect first)."""
+        """Close the thread's connection and end the thread (collect first).
+
+        At interpreter exit the thread has ended already (concurrent.futures shuts
+        its executors down before atexit callbacks run): nothing is left to close.
+        """
         executor, self._executor = self._executor, None
         if executor is None:
             return
         try:
             executor.submit(self._store.close).result()
+        except RuntimeError:  # "cannot schedule new futures after shutdown"
+            pass
         finally:
             executor.shutdown(wait=True)

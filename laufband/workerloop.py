@@ -177,6 +177,9 @@ class WorkerLoop:
         ends soon), or hands back the unstarted rest of a batch far behind its plan.
         """
         session = self._live_session
+        # First: what ran is finished whatever comes next (a stop raised below hands
+        # back only the rest).
+        session.take_finished(done)
         background = session.background
         if background.ready and not self._apply(background.collect()):
             return False  # taken for dead meanwhile: the rest is not ours
@@ -186,7 +189,6 @@ class WorkerLoop:
         if not background.idle:
             return True
         now = time.monotonic()
-        session.take_finished(done)
         if pace.overran(done, now):
             session.returning = session.batch[done:]
             del session.batch[done:]
