@@ -19,7 +19,13 @@ MIN_FLUSH = 0.2  # seconds: finished work is written at most this often
 MIN_WAIT = 0.005  # seconds: shortest sleep while waiting for tasks running elsewhere
 JUMP = 0.05  # seconds of work a batch may grow to at once, past doubling
 CHECK_EVERY = 0.02  # seconds between a running batch's looks at the clock's plans
-SLACK = 0.05  # seconds a batch may overrun twice its plan before handing back the rest
+# A batch hands back its unstarted rest once it is BEHIND times its plan plus SLACK
+# seconds late, or the tasks since its last check took BEHIND_RECENTLY times their plan
+# plus SLACK: a busy machine (64 processes on 2 cores) delays a check that much, a
+# large molecule after many small ones far more.
+SLACK = 0.2
+BEHIND = 4
+BEHIND_RECENTLY = 10
 
 
 class BatchSizer:
@@ -148,8 +154,8 @@ class Pace:
             return False
         if done >= self.size:
             return False
-        return (now - self.started > 2 * done * self.rate + self._slack
-                or since > 4 * recent * self.rate + self._slack)
+        return (now - self.started > BEHIND * done * self.rate + self._slack
+                or since > BEHIND_RECENTLY * recent * self.rate + self._slack)
 
     def first_check(self) -> float:
         """When to look first: at the claim lead before the planned end, at the latest."""
