@@ -249,6 +249,7 @@ class WorkerSession:
                 return None
             written = self.write(tx, identifier, max_failed_retries)
             tx.release(self.wf, self.number, held)
+            tx.release_running(self.wf, self.number)  # nothing is left running on us
             tx.set_offline(self.number)
             total, completed = tx.progress(self.wf)
         self.forget(written)

@@ -88,6 +88,7 @@ class WorkerLoop:
         self._sizer = BatchSizer()
         self._detector = DeadWorkerDetector(settings.heartbeat_timeout, settings.state.path)
         self._stuck: Stuck | None = None  # what we could run waits for missing labels
+        self._unclaimed = 1  # tasks left unclaimed, as the latest claim saw them
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -153,8 +154,8 @@ class WorkerLoop:
         # Finished tasks not written yet stay in the record, before the batch.
         base = 2 * record.begin(batch, session.finished)
         pace = Pace(self._sizer, len(batch), time.monotonic())
-        if session.background.idle and pace.ends_soon(0):  # a short batch: claim the
-            self._submit(claim=True)                         # next one at once
+        if session.background.idle and self._unclaimed > 0 and pace.ends_soon(0):
+            self._submit(claim=True)  # a short batch: claim the next one at once
         return pace, base, record.mark, self._item_getter()
 
     def _end_batch(self, pace: Pace, done: int) -> None:
@@ -196,7 +197,10 @@ class WorkerLoop:
             return False
         # Not after a failure in this batch: the claim might take the failed task again
         # while the in-flight record still counts it among the finished.
-        claim = not session.next_batch and not session.settled and pace.ends_soon(done)
+        # Nor when the latest claim left nothing unclaimed: this batch ends with the
+        # transaction that finds out whether work may still come (one, not two).
+        claim = (not session.next_batch and not session.settled and self._unclaimed > 0
+                 and pace.ends_soon(done))
         if claim or pace.flush_due(now, done):
             pace.last_flush = now
             self._submit(claim=claim)
@@ -306,6 +310,11 @@ class WorkerLoop:
                 batch = self._claim(tx)
                 if not batch and (self._reap_if_due(tx, IDLE_REAP) or self._sweep(tx)):
                     batch = self._claim(tx)
+                # Holding nothing now, we must have nothing running: should a claim have
+                # slipped out of our hands (an interrupt at the wrong moment), its tasks
+                # are claimable again rather than stuck on a worker about to leave.
+                if not batch and tx.release_running(session.wf, session.number):
+                    batch = self._claim(tx)
                 # Recorded before the commit: an interrupt from here on finds the
                 # batch in _stop() and hands it back.
                 session.next_batch = batch
@@ -352,7 +361,9 @@ class WorkerLoop:
         # Guided by what is left unclaimed: claimed tasks are spoken for, and finished
         # ones may not be flushed yet.
         size = self._sizer.next_size(counts["pending"], workers, expected > 1)
-        return tx.claim(wf, session.number, size, self._label_list, session.scope)
+        claimed = tx.claim(wf, session.number, size, self._label_list, session.scope)
+        self._unclaimed = counts["pending"] - len(claimed)
+        return claimed
 
     def _register_worker(self, tx: Transaction, wf: int) -> int:
         settings = self._settings

@@ -233,6 +233,21 @@ class TaskOperations(KeyOperations, RunOperations):
                     self._return_multi(wf, seq)
         self._lower_floor(wf, runs[0][0])
 
+    def release_running(self, wf: int, worker: int) -> int:
+        """Put every single-worker task still running on ``worker`` back to pending.
+
+        A stopping worker calls it after ``release``: whatever its own bookkeeping says,
+        it leaves nothing running (what it finished it has written first).
+        """
+        self._unrun_worker(worker, " AND wf = ?", (wf,))
+        rows = self._db.execute(
+            "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND worker = ?"
+            " AND state = 'running' AND max_workers = 1 RETURNING seq", (wf, worker)).fetchall()
+        self._shift(wf, len(rows), "running", "pending")
+        if rows:
+            self._lower_floor(wf, min(seq for (seq,) in rows))
+        return len(rows)
+
     def _return_multi(self, wf: int, seq: int) -> None:
         """After a holder left a multi-worker task: complete it, or make it pending again."""
         if self._complete_multi(wf, seq):
