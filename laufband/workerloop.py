@@ -7,9 +7,9 @@ public face; Laufband and pmap's workers are Graphbands).
 
     register tasks + worker ──> claim a batch ──> yield task ──> (loop body runs,
           (one transaction)        ^    │            │            no lock held)
-                                   │    │ nothing    └── finished in memory,
-                 finish + claim ───┘    │ ready          flushed every ~0.2 s
-                 (one transaction)      v
+                                   │    │ nothing    └── every ~20 ms, between tasks:
+        claimed ahead in the ──────┘    │ claimed        _checkpoint hands store work
+        background (pipeline.py)        v                to the background thread
                                work running elsewhere? ── yes: reap dead workers,
                                         │ no                 wait (<= 1 s), retry
                                         v
