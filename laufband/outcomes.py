@@ -32,6 +32,7 @@ from laufband.store import Scope, StateDirectory, Transaction
 
 VALUE, ERROR, IN_FILE = 0, 1, 2  # kinds of stored outcome
 LARGE_RESULT = 1 << 20  # bytes: larger pickled results go to files, not the database
+CHUNK = 256  # outcomes per pickled chunk at most
 
 Outcome = tuple[int, int, Any]  # (task number, kind, value)
 
@@ -69,13 +70,13 @@ class OutcomeSink:
         self._failures.append((seq, text))
 
     def pack(self) -> None:
-        """Pickle the recorded outcomes into one chunk.
+        """Pickle the recorded outcomes into chunks of at most ``CHUNK`` outcomes.
 
-        Pickle the recorded outcomes into one chunk; they are removed only once
-        packed, so an error here loses nothing.
+        Each is removed only once packed, so an error here loses nothing; chunks stay
+        small so that reading results back never holds much more than the results.
         """
-        count = len(self._outcomes)
-        if count:
+        while self._outcomes:
+            count = min(len(self._outcomes), CHUNK)
             self._chunks.append(self._pack(self._outcomes[:count]))
             del self._outcomes[:count]
 
