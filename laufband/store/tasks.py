@@ -240,13 +240,7 @@ class TaskOperations(KeyOperations, RunOperations):
         it leaves nothing running (what it finished it has written first).
         """
         self._unrun_worker(worker, " AND wf = ?", (wf,))
-        rows = self._db.execute(
-            "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND worker = ?"
-            " AND state = 'running' AND max_workers = 1 RETURNING seq", (wf, worker)).fetchall()
-        self._shift(wf, len(rows), "running", "pending")
-        if rows:
-            self._lower_floor(wf, min(seq for (seq,) in rows))
-        return len(rows)
+        return len(self._pend_running(wf, " AND worker = ?", (worker,)))
 
     def _return_multi(self, wf: int, seq: int) -> None:
         """After a holder left a multi-worker task: complete it, or make it pending again."""
@@ -305,10 +299,16 @@ class TaskOperations(KeyOperations, RunOperations):
                        params: Sequence[object] = ()) -> list[tuple[int]]:
         """Make running single-worker tasks whose worker is not online pending again."""
         self._unrun_orphans(wf)
+        return self._pend_running(
+            wf, " AND coalesce(worker, -1) NOT IN (SELECT id FROM workers WHERE state ="
+            " 'online')" + where, params)
+
+    def _pend_running(self, wf: int, where: str,
+                      params: Sequence[object]) -> list[tuple[int]]:
+        """Make running single-worker tasks (rows) matching ``where`` pending again."""
         rows = self._db.execute(
             "UPDATE tasks SET state = 'pending', worker = NULL WHERE wf = ? AND state ="
-            " 'running' AND max_workers = 1 AND coalesce(worker, -1) NOT IN (SELECT id FROM"
-            f" workers WHERE state = 'online'){where} RETURNING seq", (wf, *params)).fetchall()
+            f" 'running' AND max_workers = 1{where} RETURNING seq", (wf, *params)).fetchall()
         self._shift(wf, len(rows), "running", "pending")
         if rows:
             self._lower_floor(wf, min(seq for (seq,) in rows))
