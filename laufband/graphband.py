@@ -194,11 +194,11 @@ class Graphband(WorkerLoop, Generic[T]):
         except caught as error:
             if isinstance(error, (KeyboardInterrupt, SystemExit)):
                 raise
-            text = f"{type(error).__name__}: {error}"
             if self.disabled:  # a plain loop: nothing to record, say it and go on
-                tqdm.write(f"laufband (disabled): an item failed: {text}", file=sys.stderr)
+                tqdm.write(f"laufband (disabled): an item failed: {type(error).__name__}:"
+                           f" {error}", file=sys.stderr)
             else:  # fails the current task, unless an earlier catch() did
-                self._fail_current(text)
+                self._fail_current(error)
 
     def __len__(self) -> int:
         """Return the number of tasks given, like ``len(tqdm(...))``; TypeError for a generator."""
@@ -219,7 +219,7 @@ class Graphband(WorkerLoop, Generic[T]):
                  tb: TracebackType | None) -> None:
         """Record an exception that left the block, then stop the worker."""
         if exc is not None:
-            interrupts.describe_failure(self, f"{type(exc).__name__}: {exc}")
+            interrupts.describe_failure(self, exc)
         self._stop()
 
     def __iter__(self) -> Iterator[T]:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from laufband.errors import StateError
+from laufband.failuretext import failure_record
 from laufband.store import SHIELD, Store
 
 
@@ -120,16 +121,17 @@ def remember_failure(failure: Failure) -> None:
     _undescribed["latest"] = failure
 
 
-def describe_failure(loop: Any, text: str) -> None:
-    """Give the latest failure ``loop`` recorded its error text (``__exit__``)."""
+def describe_failure(loop: Any, error: BaseException) -> None:
+    """Give the latest failure ``loop`` recorded its error text and traceback (``__exit__``)."""
     latest = _undescribed.get("latest")
     if latest is not None and latest.owner == id(loop):
-        _describe(_undescribed.pop("latest"), text)
+        _describe(_undescribed.pop("latest"), error)
 
 
-def _describe(failure: Failure, text: str) -> None:
+def _describe(failure: Failure, error: BaseException) -> None:
+    record = failure_record(failure.seq, error)
     with failure.store.transaction() as tx:
-        tx.describe_failure(failure.wf, failure.seq, failure.worker, text)
+        tx.describe_failure(failure.wf, failure.worker, record)
     failure.store.close()
 
 
@@ -149,7 +151,7 @@ def _stop_all() -> None:
     latest = _undescribed.pop("latest", None)
     error = getattr(sys, "last_value", None)
     if latest is not None and error is not None and _raised_in(latest.loop_code):
-        _describe(latest, f"{type(error).__name__}: {error}")
+        _describe(latest, error)
     # A hand-back that an interrupt cut short is tried once more; if it cannot be done
     # now, the tasks stay ours and reapers return them once we are gone.
     _stop_tracked(cut_short_only=False)

@@ -127,6 +127,14 @@ class Laufband(Graphband[T]):
         self._index_of = {numbers[key]: index for key, index in seen.items()}
         return self._keep_scope(tx, list(self._index_of), len(numbers))
 
+    def _described_item(self, seq: int) -> Any:
+        if self._key is not None:
+            return None  # its key names it
+        try:
+            return self.data[seq]
+        except (IndexError, TypeError):
+            return None
+
     def _item_getter(self) -> Callable[[int], Any]:
         if self._key is None:
             return self.data.__getitem__

@@ -26,9 +26,10 @@ from typing import Any, NamedTuple
 
 from laufband import mpi
 from laufband.errors import RemoteTraceback, TaskFailedError
+from laufband.failuretext import one_line, short_repr
 from laufband.liveness import HOST
 from laufband.resultfiles import write_error, write_file
-from laufband.store import Scope, StateDirectory, Transaction
+from laufband.store import FailureRecord, Scope, StateDirectory, Transaction
 
 VALUE, ERROR, IN_FILE = 0, 1, 2  # kinds of stored outcome
 LARGE_RESULT = 1 << 20  # bytes: larger pickled results go to files, not the database
@@ -53,21 +54,21 @@ class OutcomeSink:
         self._where = raised_where()
         self._outcomes: list[Outcome] = []
         self._chunks: list[tuple[int, int, bytes]] = []  # (lowest task, highest, pickle)
-        self._failures: list[tuple[int, str]] = []
+        self._failures: list[FailureRecord] = []
 
     def record(self, seq: int, value: Any) -> None:
         """Keep the result of task ``seq`` (pickled by the next :meth:`pack`)."""
         self._outcomes.append((seq, VALUE, value))
 
-    def record_error(self, seq: int, error: BaseException) -> None:
-        """Keep the exception task ``seq`` raised.
+    def record_error(self, seq: int, error: BaseException, item: Any = None) -> None:
+        """Keep the exception task ``seq`` raised on ``item``.
 
         Keep the exception task ``seq`` raised (call it in the ``except`` block);
-        the task fails in the next write.
+        the task fails in the next write, its item named by a short repr.
         """
         text = traceback.format_exc()
         self._outcomes.append((seq, ERROR, self._pickle_error(error, text)))
-        self._failures.append((seq, text))
+        self._failures.append(FailureRecord(seq, one_line(error), text, short_repr(item)))
 
     def pack(self) -> None:
         """Pickle the recorded outcomes into chunks of at most ``CHUNK`` outcomes.
@@ -80,13 +81,14 @@ class OutcomeSink:
             self._chunks.append(self._pack(self._outcomes[:count]))
             del self._outcomes[:count]
 
-    def write(self, tx: Transaction, wf: int, fail: Callable[[int, str], None]) -> _Written:
+    def write(self, tx: Transaction, wf: int,
+              fail: Callable[[FailureRecord], None]) -> _Written:
         """Store the packed chunks and fail the tasks that raised."""
         written = _Written(len(self._chunks), len(self._failures))
         for lo, hi, packed in self._chunks[: written.chunks]:
             tx.store_result_chunk(wf, lo, hi, packed)
-        for seq, text in self._failures[: written.failures]:
-            fail(seq, text)
+        for failure in self._failures[: written.failures]:
+            fail(failure)
         return written
 
     def forget(self, mark: object) -> None:
@@ -154,7 +156,7 @@ class OutcomeSink:
             pickled = self._dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:  # noqa: BLE001 - reported to the caller
             text = traceback.format_exc()
-            self._failures.append((seq, text))  # failed before finished
+            self._failures.append(FailureRecord(seq, one_line(error), text))  # not finished
             return seq, ERROR, self._pickle_error(error, text)
         if len(pickled) <= LARGE_RESULT:
             return outcome

@@ -137,7 +137,7 @@ class Job:
             try:
                 value = func(item)
             except Exception as error:  # noqa: BLE001 - reported to the caller
-                sink.record_error(seq, error)
+                sink.record_error(seq, error, item)
                 continue
             record(seq, value)  # pickled by the sink before the next transaction
 

@@ -19,7 +19,7 @@ from laufband.liveness import Heartbeat
 from laufband.pipeline import Background
 
 if TYPE_CHECKING:
-    from laufband.store import Scope, Store, Transaction, Workflow
+    from laufband.store import FailureRecord, Scope, Store, Transaction, Workflow
 
 
 class ResultSink(Protocol):
@@ -34,7 +34,8 @@ class ResultSink(Protocol):
     def pack(self) -> None:
         """Prepare what was recorded since the last call for writing."""
 
-    def write(self, tx: Transaction, wf: int, fail: Callable[[int, str], None]) -> object:
+    def write(self, tx: Transaction, wf: int,
+              fail: Callable[[FailureRecord], None]) -> object:
         """Write what :meth:`pack` prepared.
 
         Write what :meth:`pack` prepared; fail tasks whose outcome cannot be stored
@@ -85,7 +86,7 @@ class WorkerSession:
         self.returning: list[int] = []  # being handed back by a background transaction
         self.interrupted: int | None = None  # the task a Ctrl-C or SIGTERM arrived during
         self.finished: list[int] = []  # bodies that ran, completed by the next write
-        self.failures: list[tuple[int, str]] = []  # (task, error text)
+        self.failures: list[FailureRecord] = []  # failed bodies, written next
         self.offline = False  # set offline by the transaction that found nothing left
         self.evicted = False  # another worker took us for dead; we found out writing
         self.last_reap = time.monotonic()
@@ -188,13 +189,13 @@ class WorkerSession:
             return written
         wf, me = self.wf, self.number
 
-        def fail(seq: int, text: str) -> None:
-            tx.fail(wf, me, seq, text, max_failed_retries)
+        def fail(failure: FailureRecord) -> None:
+            tx.fail(wf, me, failure, max_failed_retries)
 
         if self.sink is not None:
             written = written._replace(sink=self.sink.write(tx, wf, fail))
-        for seq, text in self.failures[: written.failures]:  # before finish: not completed
-            fail(seq, text)
+        for failure in self.failures[: written.failures]:  # before finish: not completed
+            fail(failure)
         if written.finished:
             tx.finish(wf, me, self.finished[: written.finished])
         return written

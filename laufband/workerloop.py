@@ -37,6 +37,7 @@ from tqdm import tqdm
 from laufband import interrupts
 from laufband.batching import CHECK_EVERY, BatchSizer, Pace
 from laufband.errors import StateError
+from laufband.failuretext import failure_record
 from laufband.inflight import CAPACITY
 from laufband.legacy import warn_about_original_state
 from laufband.liveness import HOST, DeadWorkerDetector, process_token
@@ -213,10 +214,13 @@ class WorkerLoop:
         upto = session.unwritten_counts()
         returning = list(session.returning)
         ahead = session.next_batch
-        session.background.submit(lambda: self._turn(upto, returning, ahead, claim=claim))
+        # The task the body runs next (as the batch goes on), for `laufband status`.
+        running = session.batch[session.taken] if session.taken < len(session.batch) else None
+        session.background.submit(
+            lambda: self._turn(upto, returning, ahead, claim=claim, running=running))
 
     def _turn(self, upto: tuple[int, int], returning: list[int], ahead: list[int], *,
-              claim: bool) -> Turn:
+              claim: bool, running: int | None) -> Turn:
         """Run one transaction in the background thread (see ``_submit``)."""
         session = self._live_session
         began = time.monotonic()
@@ -230,6 +234,9 @@ class WorkerLoop:
                 if claim:
                     # Recorded before the commit: _stop() hands it back from then on.
                     session.next_batch = self._claim(tx)
+                if running is None and session.next_batch:
+                    running = session.next_batch[0]  # the batch claimed ahead runs next
+                tx.set_current(session.number, running)
                 total, completed = tx.progress(session.wf)
                 stop = stopped_by_policy(tx, session.wf, settings)
         except BaseException:
@@ -318,6 +325,7 @@ class WorkerLoop:
                 # Recorded before the commit: an interrupt from here on finds the
                 # batch in _stop() and hands it back.
                 session.next_batch = batch
+                tx.set_current(session.number, batch[0] if batch else None)
                 more = bool(batch) or self._may_get_work(tx)
                 leaving = not batch and not more
                 goodbye = None
@@ -419,7 +427,7 @@ class WorkerLoop:
         settings = self._settings
         return self._live_session.write(tx, settings.identifier, settings.max_failed_retries)
 
-    def _fail_current(self, text: str) -> None:
+    def _fail_current(self, error: BaseException) -> None:
         """Fail the current task and stay in the loop.
 
         Fail the current task and stay in the loop; written at once, before the
@@ -430,7 +438,7 @@ class WorkerLoop:
         if session is None or seq is None or seq in session.settled:
             return  # failed already, by an earlier catch()
         self._settle_background()  # one transaction at a time
-        session.failures.append((seq, text))
+        session.failures.append(failure_record(seq, error, self._described_item(seq)))
         session.settled.add(seq)  # failed: neither finished nor handed back
         self._flush()
 
@@ -468,9 +476,9 @@ class WorkerLoop:
             if interrupted:
                 tx.release(session.wf, session.number, [seq])
             else:
-                text = (f"{type(error).__name__}: {error}" if error is not None
-                        else "the loop was left by break or an exception")
-                tx.fail(session.wf, session.number, seq, text,
+                text = None if error is not None else "the loop was left by break or an exception"
+                tx.fail(session.wf, session.number,
+                        failure_record(seq, error, self._described_item(seq), text),
                         self._settings.max_failed_retries)
         session.settled.add(seq)
         if error is None and not interrupted:
@@ -516,6 +524,7 @@ class WorkerLoop:
             interrupts.track(self, _HOOKS)
             if claim:
                 session.next_batch = batch = self._claim(tx)
+                tx.set_current(number, batch[0] if batch else None)
             stop = stopped_by_policy(tx, workflow.id, settings)
         # Dead workers are looked for when no task is left to claim, and every
         # heartbeat interval: not by every worker as it starts.
@@ -592,6 +601,10 @@ class WorkerLoop:
     def _item_getter(self) -> Callable[[int], Any]:
         """Return a function mapping a task number to what the loop yields."""
         raise NotImplementedError
+
+    def _described_item(self, seq: int) -> Any:
+        """Return the item ``laufband failures`` shows beside a failed task (None: none)."""
+        return None
 
     def _planned_total(self) -> int:
         """Return the total the progress bar shows before the store is read."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from laufband import Graphband, Laufband, Task
-from laufband.store import SCHEMA_VERSION, NewTask, Scope, Store, Transaction
+from laufband.store import SCHEMA_VERSION, FailureRecord, NewTask, Scope, Store, Transaction
 from tests.helpers.procs import assert_counters_match
 
 
@@ -77,7 +77,7 @@ def test_a_failure_inside_a_run_gives_that_task_alone_a_row(store: Store, state:
     with store.transaction() as tx:
         wf, a = positions(tx, 10)
         tx.claim(wf, a, 10, [], Scope())
-        assert tx.fail(wf, a, 4, "ValueError: no", max_failed_retries=0) == "failed"
+        assert tx.fail(wf, a, FailureRecord(4, "ValueError: no"), max_failed_retries=0) == "failed"
         assert tx.finish(wf, a, [0, 1, 2, 3, 5, 6, 7, 8, 9]) == 9
         assert tx.finish(wf, a, [4]) == 0  # failed: a stale finish completes nothing
         assert tx.failed_tasks(wf, limit=5) == ["4"]
@@ -134,11 +134,12 @@ def test_a_version_5_state_directory_gains_runs_when_opened(state: Path) -> None
     finally:
         store.close()
     with sqlite3.connect(state / "state.db") as conn:  # as laufband 5 left it
-        conn.execute("DROP TABLE runs")
+        for table in ("runs", "failures", "samples"):
+            conn.execute(f"DROP TABLE {table}")
         conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     assert [t.id for t in Graphband([Task("x")], path=state, name="old")] == ["x"]
     with sqlite3.connect(state / "state.db") as conn:
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert version == (str(SCHEMA_VERSION),)
-    assert SCHEMA_VERSION == 6
+    assert SCHEMA_VERSION == 7
 

@@ -9,7 +9,15 @@ import pytest
 
 from laufband import Graphband, Monitor, Task
 from laufband.errors import StateError, TaskGraphError
-from laufband.store import SCHEMA_VERSION, NewTask, Scope, Store, Transaction, WorkerRecord
+from laufband.store import (
+    SCHEMA_VERSION,
+    FailureRecord,
+    NewTask,
+    Scope,
+    Store,
+    Transaction,
+    WorkerRecord,
+)
 from tests.helpers.procs import assert_counters_match, task_states
 
 
@@ -73,7 +81,7 @@ def test_restricted_claims_take_only_their_tasks(store: Store) -> None:
         a = worker(tx, "a", wf)
         assert tx.claim(wf, a, 100, [], Scope(start=2, limit=8, restricted=True)) == [2, 5, 7]
         tx.finish(wf, a, [2, 5])
-        tx.fail(wf, a, 7, "boom", max_failed_retries=0)
+        tx.fail(wf, a, FailureRecord(7, "boom"), max_failed_retries=0)
         assert tx.unfinished(wf, Scope(start=2, limit=8, restricted=True)) == {7: "failed"}
         assert tx.retry_unfinished(wf, Scope(start=2, limit=8, restricted=True)) == 1
         assert tx.claim(wf, a, 100, [], Scope(start=2, limit=8, restricted=True)) == [7]
@@ -86,7 +94,7 @@ def test_returned_task_lowers_the_floor(store: Store) -> None:
         a = worker(tx, "a", wf)
         assert tx.claim(wf, a, 10, [], Scope()) == list(range(10))
         tx.release(wf, a, [3, 4])
-        tx.fail(wf, a, 7, "boom", max_failed_retries=1)  # a retry left: pending again
+        tx.fail(wf, a, FailureRecord(7, "boom"), max_failed_retries=1)  # pending again
         assert tx.claim(wf, a, 10, [], Scope()) == [3, 4, 7]
 
 
@@ -115,7 +123,7 @@ def test_reaping_a_holder_does_not_revive_a_failed_multi_task(store: Store) -> N
         a, b = worker(tx, "a", wf), worker(tx, "b", wf)
         tx.claim(wf, a, 1, [], Scope())
         tx.claim(wf, b, 1, [], Scope())
-        assert tx.fail(wf, a, 0, "boom", max_failed_retries=0) == "failed"
+        assert tx.fail(wf, a, FailureRecord(0, "boom"), max_failed_retries=0) == "failed"
         tx.block_unreachable(wf)
         tx.reap(record(tx, b), max_killed_retries=1)
         assert tx.task_states(wf) == {"m": "failed", "after": "blocked"}
@@ -128,7 +136,7 @@ def test_only_a_holder_can_fail_a_multi_task(store: Store) -> None:
         wf = multi_workflow(tx)
         a, b = worker(tx, "a", wf), worker(tx, "b", wf)
         tx.claim(wf, a, 1, [], Scope())
-        assert tx.fail(wf, b, 0, "not mine", max_failed_retries=0) == "running"
+        assert tx.fail(wf, b, FailureRecord(0, "not mine"), max_failed_retries=0) == "running"
         assert tx.task_states(wf)["m"] == "running"
 
 
@@ -138,7 +146,7 @@ def test_multi_task_pending_after_failure_is_not_over_admitted(store: Store) -> 
         a, b, c, d = (worker(tx, name, wf) for name in "abcd")
         tx.claim(wf, a, 1, [], Scope())
         tx.claim(wf, b, 1, [], Scope())
-        assert tx.fail(wf, a, 0, "flaky", max_failed_retries=1) == "pending"
+        assert tx.fail(wf, a, FailureRecord(0, "flaky"), max_failed_retries=1) == "pending"
         assert tx.claim(wf, c, 1, [], Scope()) == [0]  # a's slot is free again
         assert tx.claim(wf, d, 1, [], Scope()) == []  # b and c hold both slots
 
@@ -352,8 +360,16 @@ def test_views_name_keyed_tasks_by_key_and_others_by_number(store: Store) -> Non
         assert wf is not None
         w = worker(tx, "w", wf)
         assert tx.claim(wf, w, 1, [], Scope()) == [numbers["a"]]
+        assert tx.workers(wf)[0][6] is None  # claimed, not started
+        tx.set_current(w, numbers["a"])
         assert tx.workers(wf)[0][6] == "a"  # the current task
-        assert tx.fail(wf, w, numbers["a"], "boom", max_failed_retries=0) == "failed"
+        failure = FailureRecord(numbers["a"], "boom", "Traceback ...\nboom", "'item'")
+        assert tx.fail(wf, w, failure, max_failed_retries=0) == "failed"
+        [kept] = tx.failures(wf)
+        assert (kept["task"], kept["error"], kept["traceback"], kept["item"]) == (
+            "a", "boom", "Traceback ...\nboom", "'item'")
+        assert (kept["state"], kept["outcome"], kept["attempt"], kept["worker"]) == (
+            "failed", "failed", 1, "w")
         tx.block_unreachable(wf)
         assert tx.task_states(wf) == {"a": "failed", "b": "blocked", "c": "pending"}
         assert tx.failed_tasks(wf, limit=5) == ["a"]
@@ -363,13 +379,15 @@ def test_views_name_keyed_tasks_by_key_and_others_by_number(store: Store) -> Non
         assert tx.retry(wf, ("failed",), ["0", "nope"]) == 0  # "0" names no task here
         assert tx.retry(wf, ("failed",), ["a"]) == 1
         assert tx.task_states(wf) == dict.fromkeys("abc", "pending")
+        assert tx.failures(wf) == []  # retried: it runs anew
         pm = tx.open_workflow("pmap-f", keyed=True).id
         tx.number_keys(pm, ["x", 7])
         p = worker(tx, "p", pm)
         assert tx.claim(pm, p, 1, [], Scope()) == [0]
-        tx.fail(pm, p, 0, "boom", max_failed_retries=0)
+        tx.fail(pm, p, FailureRecord(0, "boom"), max_failed_retries=0)
         assert tx.task_states(pm) == {"0": "failed", "1": "pending"}  # pmap's: numbers
-        assert tx.workers(pm)[0][6] == "0"  # its latest claim
+        tx.set_current(p, 1)
+        assert tx.workers(pm)[0][6] == "1"  # pmap's tasks by number
         assert tx.retry(pm, ("failed",), ["x"]) == 0
         assert tx.retry(pm, ("failed",), ["0"]) == 1
 

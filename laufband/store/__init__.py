@@ -22,6 +22,8 @@ Modules, one concern each::
       workers.py      worker records, heartbeats, reaping dead workers
       views.py        counts, progress, events, workers; retry, reset
       results.py      pmap's result chunks and unfinished tasks
+      failures.py     every failure kept while its task stays failed; rate samples
+    reader.py       StateReader: read-only transactions (no lock file, no writes)
     base.py, records.py   what the operations share, take and return
 
 Task life cycle and who writes each transition::
@@ -58,6 +60,7 @@ number below which no row is pending, so claims never rescan finished work.
 """
 
 from laufband.store.base import KeyCache
+from laufband.store.failures import FailureRecord
 from laufband.store.layout import (
     DEFAULT_PATH,
     DIRECTORY_MODE,
@@ -65,6 +68,7 @@ from laufband.store.layout import (
     StateDirectory,
 )
 from laufband.store.lock import HOST, SHIELD, Holder, StateLock, lock_waits, read_holder
+from laufband.store.reader import StateReader
 from laufband.store.records import (
     STATES,
     NewTask,
@@ -86,12 +90,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "SHIELD",
     "STATES",
+    "FailureRecord",
     "Holder",
     "KeyCache",
     "NewTask",
     "Scope",
     "StateDirectory",
     "StateLock",
+    "StateReader",
     "Store",
     "Stuck",
     "Transaction",

@@ -87,8 +87,6 @@ class ClaimOperations(RunOperations):
             if len(claimed) < k:  # tasks without a row are plain: ready for anyone
                 claimed += self._claim_fresh(wf, worker, k - len(claimed), scope,
                                              (total, materialized), shared=False)
-        if claimed:  # the first task of the batch, for `laufband watch`
-            self._db.execute("UPDATE workers SET current = ? WHERE id = ?", (claimed[0], worker))
         return claimed
 
     def may_get_work(self, wf: int, worker: int, labels: Sequence[str], scope: Scope) -> bool:

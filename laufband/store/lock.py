@@ -231,7 +231,7 @@ class StateLock:
                 if holder != first:
                     first, since = holder, time.monotonic()  # the lock moves: keep waiting
                 elif time.monotonic() - since >= patience:
-                    raise StateError(_stuck_message(self.path, holder), path=self.path)
+                    raise StateError(stuck_message(self.path, holder), path=self.path)
             time.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, POLL_LAST)
 
@@ -273,7 +273,8 @@ def _identity(path: Path) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def _stuck_message(path: Path, holder: Holder | None) -> str:
+def stuck_message(path: Path, holder: Holder | None) -> str:
+    """Return the error for a state lock one holder keeps too long."""
     who = holder.describe() if holder else "a process that left no record"
     return (f"the state lock of {str(path)!r} is held by {who}: that process may be frozen"
             " (SIGSTOP, a suspended SLURM job); resume it (kill -CONT) or end it")

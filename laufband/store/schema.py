@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import urllib.parse
 
 from laufband.errors import StateError
 from laufband.store.layout import FILE_MODE, StateDirectory, refuse_symlink
@@ -21,7 +22,10 @@ from laufband.store.layout import FILE_MODE, StateDirectory, refuse_symlink
 # workflow; workers.current is a task number.
 # 6: runs: claims and completions of tasks without rows, as ranges. A version-5 file
 # gains the table on open (it has no runs yet); version 5 cannot read version 6.
-SCHEMA_VERSION = 6
+# 7: failures: every failure and death of a task while it stays failed (error text,
+# traceback, worker, host, attempt); samples: completions over the last minute, for
+# rates. Older files gain both on open, failures filled from their events.
+SCHEMA_VERSION = 7
 
 _RUNS = """
 CREATE TABLE runs(
@@ -29,6 +33,28 @@ CREATE TABLE runs(
     state TEXT NOT NULL, PRIMARY KEY (wf, lo)) WITHOUT ROWID;
 CREATE INDEX runs_by_worker ON runs(worker, state);
 """
+
+_FAILURES = """
+CREATE TABLE failures(
+    id INTEGER PRIMARY KEY, wf INTEGER NOT NULL, seq INTEGER NOT NULL,
+    state TEXT NOT NULL, outcome TEXT NOT NULL, attempt INTEGER, retry INTEGER,
+    retries INTEGER, error TEXT, traceback TEXT, item TEXT, worker INTEGER, host TEXT,
+    time REAL NOT NULL);
+CREATE INDEX failures_by_wf ON failures(wf);
+CREATE INDEX failures_by_task ON failures(wf, seq);
+CREATE TABLE samples(
+    wf INTEGER NOT NULL, slot INTEGER NOT NULL, time REAL NOT NULL,
+    completed INTEGER NOT NULL, PRIMARY KEY (wf, slot)) WITHOUT ROWID;
+"""
+# What an older file knew of the failures of tasks that are still failed or killed.
+_FAILURES_FROM_EVENTS = """
+INSERT INTO failures(wf, seq, state, outcome, error, worker, host, time)
+SELECT e.wf, e.seq, e.state, t.state, e.error, e.worker, w.host, e.time FROM events e
+JOIN tasks t ON t.wf = e.wf AND t.seq = e.seq LEFT JOIN workers w ON w.id = e.worker
+WHERE e.state IN ('failed', 'killed') AND t.state IN ('failed', 'killed') ORDER BY e.id;
+"""
+# Tables each older version lacks, oldest first.
+_MISSING = {"5": _RUNS + _FAILURES, "6": _FAILURES}
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,7 +94,7 @@ CREATE INDEX result_chunks_by_wf ON result_chunks(wf, lo);
 CREATE TABLE events(
     id INTEGER PRIMARY KEY, wf INTEGER, seq INTEGER, worker INTEGER,
     state TEXT NOT NULL, time REAL NOT NULL, error TEXT);
-""" + _RUNS
+""" + _RUNS + _FAILURES
 
 
 def open_database(state: StateDirectory) -> sqlite3.Connection:
@@ -96,9 +122,10 @@ def open_database(state: StateDirectory) -> sqlite3.Connection:
                 f" '{SCHEMA_VERSION}'); COMMIT;"
             )
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is not None and row[0] == "5":
-            conn.executescript(f"BEGIN IMMEDIATE; {_RUNS} UPDATE meta SET value ="
-                               f" '{SCHEMA_VERSION}' WHERE key = 'schema_version'; COMMIT;")
+        if row is not None and row[0] in _MISSING:
+            conn.executescript(f"BEGIN IMMEDIATE; {_MISSING[row[0]]} {_FAILURES_FROM_EVENTS}"
+                               f" UPDATE meta SET value = '{SCHEMA_VERSION}'"
+                               " WHERE key = 'schema_version'; COMMIT;")
             row = (str(SCHEMA_VERSION),)
     except sqlite3.OperationalError as error:
         # "no such table": a SQLite file of someone else's; the rest (full, read-only,
@@ -111,13 +138,51 @@ def open_database(state: StateDirectory) -> sqlite3.Connection:
         raise write_error(state, error) from None
     if row is None or row[0] != str(SCHEMA_VERSION):
         conn.close()
-        found = row[0] if row else "none"
-        msg = (
-            f"{state.database} has schema version {found}, this laufband reads version"
-            f" {SCHEMA_VERSION}: use the laufband version that wrote it, or another path="
-        )
-        raise StateError(msg, path=state.database)
+        raise version_error(state, row[0] if row else "none")
     return conn
+
+
+def open_read_only(state: StateDirectory) -> sqlite3.Connection:
+    """Open the database for reading only: nothing in the directory is written or created.
+
+    An older file is read as it is: the tables it lacks are temporary ones of this
+    connection (failures filled from its events), never written to the file.
+
+    Raises:
+        StateError: The file is a symlink, not a laufband database, or of a newer or
+            unknown schema version.
+    """
+    refuse_symlink(state.database)
+    uri = "file:" + urllib.parse.quote(str(state.database)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60.0)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and row[0] in _MISSING:
+            for statement in _MISSING[row[0]].split(";"):
+                if statement.strip().startswith("CREATE TABLE"):
+                    conn.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+            conn.execute(_FAILURES_FROM_EVENTS.replace("INTO failures", "INTO temp.failures"))
+            row = (str(SCHEMA_VERSION),)
+    except sqlite3.OperationalError as error:
+        if "no such" in str(error):
+            raise foreign_error(state, error) from None
+        msg = f"cannot read {state.database} ({error}): check its permissions, or pass another path"
+        raise StateError(msg, path=state.database) from None
+    except sqlite3.DatabaseError as error:
+        raise foreign_error(state, error) from None
+    if row is None or row[0] != str(SCHEMA_VERSION):
+        conn.close()
+        raise version_error(state, row[0] if row else "none")
+    return conn
+
+
+def version_error(state: StateDirectory, found: str) -> StateError:
+    """Return the error for a database of a schema version this laufband cannot use."""
+    msg = (
+        f"{state.database} has schema version {found}, this laufband reads version"
+        f" {SCHEMA_VERSION}: use the laufband version that wrote it, or another path="
+    )
+    return StateError(msg, path=state.database)
 
 
 def foreign_error(state: StateDirectory, error: sqlite3.DatabaseError) -> StateError:

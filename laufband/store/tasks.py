@@ -13,12 +13,12 @@ import time
 from collections.abc import Sequence
 
 from laufband.errors import TaskGraphError
-from laufband.store.keys import KeyOperations
+from laufband.store.failures import FailureOperations, FailureRecord
 from laufband.store.records import NewTask, Workflow, _ranges
 from laufband.store.runs import RunOperations
 
 
-class TaskOperations(KeyOperations, RunOperations):
+class TaskOperations(FailureOperations, RunOperations):
     """Workflows, registration and the transitions of tasks."""
 
     # -- workflows -------------------------------------------------------------------
@@ -148,8 +148,11 @@ class TaskOperations(KeyOperations, RunOperations):
             ((wf, lo, hi, worker) for lo, hi in runs),
         )
         completed = self._db.total_changes - before
+        if completed:  # tasks with rows: some may have failed before
+            self._forget_failures(wf, runs)
         completed += sum(self._complete_runs(wf, worker, lo, hi) for lo, hi in runs)
         self._shift(wf, completed, "running", "completed")
+        self._sample(wf)
         if not self._is_simple(wf):
             completed += self._finish_multi(wf, worker, runs)
         self._db.execute(
@@ -183,10 +186,10 @@ class TaskOperations(KeyOperations, RunOperations):
         self._shift(wf, completed, "running", "completed")
         return completed
 
-    def fail(
-        self, wf: int, worker: int, seq: int, error: str, max_failed_retries: int
-    ) -> str:
-        """Record a failure of ``seq``; return its new state (pending while retries are left)."""
+    def fail(self, wf: int, worker: int, failure: FailureRecord,
+             max_failed_retries: int) -> str:
+        """Record a failure of a task; return its new state (pending while retries are left)."""
+        seq = failure.seq
         self._unrun(wf, worker, seq, seq)
         held = self._db.execute(
             "DELETE FROM holders WHERE wf = ? AND seq = ? AND worker = ? AND done = 0",
@@ -197,13 +200,16 @@ class TaskOperations(KeyOperations, RunOperations):
             " state = CASE WHEN failures + 1 <= ? THEN 'pending' ELSE 'failed' END"
             " WHERE wf = ? AND seq = ? AND state = 'running'"
             " AND ((max_workers = 1 AND worker = ?) OR (max_workers > 1 AND ?))"
-            " RETURNING state",
+            " RETURNING state, failures, failures + kills",
             (max_failed_retries, wf, seq, worker, held),
         ).fetchone()
         state = row[0] if row else "running"
         if row:
             self._shift(wf, 1, "running", state)
-        self._event(wf, seq, worker, "failed", time.time(), error)
+            retry = row[1] if state == "pending" else None
+            self._record_failure(wf, failure, worker,
+                                 ("failed", state, retry, max_failed_retries, row[2]))
+        self._event(wf, seq, worker, "failed", time.time(), failure.error)
         if state == "pending":
             self._lower_floor(wf, seq)
         return state
@@ -291,6 +297,7 @@ class TaskOperations(KeyOperations, RunOperations):
         ).fetchall()
         self._db.executemany(  # a multi-worker task run anew has every slot free
             "DELETE FROM holders WHERE wf = ? AND seq = ?", ((wf, seq) for (seq,) in rows))
+        self._drop_failures(wf, [seq for (seq,) in rows])
         if rows:
             self._lower_floor(wf, min(seq for (seq,) in rows))
         return rows

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 from itertools import repeat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from laufband.store.claims import COULD_RUN, MINE, could_run_params
 from laufband.store.records import STATES, Scope, Stuck, chunks, placeholders
 from laufband.store.tasks import TaskOperations
+
+if TYPE_CHECKING:
+    from laufband.store.failures import FailureRecord
 
 
 class ViewOperations(TaskOperations):
@@ -163,12 +166,17 @@ class ViewOperations(TaskOperations):
                     todo.append(seq)
         return unreachable
 
-    def describe_failure(self, wf: int, seq: int, worker: int, error: str) -> None:
-        """Attach error text to the latest failure event of a task."""
+    def describe_failure(self, wf: int, worker: int, failure: FailureRecord) -> None:
+        """Attach error text and traceback to the latest failure of a task by ``worker``."""
         self._db.execute(
             "UPDATE events SET error = ? WHERE id = (SELECT max(id) FROM events"
             " WHERE wf = ? AND seq = ? AND worker = ? AND state = 'failed')",
-            (error, wf, seq, worker),
+            (failure.error, wf, failure.seq, worker),
+        )
+        self._db.execute(
+            "UPDATE failures SET error = ?, traceback = ? WHERE id = (SELECT max(id)"
+            " FROM failures WHERE wf = ? AND seq = ? AND worker = ? AND state = 'failed')",
+            (failure.error, failure.traceback or None, wf, failure.seq, worker),
         )
 
     # -- administration ------------------------------------------------------------------
@@ -195,7 +203,7 @@ class ViewOperations(TaskOperations):
     def reset(self, wf: int) -> None:
         """Delete a workflow and everything stored for it."""
         for table in ("tasks", "runs", "deps", "holders", "key_blocks", "result_chunks",
-                      "events", "workers"):
+                      "events", "failures", "samples", "workers"):
             self._db.execute(f"DELETE FROM {table} WHERE wf = ?", (wf,))  # fixed names
         self._db.execute("DELETE FROM workflows WHERE id = ?", (wf,))
         self._keys.drop(wf)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from laufband.errors import StateError
+from laufband.store.failures import FailureRecord
 from laufband.store.records import WorkerRecord
 from laufband.store.tasks import TaskOperations
 
@@ -109,6 +110,15 @@ class WorkerOperations(TaskOperations):
         for (seq,) in multis:
             self._return_multi(wf, seq)
         return len(rows) + len(multis)
+
+    def set_current(self, worker: int, seq: int | None) -> None:
+        """Record the task whose body runs on ``worker`` now (None: none runs).
+
+        Written with each flush, so at most a flush interval old: ``laufband status``
+        counts a task running only while a worker says it runs it; the rest of what
+        workers hold is claimed.
+        """
+        self._db.execute("UPDATE workers SET current = ? WHERE id = ?", (seq, worker))
 
     def beat(self, worker: int) -> None:
         """Advance a worker's heartbeat counter (a counter: hosts' clocks disagree)."""
@@ -213,11 +223,15 @@ class WorkerOperations(TaskOperations):
         row = self._db.execute(
             "UPDATE tasks SET kills = kills + 1, worker = NULL,"
             " state = CASE WHEN kills + 1 <= ? THEN 'pending' ELSE 'killed' END"
-            " WHERE wf = ? AND seq = ? AND state = 'running' RETURNING state",
+            " WHERE wf = ? AND seq = ? AND state = 'running' RETURNING state, kills,"
+            " failures + kills",
             (retries, wf, seq),
         ).fetchone()
         if row is None:
             return
         self._shift(wf, 1, "running", row[0])
+        retry = row[1] if row[0] == "pending" else None
+        self._record_failure(wf, FailureRecord(seq, error), worker,
+                             ("killed", row[0], retry, retries, row[2]))
         self._event(wf, seq, worker, "killed", now, error)
         self._lower_floor(wf, seq)
