@@ -1,32 +1,40 @@
-"""The ``laufband`` command: watch, status, retry and reset (typer + rich)."""
+"""The ``laufband`` command: status, watch, failures, results, retry, reset, prune (typer)."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.panel import Panel
-from rich.progress_bar import ProgressBar
-from rich.table import Table
 from rich.text import Text
 
 import laufband
+from laufband.display import failure_block, render, shown
 from laufband.errors import StateError
 from laufband.monitor import Monitor, WorkflowStatus
-from laufband.store import DEFAULT_PATH, STATES
+from laufband.store import DEFAULT_PATH
 
+# "\b" keeps click from joining the lines of a block into one paragraph.
 EXAMPLES = f"""
-Examples:
 
+\b
+Examples:
   laufband watch                      live view of ./{DEFAULT_PATH}
   laufband status --json              one snapshot, for scripts
-  laufband retry --failed -w main     run failed tasks of workflow 'main' again
+  laufband failures -w main           every failure of 'main', tracebacks too
+  laufband results -w NAME -o r.json  the results of a pmap workflow
+  laufband retry --failed -w main     run the failed tasks of 'main' again
   laufband reset -w main --yes        forget workflow 'main'
+  laufband prune --superseded         drop pmap workflows of edited code
+
+\b
+Every command takes the state directory as --path DIR (default:
+LAUFBAND_PATH, else ./{DEFAULT_PATH}, or . itself if it holds state.db).
 """
 
 app = typer.Typer(
@@ -35,13 +43,20 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-STATE_STYLES = {"pending": "white", "running": "cyan", "completed": "green",
-                "failed": "red", "killed": "magenta", "blocked": "yellow"}
 PathArgument = Annotated[Path | None, typer.Argument(
-    help=f"State directory, or a directory containing {DEFAULT_PATH} (default: LAUFBAND_PATH"
-    " or .).")]
-PathOption = Annotated[Path | None, typer.Option("--path", help="State directory.")]
-WorkflowOption = Annotated[str | None, typer.Option("--workflow", "-w", help="The workflow.")]
+    help="Same as --path (kept for older scripts).", show_default=False)]
+PathOption = Annotated[Path | None, typer.Option(
+    "--path", help=f"State directory, or a directory holding {DEFAULT_PATH} (default:"
+    " LAUFBAND_PATH, else .).", show_default=False)]
+WorkflowOption = Annotated[str | None, typer.Option(
+    "--workflow", "-w", help="The workflow (needed when the directory holds several).")]
+AllOption = Annotated[bool, typer.Option("--all", help="List every worker, not only the"
+                                         " first few.")]
+
+
+def _examples(*lines: str) -> str:
+    """Return command help's example block, one example per line."""
+    return "\n\n\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _refuse_original(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> None:
@@ -62,27 +77,23 @@ OriginalLock = Annotated[str | None, typer.Option(
     "--lock", hidden=True, is_eager=True, callback=_refuse_original)]
 
 
-def _open(path: Path | None) -> Monitor:
+def _open(path: Path | None, option: Path | None = None) -> Monitor:
+    """Open the state directory given as --path DIR (or as the positional DIR)."""
+    if path is not None and option is not None and path != option:
+        _fail(f"two state directories given, {str(path)!r} and --path {str(option)!r}:"
+              " give one")
     try:
-        return Monitor(path)
+        return Monitor(path if path is not None else option)
     except StateError as error:
         _fail(str(error))
         raise  # unreachable: _fail exits
-
-
-def _either(argument: Path | None, option: Path | None) -> Path | None:
-    """Return the state directory given as DIR or as --path DIR (the other commands' spelling)."""
-    if argument is not None and option is not None and argument != option:
-        _fail(f"two state directories given, {str(argument)!r} and --path {str(option)!r}:"
-              " give one")
-    return argument if argument is not None else option
 
 
 def _fail(message: str) -> None:
     # A Text, not markup: messages quote names and paths, which may hold brackets.
     # One line however narrow the terminal: scripts and logs grep for it.
     Console(stderr=True, soft_wrap=True).print(
-        Text.assemble(("error:", "red"), " ", _shown(message)))
+        Text.assemble(("error:", "red"), " ", shown(message)))
     raise typer.Exit(1)
 
 
@@ -110,53 +121,135 @@ def main(
     """Watch and manage laufband state directories."""
 
 
-@app.command()
+@app.command(help="Show every workflow once: progress, rate and ETA, tasks per state,"
+             " workers, latest failures." + _examples(
+                 "laufband status", "laufband status --path /scratch/run1/.laufband --all",
+                 "laufband status --json | jq '.workflows[].counts'"))
 def status(
     path: PathArgument = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (shape documented in"
                                           " the README).")] = False,
     workflow: WorkflowOption = None,
+    all_workers: AllOption = False,
     path_option: PathOption = None,
     db: OriginalDb = None,
     lock: OriginalLock = None,
 ) -> None:
-    """Show every workflow once: progress, tasks per state, workers, latest failures."""
-    monitor = _open(_either(path, path_option))
+    """Show every workflow once."""
+    monitor = _open(path, path_option)
     found = _status(monitor, workflow)
     if as_json:
         typer.echo(json.dumps({"state": str(monitor.path),
                                "workflows": [w.to_json() for w in found]}, indent=2))
         return
-    Console().print(_render(monitor.path, found, {}))
+    Console().print(render(monitor.path, found, all_workers=all_workers))
 
 
-@app.command()
+@app.command(help="Follow all workers live (Ctrl-C to quit)." + _examples(
+    "laufband watch", "laufband watch -w main --all", "laufband watch --once"))
 def watch(
     path: PathArgument = None,
     workflow: WorkflowOption = None,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 0.5,
+    all_workers: AllOption = False,
     path_option: PathOption = None,
     db: OriginalDb = None,
     lock: OriginalLock = None,
 ) -> None:
-    """Follow all workers live (Ctrl-C to quit)."""
-    monitor = _open(_either(path, path_option))
-    rates = _Rates()
+    """Follow all workers live."""
+    monitor = _open(path, path_option)
     if once:
-        Console().print(_render(monitor.path, _status(monitor, workflow), {}))
+        Console().print(render(monitor.path, _status(monitor, workflow), all_workers=all_workers))
         return
     try:
         with Live(auto_refresh=False, redirect_stdout=False) as live:
             while True:
                 found = _status(monitor, workflow)
-                live.update(_render(monitor.path, found, rates.update(found)), refresh=True)
+                live.update(render(monitor.path, found, all_workers=all_workers), refresh=True)
                 time.sleep(interval)
     except KeyboardInterrupt:
         pass
 
 
-@app.command()
+@app.command(help="List every failure a workflow keeps, newest first: the task and its"
+             " item, what happened, attempt, worker, host, time and traceback. A failure"
+             " is kept until its task completes or is retried." + _examples(
+                 "laufband failures -w main", "laufband failures -w main --brief",
+                 "laufband failures -w main --json > failures.json"))
+def failures(
+    workflow: WorkflowOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    brief: Annotated[bool, typer.Option("--brief", help="One line per failure, no"
+                                        " tracebacks.")] = False,
+    path: PathOption = None,
+    db: OriginalDb = None,
+    lock: OriginalLock = None,
+) -> None:
+    """List a workflow's failures."""
+    monitor = _open(path)
+    name = _one_workflow(monitor, workflow)
+    try:
+        found = monitor.failures(name)
+    except StateError as error:
+        _fail(str(error))
+    if as_json:
+        typer.echo(json.dumps({"state": str(monitor.path), "workflow": name,
+                               "failures": [f._asdict() for f in found]}, indent=2))
+        return
+    console = Console()
+    console.print(Text(f"{len(found)} failure(s) of workflow {shown(name)!r}, newest first"))
+    for failure in found:
+        console.print(failure_block(failure, tracebacks=not brief))
+
+
+@app.command(help="Write the stored results of a pmap or joblib workflow, in input order"
+             " (items without a result are left out and counted on stderr)." + _examples(
+                 "laufband results -w pmap-simulate-3f2a9c0d1e2b",
+                 "laufband results -w NAME --format csv -o results.csv",
+                 "laufband results -w NAME --format pickle -o results.pkl"))
+def results(
+    workflow: WorkflowOption = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="json, csv or pickle.")] = "json",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file"
+                                                " (default: standard output).")] = None,
+    path: PathOption = None,
+    db: OriginalDb = None,
+    lock: OriginalLock = None,
+) -> None:
+    """Export a pmap or joblib workflow's results."""
+    from laufband.exports import FORMATS, export
+
+    if fmt not in FORMATS:
+        _fail(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt == "pickle" and output is None and sys.stdout.isatty():
+        _fail("pickle is binary: write it to a file with -o FILE")
+    monitor = _open(path)
+    name = _one_workflow(monitor, workflow)
+    try:
+        found = monitor.results(name)
+        [flow] = monitor.status(name)
+        data = export(found, fmt)
+    except (StateError, ValueError) as error:
+        _fail(str(error))
+    missing = flow.total - len(found)
+    if missing:
+        Console(stderr=True, soft_wrap=True).print(Text(
+            f"{missing} of {flow.total} task(s) of workflow {shown(name)!r} have no result"
+            f" yet (pending, running, failed or killed): see laufband failures -w"
+            f" {shown(name)}"))
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    output.write_bytes(data)
+    Console(stderr=True).print(Text(f"{len(found)} result(s) written to {output}"))
+
+
+@app.command(help="Put failed and/or killed tasks back to pending; the next run runs them."
+             " Tasks named by id are also freed when they are stuck running on a worker"
+             " that is no longer online." + _examples(
+                 "laufband retry --failed -w main", "laufband retry -w main 17 42"))
 def retry(
     task_ids: Annotated[list[str] | None, typer.Argument(help="Only these task ids.")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Retry failed tasks.")] = False,
@@ -166,11 +259,7 @@ def retry(
     db: OriginalDb = None,
     lock: OriginalLock = None,
 ) -> None:
-    """Put failed and/or killed tasks back to pending; the next run runs them.
-
-    Tasks named by id are also freed when they are stuck running on a worker that is
-    no longer online.
-    """
+    """Put failed and/or killed tasks back to pending."""
     monitor = _open(path)
     states = tuple(s for s, chosen in (("failed", failed), ("killed", killed)) if chosen)
     name = _one_workflow(monitor, workflow)
@@ -181,7 +270,8 @@ def retry(
     typer.echo(f"{count} task(s) of workflow {name!r} are pending again")
 
 
-@app.command()
+@app.command(help="Delete a workflow's state: the next run starts it from scratch." +
+             _examples("laufband reset -w main", "laufband reset -w main --yes"))
 def reset(
     workflow: WorkflowOption = None,
     path: PathOption = None,
@@ -189,7 +279,7 @@ def reset(
     db: OriginalDb = None,
     lock: OriginalLock = None,
 ) -> None:
-    """Delete a workflow's state: the next run starts it from scratch."""
+    """Delete a workflow's state."""
     monitor = _open(path)
     name = _one_workflow(monitor, workflow)
     [found] = _status(monitor, name)
@@ -198,12 +288,70 @@ def reset(
     if not yes and not typer.confirm(
             f"Delete workflow {name!r} with {found.total} task(s){warning}?"):
         raise typer.Exit(1)
-    monitor.reset(name)
+    try:
+        monitor.reset(name)
+    except StateError as error:
+        _fail(str(error))
     typer.echo(f"workflow {name!r} deleted from {monitor.path}")
 
 
+@app.command(help="Remove workflows no worker has touched for a given age, or all but the"
+             " newest digest of each pmap (or joblib) function: every edit of the"
+             " function leaves a workflow behind. Lists them and asks first; workflows"
+             " with an online worker are kept." + _examples(
+                 "laufband prune --superseded --dry-run", "laufband prune --older-than 7d",
+                 "laufband prune --superseded --older-than 30d --yes"))
+def prune(
+    older_than: Annotated[str | None, typer.Option(
+        "--older-than", help="Untouched for this long: 90s, 30m, 12h, 7d, 2w.")] = None,
+    superseded: Annotated[bool, typer.Option(
+        "--superseded", help="All but the newest digest of each pmap/joblib function.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list them.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first.")] = False,
+    path: PathOption = None,
+    db: OriginalDb = None,
+    lock: OriginalLock = None,
+) -> None:
+    """Remove untouched or superseded workflows."""
+    from laufband.pruning import candidates, parse_age
+
+    if older_than is None and not superseded:
+        _fail("say what to prune: --older-than AGE (e.g. 7d) and/or --superseded")
+    try:
+        age = None if older_than is None else parse_age(older_than)
+    except ValueError as error:
+        _fail(str(error))
+    monitor = _open(path)
+    try:
+        chosen = candidates(monitor.activity(), time.time(), older_than=age,
+                            superseded=superseded)
+    except StateError as error:
+        _fail(str(error))
+    console = Console(soft_wrap=True)
+    if not chosen:
+        console.print(Text(f"nothing to prune in {monitor.path}"))
+        return
+    console.print(Text(f"{'would remove' if dry_run else 'removes'} {len(chosen)}"
+                       f" workflow(s) from {monitor.path}:"))
+    for candidate in chosen:
+        console.print(Text(f"  {shown(candidate.name)}  ({shown(candidate.reason)})"))
+    if dry_run:
+        return
+    if not yes and not typer.confirm(f"Remove these {len(chosen)} workflow(s)?"):
+        raise typer.Exit(1)
+    try:
+        for candidate in chosen:
+            monitor.reset(candidate.name)
+    except StateError as error:
+        _fail(str(error))
+    console.print(Text(f"{len(chosen)} workflow(s) removed"))
+
+
 def _one_workflow(monitor: Monitor, workflow: str | None) -> str:
-    names = monitor.workflows()
+    try:
+        names = monitor.workflows()
+    except StateError as error:
+        _fail(str(error))
     if workflow is not None:
         if workflow not in names:
             _fail(f"no workflow {workflow!r} in {monitor.path} (known:"
@@ -214,105 +362,3 @@ def _one_workflow(monitor: Monitor, workflow: str | None) -> str:
               " choose one with --workflow")
     return names[0]
 
-
-class _Rates:
-    """Completions per second per workflow, smoothed over successive frames."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[float, int]] = {}
-        self._rates: dict[str, float] = {}
-
-    def update(self, found: list[WorkflowStatus]) -> dict[str, float]:
-        now = time.monotonic()
-        for flow in found:
-            done = flow.counts["completed"]
-            if flow.name in self._last:
-                then, before = self._last[flow.name]
-                rate = (done - before) / max(now - then, 1e-6)
-                old = self._rates.get(flow.name)
-                self._rates[flow.name] = rate if old is None else 0.7 * old + 0.3 * rate
-            self._last[flow.name] = (now, done)
-        return self._rates
-
-
-def _render(path: Path, found: list[WorkflowStatus], rates: dict[str, float]) -> Group:
-    if not found:
-        return Group(Text(f"{path}: no workflows yet"))
-    return Group(*(_panel(flow, rates.get(flow.name)) for flow in found))
-
-
-def _panel(flow: WorkflowStatus, rate: float | None) -> Panel:
-    done = flow.counts["completed"]
-    line = Table.grid(padding=(0, 1), expand=True)
-    line.add_column(ratio=1)
-    line.add_column(justify="right")
-    left = flow.total - flow.finished
-    eta = f"ETA {_duration(left / rate)}" if rate and rate > 0 and left else ""
-    speed = f"{rate:,.1f}/s" if rate is not None else ""
-    line.add_row(ProgressBar(total=max(flow.total, 1), completed=done),
-                 Text(f"{done:,}/{flow.total:,} {speed} {eta}".rstrip()))
-    counts = Text()
-    for state in STATES:
-        counts.append(f"{state} {flow.counts[state]:,}  ", style=STATE_STYLES[state])
-    parts: list[Any] = [line, counts]
-    if flow.workers:
-        parts.append(_workers_table(flow))
-    failures = [e for e in flow.events if e.state != "retried"]
-    for event in failures:
-        error = (event.error or "").strip().splitlines()
-        last = _shown(error[-1]) if error else ""
-        parts.append(Text(f"{event.state} {_shown(event.task)}{_info(event.info)}: {last}",
-                          style=STATE_STYLES.get(event.state, "white"), overflow="ellipsis",
-                          no_wrap=True))
-    return Panel(Group(*parts), title=Text(_shown(flow.name), style="bold"), title_align="left")
-
-
-def _workers_table(flow: WorkflowStatus) -> Table:
-    table = Table(box=None, pad_edge=False, expand=True, header_style="bold")
-    for column, kwargs in (("worker", {"ratio": 3, "overflow": "ellipsis", "no_wrap": True}),
-                           ("host", {"ratio": 1, "overflow": "ellipsis", "no_wrap": True}),
-                           ("pid", {"justify": "right"}), ("rank", {"justify": "right"}),
-                           ("state", {}), ("task", {"overflow": "ellipsis", "no_wrap": True}),
-                           ("done", {"justify": "right"}), ("beat", {"justify": "right"})):
-        table.add_column(column, **kwargs)
-    online = [w for w in flow.workers if w.state == "online"]
-    shown = online + [w for w in flow.workers if w.state != "online"][: max(0, 4 - len(online))]
-    for w in shown:
-        label = w.identifier + (f" [{','.join(w.labels)}]" if w.labels else "")
-        table.add_row(Text(_shown(label)), Text(_shown(w.host)), str(w.pid),
-                      "" if w.rank is None else str(w.rank),
-                      Text(w.state, style="green" if w.state == "online" else "dim"),
-                      Text(_shown(w.current or "") + _info(w.current_info)), f"{w.done:,}",
-                      _duration(w.last_seen))
-    hidden = len(flow.workers) - len(shown)
-    if hidden:
-        table.add_row(Text(f"... {hidden} more"), *[""] * 7)
-    return table
-
-
-def _info(info: dict[str, Any]) -> str:
-    """``Task.info`` after a task id, as compact JSON: `` {"lr": 0.1}``; empty if none."""
-    return " " + _shown(json.dumps(info, ensure_ascii=False)) if info else ""
-
-
-def _shown(text: str) -> str:
-    r"""Return ``text`` with characters a terminal would act on shown escaped.
-
-    Escape sequences, newlines and bidirectional overrides are shown as ``\x1b``,
-    ``\n`` ...; the rest as it is.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-MINUTE, HOUR = 60, 3600  # seconds
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < MINUTE:
-        return f"{seconds}s"
-    if seconds < HOUR:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"

@@ -1,8 +1,10 @@
-"""Monitor: read-only views of a state directory (what ``laufband status`` shows).
+"""Monitor: views of a state directory (what ``laufband status`` shows), and its upkeep.
 
-Every view is read in one transaction from maintained counters and small tables,
-so it is consistent and holds the state lock for milliseconds, however many tasks
-the workflows have.
+Views are read in one read-only transaction (:class:`~laufband.store.StateReader`)
+from maintained counters and small indexed tables, so they are consistent, write
+nothing (a directory the user can only read works too) and answer at once however
+many tasks the workflows have. ``retry``, ``reset`` and ``prune`` open the store for
+writing when called.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from typing import Any, NamedTuple
 
 from laufband.errors import StateError
 from laufband.legacy import MONITOR_REPLACED, refuse_replaced
-from laufband.store import STATES, StateDirectory, Store, Transaction
+from laufband.store import STATES, StateDirectory, StateReader, Store, Transaction
 
 RECENT_EVENTS = 5
+RECENT_FAILURES = 5  # failures each workflow's status carries (``failures()``: all)
 # Seconds one holder may keep the state lock before a view gives up and names it
 # (a frozen process): `laufband status` answers instead of blocking behind it.
 PATIENCE = 5.0
+# What status counts: the store's running tasks split into those a worker runs now
+# and those claimed in a batch but not started yet.
+COUNTED = ("pending", "claimed", "running", "completed", "failed", "killed", "blocked")
 
 
 class WorkerStatus(NamedTuple):
@@ -32,10 +38,11 @@ class WorkerStatus(NamedTuple):
     rank: int | None
     labels: list[str]
     state: str  # online, offline or dead
-    current: str | None  # first task of its latest claim
+    current: str | None  # the task it runs now (as of its latest flush), if any
     done: int  # tasks it completed
     last_seen: float  # seconds since its last heartbeat or flush
     current_info: dict[str, Any]  # Task.info of ``current`` ({} if none)
+    rate: float | None  # tasks it completed per second since it started
 
 
 class EventStatus(NamedTuple):
@@ -49,19 +56,53 @@ class EventStatus(NamedTuple):
     info: dict[str, Any]  # Task.info of ``task`` ({} if none)
 
 
+class FailureStatus(NamedTuple):
+    """A failure (or death) of a task, kept while the task is not completed or retried."""
+
+    task: str  # its id: Task.id, the key= value, or the position
+    item: str | None  # a short repr of a positional item
+    state: str  # "failed" (it raised) or "killed" (its worker died)
+    outcome: str  # the task's state after it: "pending" when it brought a retry
+    attempt: int | None  # 1 for its first run
+    retry: int | None  # the retry it brought, if any
+    retries: int | None  # the retries allowed (max_failed_retries / max_killed_retries)
+    error: str | None  # one line
+    traceback: str | None
+    worker: str | None
+    host: str | None
+    time: float
+
+    def what(self) -> str:
+        """Say what happened: ``failed``, ``died, retry 1 of 1``, ``killed`` ..."""
+        word = "died" if self.state == "killed" else "failed"
+        if self.outcome == "pending" and self.retry is not None:
+            return f"{word}, retry {self.retry} of {self.retries}"
+        return "killed" if self.state == "killed" else word
+
+    def named(self) -> str:
+        """Name the task as the user knows it: its id, and its item if positional."""
+        return self.task + (f" {self.item}" if self.item else "")
+
+
 class WorkflowStatus(NamedTuple):
-    """A workflow: its size, tasks per state, workers and latest events."""
+    """A workflow: its size, tasks per state, rate, workers and latest failures."""
 
     name: str
     total: int
-    counts: dict[str, int]
+    counts: dict[str, int]  # COUNTED: claimed + running are what workers hold
     workers: list[WorkerStatus]
     events: list[EventStatus]
+    failures: list[FailureStatus]  # the newest RECENT_FAILURES
+    failure_count: int  # all it keeps (``Monitor.failures``)
+    rate: float | None  # tasks completed per second over the last minute
+    eta: float | None  # seconds until the tasks left are done at that rate
+    stores_results: bool  # pmap's or the joblib backend's (``Monitor.results``)
 
     @property
     def finished(self) -> int:
         """Tasks that will not run again: completed, failed, killed or blocked."""
-        return self.total - self.counts["pending"] - self.counts["running"]
+        counts = self.counts
+        return self.total - counts["pending"] - counts["claimed"] - counts["running"]
 
     def to_json(self) -> dict[str, Any]:
         """Return the documented JSON shape of ``laufband status --json``."""
@@ -69,13 +110,18 @@ class WorkflowStatus(NamedTuple):
             "name": self.name,
             "total": self.total,
             "counts": dict(self.counts),
+            "rate": self.rate,
+            "eta": self.eta,
             "workers": [w._asdict() for w in self.workers],
             "events": [e._asdict() for e in self.events],
+            "failures": [f._asdict() for f in self.failures],
+            "failure_count": self.failure_count,
+            "stores_results": self.stores_results,
         }
 
 
 class Monitor:
-    """Read (and, for the CLI, retry or reset) the workflows of a state directory.
+    """Read (and, for the CLI, retry, reset or prune) the workflows of a state directory.
 
     Args:
         path: The state directory, or a directory containing ``.laufband``
@@ -91,35 +137,46 @@ class Monitor:
         refuse_replaced("Monitor", original, MONITOR_REPLACED)  # 0.2.x: db=, lock=
         self.state = StateDirectory.find(path)
         self.path = self.state.path
-        self._store = Store(self.state, patience=PATIENCE)
+        self._reader = StateReader(self.state, PATIENCE)
+        self._store: Store | None = None  # opened for retry, reset and prune only
 
     def workflows(self) -> list[str]:
         """Return the names of all workflows, oldest first."""
-        with self._store.transaction() as tx:
+        with self._reader.transaction() as tx:
             return tx.workflow_names()
 
     def status(self, workflow: str | None = None) -> list[WorkflowStatus]:
         """Return every workflow (or only ``workflow``), read in one transaction."""
         now = time.time()
-        with self._store.transaction() as tx:
+        with self._reader.transaction() as tx:
             names = tx.workflow_names() if workflow is None else [workflow]
-            found = []
-            for name in names:
-                wf = self._number(tx, name)
-                counts = tx.counts(wf)
-                rows = tx.workers(wf)
-                latest = tx.latest_events(wf, RECENT_EVENTS)
-                infos = tx.task_infos(wf, {r[6] for r in rows if r[6]} | {e[0] for e in latest})
-                workers = [
-                    WorkerStatus(ident, host, pid, rank, json.loads(labels or "[]"), state,
-                                 current, done, max(0.0, now - (seen or now)),
-                                 infos.get(current, {}) if current else {})
-                    for ident, host, pid, rank, labels, state, current, done, seen in rows
-                ]
-                events = [EventStatus(task, state, error, at, worker, infos.get(task, {}))
-                          for task, state, error, at, worker in latest]
-                found.append(WorkflowStatus(name, sum(counts.values()), counts, workers, events))
-        return found
+            return [self._workflow(tx, name, now) for name in names]
+
+    def failures(self, workflow: str) -> list[FailureStatus]:
+        """Return every failure ``workflow`` keeps, newest first."""
+        with self._reader.transaction() as tx:
+            return _failures(tx, self._number(tx, workflow))
+
+    def results(self, workflow: str) -> list[Any]:
+        """Return the stored results of a ``pmap`` or joblib workflow, in input order.
+
+        That is the order the items were first given in; items without a result
+        (failed, not computed yet) are left out: :meth:`failures` says why.
+
+        Raises:
+            StateError: The workflow stores no results (a loop's: its body returns
+                nothing laufband keeps).
+        """
+        from laufband.outcomes import read_results  # pickle and friends: not for status
+
+        with self._reader.transaction() as tx:
+            wf = self._number(tx, workflow)
+            if not tx.stores_results(wf):
+                msg = (f"workflow {workflow!r} in {self.path} is a loop's (Laufband or"
+                       " Graphband): it stores no results, only which tasks ran; results"
+                       " are kept for pmap and the joblib backend")
+                raise StateError(msg, path=self.path)
+            return read_results(tx, self.state, wf)
 
     def retry(self, workflow: str, states: tuple[str, ...] = ("failed", "killed"),
               tasks: tuple[str, ...] = ()) -> int:
@@ -132,19 +189,52 @@ class Monitor:
             if state not in STATES:
                 msg = f"unknown task state {state!r}: use one of {', '.join(STATES)}"
                 raise ValueError(msg)
-        with self._store.transaction() as tx:
+        with self._writer().transaction() as tx:
             return tx.retry(self._number(tx, workflow), states, tasks)
 
     def reset(self, workflow: str) -> None:
         """Delete everything stored for ``workflow``, result files included."""
-        with self._store.transaction() as tx:
+        with self._writer().transaction() as tx:
             wf = self._number(tx, workflow)
             tx.reset(wf)
         shutil.rmtree(self.state.results_of(wf), ignore_errors=True)
 
+    def activity(self) -> list[tuple[str, float, int]]:
+        """Return each workflow's name, last activity (Unix time) and online workers."""
+        with self._reader.transaction() as tx:
+            return tx.workflow_activity()
+
     def close(self) -> None:
-        """Close the database connection."""
-        self._store.close()
+        """Close the database connections."""
+        self._reader.close()
+        if self._store is not None:
+            self._store.close()
+
+    def _writer(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.state, patience=PATIENCE)
+        return self._store
+
+    def _workflow(self, tx: Transaction, name: str, now: float) -> WorkflowStatus:
+        wf = self._number(tx, name)
+        held = tx.counts(wf)
+        rows = tx.workers(wf)
+        latest = tx.latest_events(wf, RECENT_EVENTS)
+        infos = tx.task_infos(wf, {r[6] for r in rows if r[6]} | {e[0] for e in latest})
+        workers = [_worker(row, infos, now) for row in rows]
+        running = min(held["running"], sum(w.state == "online" and w.current is not None
+                                           for w in workers))
+        counts = {"pending": held["pending"], "claimed": held["running"] - running,
+                  "running": running, **{s: held[s] for s in STATES[2:]}}
+        total = sum(held.values())
+        rate = tx.rate(wf, held["completed"], now)
+        left = held["pending"] + held["running"]
+        eta = left / rate if rate and left else (0.0 if not left else None)
+        events = [EventStatus(task, state, error, at, worker, infos.get(task, {}))
+                  for task, state, error, at, worker in latest]
+        return WorkflowStatus(name, total, counts, workers, events,
+                              _failures(tx, wf, RECENT_FAILURES), tx.failure_count(wf),
+                              rate, eta, tx.stores_results(wf))
 
     def _number(self, tx: Transaction, workflow: str) -> int:
         """Return the number of ``workflow``, refusing a name the state does not hold."""
@@ -154,3 +244,19 @@ class Monitor:
             msg = f"no workflow {workflow!r} in {self.path} (known: {known})"
             raise StateError(msg, path=self.path)
         return wf
+
+
+def _worker(row: tuple[Any, ...], infos: dict[str, dict[str, Any]], now: float) -> WorkerStatus:
+    ident, host, pid, rank, labels, state, current, done, seen, started = row
+    last = now if state == "online" else (seen or now)
+    span = last - (started or last)
+    return WorkerStatus(ident, host, pid, rank, json.loads(labels or "[]"), state, current,
+                        done, max(0.0, now - (seen or now)),
+                        infos.get(current, {}) if current else {},
+                        done / span if span >= 1.0 else None)
+
+
+def _failures(tx: Transaction, wf: int, limit: int | None = None) -> list[FailureStatus]:
+    return [FailureStatus(f["task"], f["item"], f["state"], f["outcome"], f["attempt"],
+                          f["retry"], f["retries"], f["error"], f["traceback"], f["worker"],
+                          f["host"], f["time"]) for f in tx.failures(wf, limit)]

@@ -232,6 +232,19 @@ def stored_failure(value: bytes) -> Failure:
     return Failure(*pickle.loads(value))
 
 
+def read_results(tx: Transaction, state: StateDirectory, wf: int) -> list[Any]:
+    """Return the result of every completed task of a workflow, by task number.
+
+    Task numbers follow the order in which items were first given (input order);
+    tasks without a result (failed, not computed) are left out.
+    """
+    total = tx.progress(wf)[0]
+    numbers = {seq: seq for seq in range(total)}
+    outcomes, _, _ = read_outcomes(tx, state.path, wf, numbers, Scope(limit=total), "")
+    return [value for value in map(outcomes.__getitem__, range(total))
+            if not isinstance(value, (Failure, Missing))]
+
+
 def read_outcomes(tx: Transaction, state: Path, wf: int, numbers: dict[Any, int],
                   scope: Scope, killed_reason: str) -> tuple[dict[int, Any], list[int], bool]:
     """Collect the outcome of every task in ``numbers``.

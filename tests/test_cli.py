@@ -46,8 +46,8 @@ def test_status_json_counts_after_failures(state: Path, procs: Processes) -> Non
     [flow] = data["workflows"]
     assert flow["name"] == "work"
     assert flow["total"] == 10
-    assert flow["counts"] == {"pending": 0, "running": 0, "completed": 8, "failed": 2,
-                              "killed": 0, "blocked": 0}
+    assert flow["counts"] == {"pending": 0, "claimed": 0, "running": 0, "completed": 8,
+                              "failed": 2, "killed": 0, "blocked": 0}
     # worker.py catches the RuntimeError outside its loop: the loop only sees itself left.
     assert [(e["task"], e["state"], e["error"]) for e in flow["events"]] == [
         ("5", "failed", LEFT), ("2", "failed", LEFT)]  # latest first
@@ -102,8 +102,8 @@ def test_watch_once_prints_a_frame(state: Path, procs: Processes) -> None:
     assert result.returncode == 0, result.stderr
     assert "work" in result.stdout
     assert "8/10" in result.stdout
-    assert f"failed 5: {LEFT}" in result.stdout
-    assert f"failed 2: {LEFT}" in result.stdout
+    assert f"failed 5 (5): {LEFT}" in result.stdout  # task 5, item 5
+    assert f"failed 2 (2): {LEFT}" in result.stdout
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
 
 

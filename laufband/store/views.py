@@ -83,11 +83,11 @@ class ViewOperations(TaskOperations):
     def workers(self, wf: int) -> list[tuple[Any, ...]]:
         """Return the workers of a workflow, online ones first.
 
-        Each is identifier, host, pid, rank, labels, state, current task (the first of
-        its latest claim), tasks done, last heartbeat (wall clock).
+        Each is identifier, host, pid, rank, labels, state, current task (the one it
+        runs, as of its latest flush), tasks done, last heartbeat and start (wall clock).
         """
         rows = self._db.execute(
-            "SELECT identifier, host, pid, rank, labels, state, current, done, seen"
+            "SELECT identifier, host, pid, rank, labels, state, current, done, seen, started"
             " FROM workers WHERE wf = ? ORDER BY state != 'online', id DESC", (wf,)
         ).fetchall()
         names = self._names(wf, {row[6] for row in rows if row[6] is not None})
@@ -207,6 +207,23 @@ class ViewOperations(TaskOperations):
             self._db.execute(f"DELETE FROM {table} WHERE wf = ?", (wf,))  # fixed names
         self._db.execute("DELETE FROM workflows WHERE id = ?", (wf,))
         self._keys.drop(wf)
+
+    def stores_results(self, wf: int) -> bool:
+        """Whether a workflow is pmap's or the joblib backend's (its keys name no task)."""
+        found: int = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM key_blocks WHERE wf = ? AND named = 0)"
+            " OR EXISTS (SELECT 1 FROM result_chunks WHERE wf = ?)", (wf, wf)).fetchone()[0]
+        return found == 1
+
+    def workflow_activity(self) -> list[tuple[str, float, int]]:
+        """Return each workflow's name, last activity and online workers, oldest first.
+
+        The activity is when a worker last touched it (or its creation), wall clock.
+        """
+        return self._db.execute(
+            "SELECT f.name, max(f.created, coalesce((SELECT max(k.seen) FROM workers k"
+            " WHERE k.wf = f.id), 0)), (SELECT count(*) FROM workers k WHERE k.wf = f.id"
+            " AND k.state = 'online') FROM workflows f ORDER BY f.id").fetchall()
 
     def has_workflow(self, wf: int) -> bool:
         """Whether workflow number ``wf`` still exists (``laufband reset`` deletes it)."""

@@ -1,0 +1,60 @@
+"""Write stored results as JSON, CSV or pickle (``laufband results``).
+
+JSON is the result list itself; CSV has one row per result, with a column per key
+when every result is a dict (else one ``result`` column; values that are not str,
+int, float or bool are written as JSON); pickle is the list, exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+from typing import Any
+
+FORMATS = ("json", "csv", "pickle")
+
+
+def export(results: list[Any], fmt: str) -> bytes:
+    """Return ``results`` in format ``fmt``.
+
+    Raises:
+        ValueError: An unknown format, or results JSON cannot hold.
+    """
+    if fmt == "pickle":
+        return pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+    if fmt == "json":
+        try:
+            return (json.dumps(results, ensure_ascii=False) + "\n").encode()
+        except (TypeError, ValueError) as error:
+            msg = f"the results are not JSON ({error}): use --format pickle"
+            raise ValueError(msg) from None
+    if fmt == "csv":
+        return _csv(results).encode()
+    msg = f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}"
+    raise ValueError(msg)
+
+
+def _csv(results: list[Any]) -> str:
+    out = io.StringIO()
+    if results and all(isinstance(r, dict) for r in results):
+        columns = list(dict.fromkeys(key for r in results for key in r))
+        writer = csv.DictWriter(out, fieldnames=[str(c) for c in columns], lineterminator="\n")
+        writer.writeheader()
+        for r in results:
+            writer.writerow({str(key): _cell(value) for key, value in r.items()})
+    else:
+        writer_ = csv.writer(out, lineterminator="\n")
+        writer_.writerow(["result"])
+        writer_.writerows([_cell(r)] for r in results)
+    return out.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
