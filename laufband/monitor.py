@@ -16,8 +16,9 @@ import time
 from typing import Any, NamedTuple
 
 from laufband.errors import StateError
+from laufband.inflight import read_record
 from laufband.legacy import MONITOR_REPLACED, refuse_replaced
-from laufband.store import STATES, StateDirectory, StateReader, Store, Transaction
+from laufband.store import HOST, STATES, StateDirectory, StateReader, Store, Transaction
 
 RECENT_EVENTS = 5
 RECENT_FAILURES = 5  # failures each workflow's status carries (``failures()``: all)
@@ -218,7 +219,7 @@ class Monitor:
     def _workflow(self, tx: Transaction, name: str, now: float) -> WorkflowStatus:
         wf = self._number(tx, name)
         held = tx.counts(wf)
-        rows = tx.workers(wf)
+        rows = self._running_now(tx, wf, tx.workers(wf))
         latest = tx.latest_events(wf, RECENT_EVENTS)
         infos = tx.task_infos(wf, {r[6] for r in rows if r[6]} | {e[0] for e in latest})
         workers = [_worker(row, infos, now) for row in rows]
@@ -236,6 +237,31 @@ class Monitor:
                               _failures(tx, wf, RECENT_FAILURES), tx.failure_count(wf),
                               rate, eta, tx.stores_results(wf))
 
+    def _running_now(self, tx: Transaction, wf: int,
+                     rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Give workers on this host the task their in-flight record says runs now.
+
+        The store's ``current`` is as of a worker's latest flush; the record (a
+        memory-mapped file, coherent on one host) is exact: None between tasks.
+        """
+        found = {}
+        for row in rows:
+            if row[5] == "online" and row[1] == HOST:
+                record = read_record(self.state, row[10])
+                if record is not None:
+                    found[row[10]] = record.running
+        names = tx.task_names(wf, [seq for seq in found.values() if seq is not None])
+
+        def current(row: tuple[Any, ...]) -> str | None:
+            if row[5] != "online":
+                return None  # gone: it runs nothing (its record may say otherwise)
+            if row[10] not in found:
+                return str(row[6]) if row[6] is not None else None  # as of its last flush
+            seq = found[row[10]]
+            return None if seq is None else names[seq]
+
+        return [(*row[:6], current(row), *row[7:]) for row in rows]
+
     def _number(self, tx: Transaction, workflow: str) -> int:
         """Return the number of ``workflow``, refusing a name the state does not hold."""
         wf = tx.find_workflow(workflow)
@@ -247,7 +273,7 @@ class Monitor:
 
 
 def _worker(row: tuple[Any, ...], infos: dict[str, dict[str, Any]], now: float) -> WorkerStatus:
-    ident, host, pid, rank, labels, state, current, done, seen, started = row
+    ident, host, pid, rank, labels, state, current, done, seen, started, _ = row
     last = now if state == "online" else (seen or now)
     span = last - (started or last)
     return WorkerStatus(ident, host, pid, rank, json.loads(labels or "[]"), state, current,

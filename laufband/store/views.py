@@ -84,14 +84,20 @@ class ViewOperations(TaskOperations):
         """Return the workers of a workflow, online ones first.
 
         Each is identifier, host, pid, rank, labels, state, current task (the one it
-        runs, as of its latest flush), tasks done, last heartbeat and start (wall clock).
+        runs, as of its latest flush), tasks done, last heartbeat and start (wall
+        clock), and its number (that of its in-flight record).
         """
         rows = self._db.execute(
-            "SELECT identifier, host, pid, rank, labels, state, current, done, seen, started"
+            "SELECT identifier, host, pid, rank, labels, state, current, done, seen, started,"
+            " id"
             " FROM workers WHERE wf = ? ORDER BY state != 'online', id DESC", (wf,)
         ).fetchall()
         names = self._names(wf, {row[6] for row in rows if row[6] is not None})
         return [(*row[:6], names.get(row[6]), *row[7:]) for row in rows]
+
+    def task_names(self, wf: int, seqs: Collection[int]) -> dict[int, str]:
+        """Map task numbers to the names views give them (keys, else numbers)."""
+        return self._names(wf, seqs)
 
     def task_infos(self, wf: int, task_ids: Collection[str]) -> dict[str, dict[str, Any]]:
         """``Task.info`` of those of ``task_ids`` that have any (keyed tasks only)."""
