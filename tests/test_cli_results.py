@@ -1,0 +1,152 @@
+"""`laufband results` and `laufband prune`, run for real in subprocesses."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from laufband import Laufband, Monitor, pmap
+from tests.helpers.procs import HELPERS, Processes
+
+pytestmark = pytest.mark.timeout(180)
+CLI = [sys.executable, "-m", "laufband"]
+QUIET = {"disable": True}
+
+
+def cli(procs: Processes, *args: object, stdin: str | None = None,
+        ) -> subprocess.CompletedProcess[str]:
+    result = procs.run([*CLI, *map(str, args)], env={"COLUMNS": "100"}, stdin=stdin)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def pmap_run(procs: Processes, state: Path) -> list[int]:
+    """Run tests/helpers/pmap_caller.py (pmap of x*x over 0..19 with 2 workers)."""
+    result = procs.python(HELPERS / "pmap_caller.py", state, state.parent / "logs",
+                          "--items", 20, "--first", 3, "--step", 7)
+    assert result.returncode == 0, result.stderr
+    returned: list[int] = json.loads(result.stdout.splitlines()[-1])
+    assert returned == [x * x for x in range(3, 3 + 20 * 7, 7)]
+    return returned
+
+
+def test_results_round_trip_a_pmap_run_as_json_csv_and_pickle(state: Path, tmp_path: Path,
+                                                              procs: Processes) -> None:
+    returned = pmap_run(procs, state)
+    as_json = cli(procs, "results", "--path", state, "-w", "squares")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == returned
+    as_csv = cli(procs, "results", "--path", state, "-w", "squares", "--format", "csv")
+    assert as_csv.returncode == 0, as_csv.stderr
+    assert [int(row["result"]) for row in csv.DictReader(io.StringIO(as_csv.stdout))] \
+        == returned
+    target = tmp_path / "results.pkl"
+    as_pickle = cli(procs, "results", "--path", state, "-w", "squares", "-f", "pickle",
+                    "-o", target)
+    assert as_pickle.returncode == 0, as_pickle.stderr
+    assert "20 result(s) written to" in as_pickle.stderr
+    assert pickle.loads(target.read_bytes()) == returned
+    assert Monitor(state).results("squares") == returned  # the same in Python
+
+
+def test_results_of_dicts_are_csv_columns(state: Path, procs: Processes) -> None:
+    rows = pmap(lambda x: {"x": x, "energy": -x / 2}, range(5), n=1, path=state,
+                name="energies", progress=False)
+    as_csv = cli(procs, "results", "--path", state, "-w", "energies", "--format", "csv")
+    assert as_csv.returncode == 0, as_csv.stderr
+    read = [{"x": int(r["x"]), "energy": float(r["energy"])}
+            for r in csv.DictReader(io.StringIO(as_csv.stdout))]
+    assert read == rows
+
+
+def test_results_of_a_loop_workflow_say_there_are_none(state: Path, procs: Processes) -> None:
+    for _ in Laufband(range(3), path=state, name="loop", tqdm_kwargs=QUIET):
+        pass
+    result = cli(procs, "results", "--path", state, "-w", "loop")
+    assert result.returncode == 1
+    assert "is a loop's (Laufband or Graphband): it stores no results" in " ".join(
+        result.stderr.split())
+
+
+def test_results_leave_out_failed_items_and_say_how_many(state: Path,
+                                                         procs: Processes) -> None:
+    def half(x: int) -> float:
+        if x % 3 == 0:
+            raise ValueError(x)
+        return x / 2
+
+    kept = pmap(half, range(9), n=1, path=state, name="half", on_error="skip",
+                progress=False)
+    result = cli(procs, "results", "--path", state, "-w", "half")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == list(kept)
+    assert "3 of 9 task(s) of workflow 'half' have no result" in " ".join(result.stderr.split())
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def workflows_for_pruning(state: Path) -> None:
+    """Two digests of pmap function f (the older untouched for a while), one of g, an old
+    loop and a fresh one."""
+    pmap(square, range(3), n=1, path=state, name="pmap-f-aaaaaaaaaaaa", progress=False)
+    for _ in Laufband(range(2), path=state, name="old-loop", tqdm_kwargs=QUIET):
+        pass
+    time.sleep(2.5)  # what follows is newer than "2s"
+    pmap(square, range(3), n=1, path=state, name="pmap-f-bbbbbbbbbbbb", progress=False)
+    pmap(square, range(3), n=1, path=state, name="pmap-g-cccccccccccc", progress=False)
+    for _ in Laufband(range(2), path=state, name="fresh-loop", tqdm_kwargs=QUIET):
+        pass
+
+
+ALL = ["pmap-f-aaaaaaaaaaaa", "old-loop", "pmap-f-bbbbbbbbbbbb", "pmap-g-cccccccccccc",
+       "fresh-loop"]
+
+
+def test_prune_dry_run_lists_and_removes_nothing(state: Path, procs: Processes) -> None:
+    workflows_for_pruning(state)
+    before = (state / "state.db").read_bytes()
+    result = cli(procs, "prune", "--path", state, "--superseded", "--older-than", "2s",
+                 "--dry-run")
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert listed == ["pmap-f-aaaaaaaaaaaa", "old-loop"]
+    assert "superseded by pmap-f-bbbbbbbbbbbb" in result.stdout
+    assert "untouched for" in result.stdout
+    assert (state / "state.db").read_bytes() == before
+    assert Monitor(state).workflows() == ALL
+
+
+def test_prune_asks_then_removes_exactly_those(state: Path, procs: Processes) -> None:
+    workflows_for_pruning(state)
+    refused = cli(procs, "prune", "--path", state, "--superseded", "--older-than", "2s",
+                  stdin="n\n")
+    assert refused.returncode == 1
+    assert "Remove these 2 workflow(s)?" in refused.stdout
+    assert Monitor(state).workflows() == ALL
+    done = cli(procs, "prune", "--path", state, "--superseded", "--older-than", "2s", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "2 workflow(s) removed" in done.stdout
+    assert Monitor(state).workflows() == ["pmap-f-bbbbbbbbbbbb", "pmap-g-cccccccccccc",
+                                          "fresh-loop"]
+    superseded_only = cli(procs, "prune", "--path", state, "--superseded", "--yes")
+    assert "nothing to prune" in superseded_only.stdout
+
+
+def test_prune_needs_a_criterion(state: Path, procs: Processes) -> None:
+    workflows_for_pruning(state)
+    result = cli(procs, "prune", "--path", state)
+    assert result.returncode == 1
+    assert "say what to prune: --older-than AGE" in result.stderr
+    bad = cli(procs, "prune", "--path", state, "--older-than", "soon")
+    assert bad.returncode == 1
+    assert "not an age: 'soon'" in bad.stderr
