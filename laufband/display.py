@@ -110,7 +110,8 @@ def failure_line(failure: FailureStatus) -> str:
     item = f" ({failure.item})" if failure.item else ""
     error = (failure.error or "").strip().splitlines()
     last = error[-1] if error else ""
-    return f"{failure.what()} {shown(failure.task)}{shown(item)}: {shown(last)}"
+    return (f"{failure.what()} {shown(failure.task)}{shown(item)}{info(failure.info)}:"
+            f" {shown(last)}")
 
 
 def failure_block(failure: FailureStatus, *, tracebacks: bool) -> Group:

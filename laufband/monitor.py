@@ -72,6 +72,7 @@ class FailureStatus(NamedTuple):
     worker: str | None
     host: str | None
     time: float
+    info: dict[str, Any]  # Task.info of ``task`` ({} if none)
 
     def what(self) -> str:
         """Say what happened: ``failed``, ``died, retry 1 of 1``, ``killed`` ..."""
@@ -283,6 +284,8 @@ def _worker(row: tuple[Any, ...], infos: dict[str, dict[str, Any]], now: float) 
 
 
 def _failures(tx: Transaction, wf: int, limit: int | None = None) -> list[FailureStatus]:
+    found = tx.failures(wf, limit)
+    infos = tx.task_infos(wf, {f["task"] for f in found})
     return [FailureStatus(f["task"], f["item"], f["state"], f["outcome"], f["attempt"],
                           f["retry"], f["retries"], f["error"], f["traceback"], f["worker"],
-                          f["host"], f["time"]) for f in tx.failures(wf, limit)]
+                          f["host"], f["time"], infos.get(f["task"], {})) for f in found]

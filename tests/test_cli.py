@@ -257,3 +257,50 @@ def test_help_and_version(procs: Processes) -> None:
     usage = procs.run([*CLI, "--help"])
     assert usage.returncode == 0, usage.stderr
     assert "Usage" in usage.stdout
+
+
+COMMAND_EXAMPLES = {
+    "status": ["laufband status", "laufband status --json | jq '.workflows[].counts'"],
+    "watch": ["laufband watch", "laufband watch -w main --all", "laufband watch --once"],
+    "failures": ["laufband failures -w main", "laufband failures -w main --brief"],
+    "results": ["laufband results -w NAME --format csv -o results.csv"],
+    "retry": ["laufband retry --failed -w main", "laufband retry -w main 17 42"],
+    "reset": ["laufband reset -w main", "laufband reset -w main --yes"],
+    "prune": ["laufband prune --superseded --dry-run", "laufband prune --older-than 7d"],
+}
+
+
+def test_help_prints_its_examples_one_per_line(procs: Processes) -> None:
+    usage = cli(procs, "--help")
+    assert usage.returncode == 0, usage.stderr
+    lines = [line.strip() for line in usage.stdout.splitlines()]
+    for example in ("laufband watch", "laufband status --json", "laufband failures -w main",
+                    "laufband results -w NAME -o r.json", "laufband retry --failed -w main",
+                    "laufband reset -w main --yes", "laufband prune --superseded"):
+        [line] = [line for line in lines if line.startswith(example + " ")]
+        assert line.count("laufband ") == 1, line  # one example per line
+    for command in COMMAND_EXAMPLES:
+        assert any(line.startswith(command + " ") for line in lines), command
+    assert max(map(len, usage.stdout.splitlines())) <= 80
+
+
+@pytest.mark.parametrize("command", list(COMMAND_EXAMPLES))
+def test_each_command_prints_its_examples_one_per_line(procs: Processes, command: str) -> None:
+    usage = cli(procs, command, "--help")
+    assert usage.returncode == 0, usage.stderr
+    lines = [line.strip() for line in usage.stdout.splitlines()]
+    assert "Examples:" in lines
+    for example in COMMAND_EXAMPLES[command]:
+        assert example in lines, (example, usage.stdout)
+    assert "--path" in usage.stdout  # every command takes the state directory the same way
+
+
+def test_every_command_takes_the_state_directory_as_path_or_laufband_path(
+        state: Path, procs: Processes) -> None:
+    failing_run(procs, state, state.parent / "logs")
+    for command in (["status"], ["watch", "--once"], ["failures"], ["retry", "--failed"]):
+        by_option = cli(procs, *command, "--path", state)
+        assert by_option.returncode == 0, (command, by_option.stderr)
+        by_env = procs.run([*CLI, *command], env={"COLUMNS": "80", "LAUFBAND_PATH": str(state)})
+        assert by_env.returncode == 0, (command, by_env.stderr)
+    assert cli(procs, "status", state).returncode == 0  # the positional path, still

@@ -211,8 +211,8 @@ def test_monitor(state: Path) -> None:
     assert shown.done == 5
     # 0.2.1 stored a task once a worker reached it (6); all 10 are registered here.
     assert flow.total == 10
-    assert flow.counts == {"pending": 4, "running": 0, "completed": 5, "failed": 1,
-                           "killed": 0, "blocked": 0}
+    assert flow.counts == {"pending": 4, "claimed": 0, "running": 0, "completed": 5,
+                           "failed": 1, "killed": 0, "blocked": 0}
     [event] = flow.events
     assert (event.task, event.state, event.worker) == ("task_5", "failed", worker.identifier)
     assert event.info == {"value": 5}  # Task.info, as 0.2.1's Task(info=...) took it
@@ -247,7 +247,7 @@ def test_task_info_of_running_tasks(state: Path) -> None:
         [shown] = status(state).workers
         seen.append(task.id)
         assert shown.state == "online"
-        # current: the first task of the worker's latest claim (a batch), with its info
+        # current: the task it runs (its in-flight record says), with its info
         assert shown.current_info == {"i": int(shown.current[1:])}
     assert seen == ["t0", "t1", "t2"]
 
