@@ -197,7 +197,7 @@ def failures(
         typer.echo(json.dumps({"state": str(monitor.path), "workflow": name,
                                "failures": [f._asdict() for f in found]}, indent=2))
         return
-    console = Console()
+    console = Console(soft_wrap=True)  # the terminal wraps: tracebacks stay as they were
     console.print(Text(f"{len(found)} failure(s) of workflow {shown(name)!r}, newest first"))
     for failure in found:
         console.print(failure_block(failure, tracebacks=not brief))

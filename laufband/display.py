@@ -22,6 +22,7 @@ from laufband.monitor import COUNTED, FailureStatus, WorkerStatus, WorkflowStatu
 
 STATE_STYLES = {"pending": "white", "claimed": "blue", "running": "cyan", "completed": "green",
                 "failed": "red", "killed": "magenta", "blocked": "yellow"}
+ALWAYS_COUNTED = ("pending", "running", "completed")  # the others: shown when not 0
 SHOWN_WORKERS = 4  # without --all: the online workers, then others up to this many
 SHOWN_FAILURES = 3  # newest failures in a panel; `laufband failures` lists them all
 MINUTE, HOUR = 60, 3600  # seconds
@@ -43,7 +44,8 @@ def _panel(flow: WorkflowStatus, *, all_workers: bool) -> Panel:
                  Text(f"{done:,}/{flow.total:,}{speed(flow)}"))
     counts = Text()
     for state in COUNTED:
-        counts.append(f"{state} {flow.counts[state]:,}  ", style=STATE_STYLES[state])
+        if flow.counts[state] or state in ALWAYS_COUNTED:
+            counts.append(f"{state} {flow.counts[state]:,}  ", style=STATE_STYLES[state])
     parts: list[Any] = [line, counts]
     if flow.workers:
         parts.append(_workers_table(flow, all_workers=all_workers))

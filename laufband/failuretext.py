@@ -7,8 +7,11 @@ not hold a whole structure.
 
 from __future__ import annotations
 
+import os
 import reprlib
 import traceback
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from laufband.store import FailureRecord
@@ -18,6 +21,7 @@ _REPR.maxstring = _REPR.maxother = 60
 _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
 _REPR.maxlevel = 2
 ITEM_CHARACTERS = 80  # a repr is cut to this many characters at most
+_PACKAGE = str(Path(__file__).parent) + os.sep  # laufband's own frames lead no traceback
 
 
 def short_repr(item: Any) -> str | None:
@@ -41,5 +45,14 @@ def failure_record(seq: int, error: BaseException | None, item: Any = None,
     """Describe the failure of task ``seq``: ``error`` with its traceback, or ``text``."""
     if error is None:
         return FailureRecord(seq, text or "", "", short_repr(item))
-    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    trace = "".join(traceback.format_exception(type(error), error, _users(error)))
     return FailureRecord(seq, text or one_line(error), trace, short_repr(item))
+
+
+def _users(error: BaseException) -> TracebackType | None:
+    """Return the traceback from the user's first frame (``worker.catch()`` is ours)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None \
+            and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+        tb = tb.tb_next
+    return tb
