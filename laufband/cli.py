@@ -331,7 +331,7 @@ def prune(
     if not chosen:
         console.print(Text(f"nothing to prune in {monitor.path}"))
         return
-    console.print(Text(f"{'would remove' if dry_run else 'removes'} {len(chosen)}"
+    console.print(Text(f"{'would remove' if dry_run else 'removing'} {len(chosen)}"
                        f" workflow(s) from {monitor.path}:"))
     for candidate in chosen:
         console.print(Text(f"  {shown(candidate.name)}  ({shown(candidate.reason)})"))
