@@ -304,3 +304,17 @@ def test_every_command_takes_the_state_directory_as_path_or_laufband_path(
         by_env = procs.run([*CLI, *command], env={"COLUMNS": "80", "LAUFBAND_PATH": str(state)})
         assert by_env.returncode == 0, (command, by_env.stderr)
     assert cli(procs, "status", state).returncode == 0  # the positional path, still
+
+
+def test_status_lists_a_few_workers_or_all_of_them(state: Path, procs: Processes) -> None:
+    for number in range(6):
+        for _ in Laufband(range(2), path=state, name="many", identifier=f"worker-{number}",
+                          tqdm_kwargs=QUIET):
+            pass
+    few = wide_cli(procs, "status", "--path", state)
+    assert few.returncode == 0, few.stderr
+    assert sum(f"worker-{n} " in few.stdout for n in range(6)) == 4
+    assert "... 2 more (--all)" in few.stdout
+    every = wide_cli(procs, "status", "--path", state, "--all")
+    assert all(f"worker-{n} " in every.stdout for n in range(6))
+    assert "more (--all)" not in every.stdout

@@ -67,6 +67,20 @@ def test_results_of_dicts_are_csv_columns(state: Path, procs: Processes) -> None
     assert read == rows
 
 
+def cube(x: int) -> int:
+    return x * x * x
+
+
+def test_results_of_a_joblib_run(state: Path, procs: Processes) -> None:
+    from joblib import Parallel, delayed, parallel_config
+
+    with parallel_config(backend="laufband", n_jobs=2, path=state, name="cubes"):
+        returned = Parallel()(delayed(cube)(x) for x in range(12))
+    result = cli(procs, "results", "--path", state, "-w", "cubes")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == returned == [x ** 3 for x in range(12)]
+
+
 def test_results_of_a_loop_workflow_say_there_are_none(state: Path, procs: Processes) -> None:
     for _ in Laufband(range(3), path=state, name="loop", tqdm_kwargs=QUIET):
         pass
