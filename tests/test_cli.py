@@ -138,7 +138,8 @@ def test_watch_in_a_terminal_shows_workers_and_quits_on_ctrl_c(
     os.close(child)
     screen = b""
     deadline = time.monotonic() + SCREEN_DEADLINE
-    wanted = [str(w.pid).encode() for w in workers]
+    # Both workers, and a rate with an ETA once tasks have finished.
+    wanted = [*(str(w.pid).encode() for w in workers), b"/s ETA "]
     while time.monotonic() < deadline and not all(p in screen for p in wanted):
         ready, _, _ = select.select([main], [], [], 0.5)
         if ready:
