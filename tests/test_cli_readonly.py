@@ -85,15 +85,17 @@ def test_reading_commands_work_on_a_read_only_state_and_change_nothing(
     check_outputs(results)
 
 
+@pytest.mark.parametrize(("version", "missing"), [("6", ["failures", "samples"]),
+                                                  ("5", ["runs", "failures", "samples"])])
 def test_reading_an_older_state_directory_neither_migrates_nor_writes_it(
-        state: Path, procs: Processes) -> None:
-    """A version-6 directory (before failures were kept) is read as it is: its failures
-    come from its events."""
+        state: Path, procs: Processes, version: str, missing: list[str]) -> None:
+    """A version-6 or -5 directory (before failures were kept) is read as it is: its
+    failures come from its events."""
     build(procs, state)
-    with sqlite3.connect(state / "state.db") as conn:  # as laufband at schema 6 left it
-        conn.execute("DROP TABLE failures")
-        conn.execute("DROP TABLE samples")
-        conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    with sqlite3.connect(state / "state.db") as conn:  # as that laufband left it
+        for table in missing:
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
     conn.close()
     before = snapshot(state)  # writable: reading must not migrate it either
     results = [procs.run([sys.executable, "-m", "laufband", *command, "--path", str(state)],
