@@ -5,7 +5,9 @@ serialises all workers. A worker therefore claims enough tasks that its share of
 lock time stays small (``LOCK_SHARE``) given how many workers compete, flushes
 finished work less often when many workers compete (``flush_interval``), and
 shrinks batches toward the end (at most unclaimed / (2 x workers), or / workers
-when all are known: guided self-scheduling) so workers finish together. Sizes grow
+when all are known: guided self-scheduling) so workers finish together, but not
+below two transactions' worth of work (up to half of what is left): on a busy lock,
+many small claims would keep every worker waiting for it. Sizes grow
 by doubling until every worker that will come is counted; when all are known from the
 start (MPI ranks, pmap's forked helpers), the first batch is the guided share. Timed
 tasks that run long are claimed one by one, so their state in the store is exact.
@@ -24,6 +26,7 @@ CHECK_EVERY = 0.02  # seconds between a running batch's looks at the clock's pla
 # plus SLACK: a busy machine (64 processes on 2 cores) delays a check that much, a
 # large molecule after many small ones far more.
 SLACK = 0.2
+SLACK_RUNNING = 0.1  # the same for one task the overrun watch sees run (timed exactly)
 BEHIND = 4
 BEHIND_RECENTLY = 10
 
@@ -87,12 +90,13 @@ class BatchSizer:
         # unless every worker is counted (late joiners find work, and a batch rarely
         # holds finished but unflushed tasks when its worker dies).
         guided = remaining // (workers if all_counted else 2 * workers)
-        if self._task_time > 0:  # but not below two transactions of work (not worth a
-            # claim), unless that is more than a worker's share of what is left: the
-            # last tasks may be slow ones (heterogeneous work), and a worker that claimed
-            # them all would run them one after the other while the others idle.
+        if self._task_time > 0:  # but not below two transactions of work: not worth a
+            # claim, and on a busy lock (many workers, a slow filesystem) many small
+            # claims keep every worker waiting for it. Nor more than half of what is
+            # left: the last tasks may be slow ones (heterogeneous work), and the
+            # overrun watch hands back what waits behind a slow task.
             floor = int(2 * self._txn_time / self._task_time)
-            guided = max(guided, min(remaining // workers, floor))
+            guided = max(guided, min(remaining // min(workers, 2), floor))
         self.size = max(1, min(wanted, guided))
         return self.size
 
@@ -138,6 +142,7 @@ class Pace:
         # the lock waits it meets) ends before the loop needs its batch.
         self._lead = CHECK_EVERY + 4 * transaction
         self._slack = max(SLACK, 4 * transaction)
+        self._slack_running = max(SLACK_RUNNING, 4 * transaction)
 
     def overran(self, done: int, now: float) -> bool:
         """Whether the batch fell far behind its plan, as of ``done`` tasks.
@@ -157,6 +162,10 @@ class Pace:
         return (now - self.started > BEHIND * done * self.rate + self._slack
                 or since > BEHIND_RECENTLY * recent * self.rate + self._slack)
 
+    def running_too_long(self, seconds: float) -> bool:
+        """Whether one task has run ``seconds`` far past the plan (see ``overran``)."""
+        return self.rate > 0 and seconds > BEHIND_RECENTLY * self.rate + self._slack_running
+
     def first_check(self) -> float:
         """When to look first: at the claim lead before the planned end, at the latest."""
         if self.rate <= 0:
@@ -165,8 +174,14 @@ class Pace:
         return self.started + min(CHECK_EVERY, max(0.0, planned - self._lead))
 
     def ends_soon(self, done: int) -> bool:
-        """Whether the rest of the batch is planned to take less than the claim lead."""
-        return self.rate > 0 and (self.size - done) * self.rate <= self._lead + self.rate
+        """Whether the rest of the batch is planned to take less than the claim lead.
+
+        (Plus a task, as the loop looks between tasks; but not a task much longer than
+        the lead: a batch claimed that early would wait through it, while idle workers
+        might have run it.)
+        """
+        lead = self._lead + min(self.rate, self._lead)
+        return self.rate > 0 and (self.size - done) * self.rate <= lead
 
     def flush_due(self, now: float, done: int) -> bool:
         """Whether finished work waited long enough to be written.

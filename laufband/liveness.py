@@ -17,6 +17,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from laufband.inflight import forget, read_record
 from laufband.store import HOST, StateDirectory, Store, Transaction, WorkerRecord, lock_waits
 
 IDLE = -1  # what a reaper passes for a worker that died between tasks
+WATCH_EVERY = 0.05  # seconds between a heartbeat thread's calls of its watch
 
 __all__ = [
     "HOST",
@@ -177,12 +179,18 @@ class DeadWorkerDetector:
 
 
 class Heartbeat:
-    """A daemon thread advancing a worker's heartbeat counter every ``interval`` seconds."""
+    """A daemon thread advancing a worker's heartbeat counter every ``interval`` seconds.
 
-    def __init__(self, store: Store, worker: int, interval: float) -> None:
+    Given a ``watch``, the thread also calls it every ``WATCH_EVERY`` seconds (the
+    worker loop's look at a task running far past its plan, :mod:`laufband.overrun`).
+    """
+
+    def __init__(self, store: Store, worker: int, interval: float,
+                 watch: Callable[[], None] | None = None) -> None:
         self._store = store
         self._worker = worker
         self._interval = interval
+        self._watch = watch
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="laufband-heartbeat", daemon=True)
         self.last_beat = time.monotonic()  # when the last beat committed (or we started)
@@ -198,14 +206,23 @@ class Heartbeat:
             self._thread.join()
 
     def _run(self) -> None:
+        tick = self._interval if self._watch is None else min(self._interval, WATCH_EVERY)
+        next_beat = time.monotonic() + self._interval
         try:
-            while not self._stop.wait(self._interval):
-                # A beat that fails (a read-only or full filesystem for a moment, an NFS
-                # hiccup) is tried again next interval: a heartbeat thread that died
-                # would get this live worker reaped by its peers for the rest of its run.
+            while not self._stop.wait(tick):
+                # A beat (or a watch's transaction) that fails (a read-only or full
+                # filesystem for a moment, an NFS hiccup) is tried again later: a
+                # heartbeat thread that died would get this live worker reaped by its
+                # peers for the rest of its run.
+                if self._watch is not None:
+                    with contextlib.suppress(StateError):
+                        self._watch()
+                if time.monotonic() < next_beat:
+                    continue
                 with contextlib.suppress(StateError):
                     with self._store.transaction() as tx:
                         tx.beat(self._worker)
                     self.last_beat = time.monotonic()
+                next_beat = time.monotonic() + self._interval
         finally:
             self._store.close()

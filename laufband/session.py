@@ -9,8 +9,9 @@ outcomes, if any) in the next transaction.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from laufband.errors import StateError
@@ -19,6 +20,7 @@ from laufband.liveness import Heartbeat
 from laufband.pipeline import Background
 
 if TYPE_CHECKING:
+    from laufband.batching import Pace
     from laufband.store import FailureRecord, Scope, Store, Transaction, Workflow
 
 
@@ -84,6 +86,16 @@ class WorkerSession:
         self.settled: set[int] = set()  # tasks of the batch failed or handed back one by one
         self.next_batch: list[int] = []  # claimed ahead by a background transaction
         self.returning: list[int] = []  # being handed back by a background transaction
+        # The running batch's unstarted tasks: the loop takes each one from here, the
+        # overrun watch (heartbeat thread) takes the rest to hand back. A list
+        # iterator's next() is atomic under the GIL: each task goes to one of them.
+        self.unstarted: Iterator[int] = iter(())
+        # Held by the loop as it makes a batch the running one, and by the overrun
+        # watch as it takes the unstarted tasks and those claimed ahead.
+        self.handoff = threading.Lock()
+        self.pace: Pace | None = None  # the running batch's plan, for the overrun watch
+        self.handing_back: list[int] = []  # being handed back by the overrun watch
+        self.overran = False  # the watch found a task of the batch far past its plan
         self.interrupted: int | None = None  # the task a Ctrl-C or SIGTERM arrived during
         self.finished: list[int] = []  # bodies that ran, completed by the next write
         self.failures: list[FailureRecord] = []  # failed bodies, written next
@@ -100,10 +112,11 @@ class WorkerSession:
         """Return the workflow's id."""
         return self.workflow.id
 
-    def begin(self, heartbeat_interval: float, *, final_bodies: bool) -> None:
+    def begin(self, heartbeat_interval: float, *, final_bodies: bool,
+              watch: Callable[[], None] | None = None) -> None:
         """Start the in-flight record and the heartbeat (after the start committed)."""
         self._in_flight = InFlight(self.store.path, self.number, final=final_bodies)
-        self._heartbeat = Heartbeat(self.store, self.number, heartbeat_interval)
+        self._heartbeat = Heartbeat(self.store, self.number, heartbeat_interval, watch)
         self._heartbeat.start()
 
     @property
@@ -114,10 +127,20 @@ class WorkerSession:
             raise RuntimeError(msg)
         return self._in_flight
 
-    def start_batch(self, batch: list[int]) -> None:
-        """Make ``batch`` the one the loop runs (none of it started)."""
-        self.batch, self.taken, self.current = batch, 0, None
-        self.settled.clear()
+    def start_batch(self, batch: list[int], *, was_next: bool = False) -> Iterator[int]:
+        """Make ``batch`` the one the loop runs (none of it started); return its tasks.
+
+        The loop runs the tasks the returned iterator yields: those the overrun watch
+        takes from it are not run (see ``unstarted``). With ``was_next``, the batch
+        is ``next_batch`` (which the watch may have emptied), and is not any more.
+        """
+        with self.handoff:
+            self.batch, self.taken, self.current = batch, 0, None
+            self.settled.clear()
+            self.unstarted = iter(batch)
+            if was_next:
+                self.next_batch = []
+            return self.unstarted
 
     def take_finished(self, done: int) -> None:
         """Count ``batch[:done]`` as finished (but the settled ones), to write next."""
@@ -141,7 +164,8 @@ class WorkerSession:
 
     def held(self) -> list[int]:
         """Return every task claimed and not finished: what a stop hands back."""
-        return [seq for seq in (*self.batch[self.taken:], *self.next_batch, *self.returning)
+        return [seq for seq in (*self.batch[self.taken:], *self.next_batch, *self.returning,
+                                *self.handing_back)
                 if seq not in self.settled]
 
     def settle(self, *, body_finished: bool) -> None:

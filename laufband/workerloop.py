@@ -41,6 +41,7 @@ from laufband.failuretext import failure_record
 from laufband.inflight import CAPACITY
 from laufband.legacy import warn_about_original_state
 from laufband.liveness import HOST, DeadWorkerDetector, process_token
+from laufband.overrun import OverrunWatch
 from laufband.progress import ProgressBar
 from laufband.reports import farewell, stopped_by_policy
 from laufband.session import ResultSink, WorkerSession
@@ -111,10 +112,10 @@ class WorkerLoop:
                 # session.batch, .taken and .current always tell _stop() which claimed
                 # tasks are still ours; the record tells a reaper which finished.
                 # Writing and claiming happen in the background (_checkpoint).
-                pace, base, mark, item = self._begin_batch(batch)
+                tasks, pace, base, mark, item = self._begin_batch(batch)
                 check_at = pace.first_check()
                 position = base
-                for position, seq in zip(itertools.count(base + 1, 2), batch):
+                for position, seq in zip(itertools.count(base + 1, 2), tasks):
                     session.current = seq
                     mark(position)  # batch[i] runs, and so the tasks before it finished
                     yield item(seq)
@@ -142,22 +143,30 @@ class WorkerLoop:
                 with contextlib.suppress(StateError):
                     self._stop()
 
-    def _begin_batch(self, batch: list[int]) -> tuple[Pace, int, Callable[[int], None],
+    def _begin_batch(self, batch: list[int]) -> tuple[Iterator[int], Pace, int,
+                                                       Callable[[int], None],
                                                        Callable[[int], Any]]:
-        """Make ``batch`` the running one; return its pace, record base, marker, items."""
+        """Make ``batch`` the running one; return its tasks, pace, record base, marker, items.
+
+        The loop runs the tasks the returned iterator yields (the overrun watch may
+        take the rest).
+        """
         session = self._live_session
-        session.start_batch(batch)
-        session.next_batch = []  # after start_batch: a stop between finds it either way
+        tasks = session.start_batch(batch, was_next=True)
         if len(session.finished) + len(batch) > CAPACITY:  # more than the record holds
             self._settle_background()
             self._flush()
         record = session.in_flight
         # Finished tasks not written yet stay in the record, before the batch.
         base = 2 * record.begin(batch, session.finished)
-        pace = Pace(self._sizer, len(batch), time.monotonic())
-        if session.background.idle and self._unclaimed > 0 and pace.ends_soon(0):
-            self._submit(claim=True)  # a short batch: claim the next one at once
-        return pace, base, record.mark, self._item_getter()
+        pace = session.pace = Pace(self._sizer, len(batch), time.monotonic())
+        if session.background.idle and self._unclaimed > 0 and len(batch) > 1 \
+                and pace.ends_soon(0):
+            # A short batch: claim the next one at once. Not behind a single task: one
+            # runs long when tasks got slow (heterogeneous work), and the batch claimed
+            # would wait through it while idle workers might run it.
+            self._submit(claim=True)
+        return tasks, pace, base, record.mark, self._item_getter()
 
     def _end_batch(self, pace: Pace, done: int) -> None:
         """Count the batch's first ``done`` tasks finished; the rest went back or was lost."""
@@ -234,8 +243,9 @@ class WorkerLoop:
                 if claim:
                     # Recorded before the commit: _stop() hands it back from then on.
                     session.next_batch = self._claim(tx)
-                if running is None and session.next_batch:
-                    running = session.next_batch[0]  # the batch claimed ahead runs next
+                if running is None:  # the batch claimed ahead runs next (the overrun
+                    # watch may empty it meanwhile: no index)
+                    running = next(iter(session.next_batch), None)
                 tx.set_current(session.number, running)
                 total, completed = tx.progress(session.wf)
                 stop = stopped_by_policy(tx, session.wf, settings)
@@ -287,12 +297,26 @@ class WorkerLoop:
             self._apply(background.collect(), raise_stop=raise_stop)
 
     def _claimed_ahead(self) -> list[int]:
-        """Return the batch claimed in the background ([]: claim now, or nothing left)."""
+        """Return the batch claimed in the background ([]: claim now, or nothing left).
+
+        The list is ``next_batch`` itself: should the overrun watch take its tasks
+        before the batch starts, it finds the list emptied.
+        """
         session = self._live_session
         self._settle_background()
         if session.next_batch and self._paused_long() and not self._flush():
             return []  # taken for dead while it waited: it was returned
-        return list(session.next_batch)
+        with session.handoff:  # the overrun watch may empty it, but not meanwhile
+            ahead = session.next_batch
+            overran, session.overran = session.overran, False
+            if overran and len(ahead) > 1:
+                # Claimed while a task ran far past the plan: the rest may be as slow,
+                # and is better with idle workers. Keep one task, hand back the others.
+                session.returning = ahead[1:]
+                session.next_batch = ahead = ahead[:1]
+        if session.returning:
+            self._submit(claim=False)
+        return ahead
 
     def _paused_long(self) -> bool:
         """Whether our heartbeat was silent long enough that we may be taken for dead.
@@ -531,7 +555,8 @@ class WorkerLoop:
         session.last_reap = time.monotonic()
         self._sizer.observe_transaction(session.last_reap - began)
         self._progress_bar.renew()
-        session.begin(settings.heartbeat_interval, final_bodies=self._sink is None)
+        session.begin(settings.heartbeat_interval, final_bodies=self._sink is None,
+                      watch=OverrunWatch(session, settings.heartbeat_timeout))
         self._show_progress(workflow.completed, workflow.total)
         if stop:  # failure_policy="stop" and a task failed before we started
             raise stop

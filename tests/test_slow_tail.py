@@ -84,3 +84,70 @@ def test_one_worker_reaps_per_interval_however_many_ask(state: Path) -> None:
         store.close()
     assert turns == [True, False, False, False, False]
     assert again
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from laufband import Laufband
+    state, log, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    with open(log, "w") as out:
+        for index in Laufband(range(4000), path=state, name="held",
+                              tqdm_kwargs={"disable": True}):
+            start = time.time()
+            if index == 2500:
+                marker.touch()
+                time.sleep(4.0)
+            else:
+                time.sleep(0.0002)
+            out.write(f"{index} {start!r} {time.time()!r}\\n")
+            out.flush()
+""")
+
+
+def test_tasks_claimed_behind_a_slow_one_go_to_another_worker_while_it_runs(
+        state: Path, tmp_path: Path) -> None:
+    """One worker, many fast tasks (large batches), then one that runs 4 s: the tasks
+    it claimed behind that one go back while it runs, and a second worker started
+    then runs them at once rather than after the slow one ends."""
+    script = tmp_path / "worker.py"
+    script.write_text(HOLDER)
+    marker = tmp_path / "slow-started"
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    first = subprocess.Popen([sys.executable, str(script), str(state), str(logs[0]),
+                              str(marker)])
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert first.poll() is None, "the first worker ended before its slow task"
+        assert time.monotonic() < deadline, "no slow task began"
+        time.sleep(0.01)
+    second = subprocess.Popen([sys.executable, str(script), str(state), str(logs[1]),
+                               str(tmp_path / "unused")])
+    assert [first.wait(timeout=60), second.wait(timeout=60)] == [0, 0]
+    runs = {}
+    for log in logs:
+        for line in log.read_text().splitlines():
+            index, start, end = line.split()
+            assert int(index) not in runs, f"task {index} ran twice"
+            runs[int(index)] = (float(start), float(end))
+    assert sorted(runs) == list(range(4000))
+    slow_end = runs[2500][1]
+    late = [index for index in range(2501, 4000) if runs[index][0] > slow_end]
+    assert not late, (f"{len(late)} tasks (first {late[0]}) waited for the slow one to end"
+                      " on the worker that had claimed them")
+
+
+def test_every_task_runs_once_while_slow_tasks_keep_handing_back_the_rest(
+        state: Path, tmp_path: Path) -> None:
+    """Four workers, a slow task every 40 fast ones: the overrun watch hands back what
+    waits behind each, over and over, while the loops take tasks from the same batches."""
+    script = tmp_path / "worker.py"
+    script.write_text(LOOP_WORKER.replace("[0.001] * 400 + [0.5] * 6",
+                                          "[0.3 if i % 40 == 39 else 0.0005 for i in range(800)]"))
+    logs = [tmp_path / f"{i}.log" for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, str(script), str(state), str(log)])
+             for log in logs]
+    assert [proc.wait(timeout=120) for proc in procs] == [0, 0, 0, 0]
+    ran = Counter(int(line) for log in logs for line in log.read_text().split())
+    assert sorted(ran) == list(range(800))
+    assert set(ran.values()) == {1}, [index for index, count in ran.items() if count > 1]
