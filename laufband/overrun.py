@@ -44,16 +44,20 @@ class OverrunWatch:
         if session.evicted or session.silent_for() >= self._quiet:
             return  # we may have been taken for dead: what we hold may not be ours
         self._since = float("inf")  # once per task
-        with session.handoff:  # the loop starts no batch meanwhile
+        with session.handoff:  # the loop starts no batch and hands none back meanwhile
             session.overran = True  # the loop hands back what it claims ahead later
-            ahead = session.next_batch
             # Taking the iterator's rest is one C call under the GIL: the loop takes
             # none of these any more (it may have taken the next task already: that
             # one stays with it).
-            rest = [*session.unstarted, *ahead]
+            unstarted = list(session.unstarted)
+            ahead = session.next_batch
+            rest = unstarted + ahead
             if not rest:
                 return
             session.handing_back = rest  # first: a stop meanwhile hands them back
+            # The batch is what the loop took, no more: a claim ahead may take these
+            # tasks again (the lowest pending), and the batch must not hand them back.
+            del session.batch[len(session.batch) - len(unstarted):]
             ahead.clear()  # the loop may hold this list already: it finds it empty
         self._hand_back()
 

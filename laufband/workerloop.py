@@ -201,8 +201,9 @@ class WorkerLoop:
             return True
         now = time.monotonic()
         if pace.overran(done, now):
-            session.returning = session.batch[done:]
-            del session.batch[done:]
+            with session.handoff:  # not what the overrun watch handed back already
+                session.returning = session.batch[done:]
+                del session.batch[done:]
             self._submit(claim=False)
             return False
         # Not after a failure in this batch: the claim might take the failed task again
