@@ -5,6 +5,7 @@ Wrap a for-loop, start it as often as you like, and every item runs once.
 
 from laufband import joblib_hook as _joblib_hook
 from laufband.errors import (
+    NoResultError,
     OriginalStateWarning,
     RemoteTraceback,
     StateError,
@@ -29,6 +30,7 @@ __all__ = [
     "Graphband",
     "Laufband",
     "Monitor",
+    "NoResultError",
     "OriginalStateWarning",
     "PmapResults",
     "RemoteTraceback",

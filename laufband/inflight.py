@@ -149,6 +149,19 @@ class InFlight:
         self.mark(2 * offset)
         return offset
 
+    def need_results(self) -> None:
+        """From now on a finished body is not all a task needs: its saved result is.
+
+        A reaper then completes none of the tasks that finished since the last write
+        (they run again, as their results died with the worker).
+        """
+        if not self._flags & FINAL:
+            return
+        self._flags &= ~FINAL
+        if self._map is not None:  # the batch running now too: one 8-byte store
+            word = _WORD.unpack_from(self._map, _WORD.size)[0]
+            _WORD.pack_into(self._map, _WORD.size, word & ~FINAL)
+
     def settle(self, body_finished: bool) -> None:  # noqa: FBT001 - settle(finished) reads well
         """Record that no loop body runs any more; a death from now on counts no kill.
 

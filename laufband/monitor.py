@@ -160,14 +160,16 @@ class Monitor:
             return _failures(tx, self._number(tx, workflow))
 
     def results(self, workflow: str) -> list[Any]:
-        """Return the stored results of a ``pmap`` or joblib workflow, in input order.
+        """Return the stored results of a workflow, in input order.
 
-        That is the order the items were first given in; items without a result
-        (failed, not computed yet) are left out: :meth:`failures` says why.
+        That is the order the items (or tasks) were first given in; items without a
+        result (failed, not computed yet) are left out: :meth:`failures` says why.
+        For ``pmap`` and the joblib backend each is the result; for a loop
+        (``Laufband``, ``Graphband``) each is ``{"task": id, "result": value}``, for
+        the tasks whose body saved one (``worker.save``).
 
         Raises:
-            StateError: The workflow stores no results (a loop's: its body returns
-                nothing laufband keeps).
+            StateError: The workflow stores no results (a loop whose body saved none).
         """
         from laufband.outcomes import read_results  # pickle and friends: not for status
 
@@ -175,10 +177,10 @@ class Monitor:
             wf = self._number(tx, workflow)
             if not tx.stores_results(wf):
                 msg = (f"workflow {workflow!r} in {self.path} is a loop's (Laufband or"
-                       " Graphband): it stores no results, only which tasks ran; results"
-                       " are kept for pmap and the joblib backend")
+                       " Graphband) whose body saved no results, only which tasks ran: call"
+                       " worker.save(value) in the loop body to keep one per task")
                 raise StateError(msg, path=self.path)
-            return read_results(tx, self.state, wf)
+            return read_results(tx, self.state, wf, named=not tx.maps_items(wf))
 
     def retry(self, workflow: str, states: tuple[str, ...] = ("failed", "killed"),
               tasks: tuple[str, ...] = ()) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +42,7 @@ from laufband.failuretext import failure_record
 from laufband.inflight import CAPACITY
 from laufband.legacy import warn_about_original_state
 from laufband.liveness import HOST, DeadWorkerDetector, process_token
+from laufband.outcomes import OutcomeSink, read_result
 from laufband.overrun import OverrunWatch
 from laufband.progress import ProgressBar
 from laufband.reports import farewell, stopped_by_policy
@@ -89,6 +91,7 @@ class WorkerLoop:
         self._consumer: Any = None  # the code running the for-loop
         self._sizer = BatchSizer()
         self._detector = DeadWorkerDetector(settings.heartbeat_timeout, settings.state.path)
+        self._saved: OutcomeSink | None = None  # what loop bodies save, while running
         self._stuck: Stuck | None = None  # what we could run waits for missing labels
         self._unclaimed = 1  # tasks left unclaimed, as the latest claim saw them
 
@@ -461,10 +464,53 @@ class WorkerLoop:
         seq = None if session is None else session.current
         if session is None or seq is None or seq in session.settled:
             return  # failed already, by an earlier catch()
+        self._drop_saved(seq)
         self._settle_background()  # one transaction at a time
         session.failures.append(failure_record(seq, error, self._described_item(seq)))
         session.settled.add(seq)  # failed: neither finished nor handed back
         self._flush()
+
+    def _save(self, value: Any) -> None:
+        """Keep ``value`` as the current task's result, written with its completion."""
+        session, saved = self._session, self._saved
+        seq = None if session is None else session.current
+        if session is None or saved is None or seq is None or seq in session.settled:
+            msg = ("worker.save() belongs inside the body of the loop over this worker,"
+                   " before the task fails or ends")
+            raise RuntimeError(msg)
+        session.in_flight.need_results()  # a reaper must not complete it without one
+        saved.record(seq, value)
+
+    def _drop_saved(self, seq: int) -> None:
+        if self._saved is not None:
+            self._saved.drop(seq)
+
+    def _read_saved(self, task: int | str) -> Any:
+        """Return the result a task (number, or key) saved; LookupError naming its state."""
+        session = self._session
+        if session is not None:
+            self._settle_background()  # one transaction at a time
+            with session.store.transaction() as tx:
+                return self._read_in(tx, session.wf, task)
+        store = Store(self._settings.state, soft_lock=self._settings.soft_lock)
+        try:
+            with store.transaction() as tx:
+                wf = tx.find_workflow(self._settings.name)
+                if wf is None:
+                    state = "not registered"
+                    raise LookupError(state)
+                return self._read_in(tx, wf, task)
+        finally:
+            store.close()
+
+    def _read_in(self, tx: Transaction, wf: int, task: int | str) -> Any:
+        if isinstance(task, str):
+            found = tx.task_numbers(wf, [task])
+            if task not in found:
+                state = "not a task of this workflow"
+                raise LookupError(state)
+            task = found[task]
+        return read_result(tx, self._settings.state, wf, task)
 
     def _flush(self) -> bool:
         """Write what finished now; return False if that found us taken for dead."""
@@ -491,6 +537,7 @@ class WorkerLoop:
         seq = None if session is None else session.current
         if session is None or seq is None or seq in session.settled:
             return
+        self._drop_saved(seq)  # it did not complete: what it saved is not its result
         self._settle_background(raise_stop=False)
         interrupted = isinstance(error, KeyboardInterrupt) or session.interrupted == seq
         session.settle(body_finished=False)
@@ -503,7 +550,7 @@ class WorkerLoop:
                 text = None if error is not None else "the loop was left by break or an exception"
                 tx.fail(session.wf, session.number,
                         failure_record(seq, error, self._described_item(seq), text),
-                        self._settings.max_failed_retries)
+                        self._settings.max_failed_retries, self._settings.retry_delay)
         session.settled.add(seq)
         if error is None and not interrupted:
             interrupts.remember_failure(interrupts.Failure(
@@ -544,7 +591,13 @@ class WorkerLoop:
             number = self._register_worker(tx, workflow.id)
             workflow = tx.open_workflow(settings.name, keyed=self._keyed)
             # From here on (the commit), _stop() hands back what the session holds.
-            session = self._session = WorkerSession(store, workflow, number, scope, self._sink)
+            # A loop's own sink keeps what its body saves (worker.save); pmap brings one.
+            saved = OutcomeSink(settings.state, workflow.id, pickle.dumps) \
+                if self._sink is None else None
+            session = self._session = WorkerSession(store, workflow, number, scope,
+                                                    self._sink or saved,
+                                                    retry_delay=settings.retry_delay)
+            self._saved = saved
             interrupts.track(self, _HOOKS)
             if claim:
                 session.next_batch = batch = self._claim(tx)

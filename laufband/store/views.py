@@ -215,10 +215,20 @@ class ViewOperations(TaskOperations):
         self._keys.drop(wf)
 
     def stores_results(self, wf: int) -> bool:
-        """Whether a workflow is pmap's or the joblib backend's (its keys name no task)."""
+        """Whether a workflow keeps results.
+
+        That is pmap's, the joblib backend's, or a loop's whose body saved some.
+        """
         found: int = self._db.execute(
             "SELECT EXISTS (SELECT 1 FROM key_blocks WHERE wf = ? AND named = 0)"
             " OR EXISTS (SELECT 1 FROM result_chunks WHERE wf = ?)", (wf, wf)).fetchone()[0]
+        return found == 1
+
+    def maps_items(self, wf: int) -> bool:
+        """Whether a workflow is pmap's or the joblib backend's (its keys name no task)."""
+        found: int = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM key_blocks WHERE wf = ? AND named = 0)",
+            (wf,)).fetchone()[0]
         return found == 1
 
     def workflow_activity(self) -> list[tuple[str, float, int]]:
