@@ -99,6 +99,8 @@ class WorkflowStatus(NamedTuple):
     rate: float | None  # tasks completed per second over the last minute
     eta: float | None  # seconds until the tasks left are done at that rate
     stores_results: bool  # pmap's or the joblib backend's (``Monitor.results``)
+    invalidated: int = 0  # tasks a changed fingerprint runs again, not completed since
+    invalidated_tasks: tuple[str, ...] = ()  # the newest RECENT_FAILURES of them
 
     @property
     def finished(self) -> int:
@@ -119,6 +121,8 @@ class WorkflowStatus(NamedTuple):
             "failures": [f._asdict() for f in self.failures],
             "failure_count": self.failure_count,
             "stores_results": self.stores_results,
+            "invalidated": self.invalidated,
+            "invalidated_tasks": list(self.invalidated_tasks),
         }
 
 
@@ -234,11 +238,12 @@ class Monitor:
         rate = tx.rate(wf, held["completed"], now)
         left = held["pending"] + held["running"]
         eta = left / rate if rate and left else (0.0 if not left else None)
+        invalidated, again = tx.invalidated(wf, RECENT_FAILURES)
         events = [EventStatus(task, state, error, at, worker, infos.get(task, {}))
                   for task, state, error, at, worker in latest]
         return WorkflowStatus(name, total, counts, workers, events,
                               _failures(tx, wf, RECENT_FAILURES), tx.failure_count(wf),
-                              rate, eta, tx.stores_results(wf))
+                              rate, eta, tx.stores_results(wf), invalidated, tuple(again))
 
     def _running_now(self, tx: Transaction, wf: int,
                      rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
