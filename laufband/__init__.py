@@ -11,6 +11,7 @@ from laufband.errors import (
     StateError,
     TaskFailedError,
     TaskGraphError,
+    TaskTimeoutError,
     WorkflowMismatchError,
 )
 from laufband.graphband import Graphband
@@ -38,6 +39,7 @@ __all__ = [
     "Task",
     "TaskFailedError",
     "TaskGraphError",
+    "TaskTimeoutError",
     "WorkflowMismatchError",
     "__version__",
     "pmap",

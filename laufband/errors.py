@@ -116,6 +116,25 @@ class NoResultError(_StructuredError, LookupError):
         self.state = state
 
 
+class TaskTimeoutError(_StructuredError, TimeoutError):
+    """A task ran longer than its timeout (``timeout=``, ``Task.timeout``).
+
+    Raised in the loop body (or pmap's function) and recorded as the task's failure.
+
+    Attributes:
+        task: The task (or item) as the message names it.
+        seconds: The timeout it ran past.
+    """
+
+    _fields = ("task", "seconds")
+
+    def __init__(self, message: str, *, task: str | None = None,
+                 seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.task = task
+        self.seconds = seconds
+
+
 class OriginalStateWarning(UserWarning):
     """State files of the original laufband (0.2.x) are here; this version does not read them."""
 

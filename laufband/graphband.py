@@ -176,7 +176,7 @@ class Graphband(WorkerLoop, Generic[T]):
         session = self._session
         if session is not None:
             session.finish_current()
-        self._closed = True
+        self._closed = self._alert = True
         self._stop()
 
     @contextlib.contextmanager
@@ -323,6 +323,21 @@ class Graphband(WorkerLoop, Generic[T]):
 
     def _item_getter(self) -> Callable[[int], Any]:
         return self._by_number.__getitem__
+
+    def _limit_of(self) -> Callable[[int], float | None] | None:
+        default, tasks = self._settings.timeout, self._by_number
+        if not any(task.timeout is not None for task in tasks.values()):
+            return super()._limit_of()
+
+        def limit_of(seq: int) -> float | None:
+            task = tasks.get(seq)
+            return default if task is None or task.timeout is None else task.timeout
+
+        return limit_of
+
+    def _timeout_name(self, seq: int) -> str:
+        task = self._by_number.get(seq)
+        return f"task {seq}" if task is None else f"task {task.id!r}"
 
     def _planned_total(self) -> int:
         if self._session is not None:

@@ -135,11 +135,16 @@ class Job:
                     on_progress = None
                 done += 1
             try:
-                value = func(item)
+                value = _call(func, item)
             except Exception as error:  # noqa: BLE001 - reported to the caller
                 sink.record_error(seq, error, item)
                 continue
             record(seq, value)  # pickled by the sink before the next transaction
+
+
+def _call(func: Callable[[Any], Any], item: Any) -> Any:
+    """Run the function on one item: the loop body a timeout interrupts (timeouts.py)."""
+    return func(item)
 
 
 class PmapWorker(Graphband[Any]):
@@ -149,10 +154,23 @@ class PmapWorker(Graphband[Any]):
     it yields (task number, item) pairs.
     """
 
-    def __init__(self, job: Job, **options: Any) -> None:
-        """Make a worker over the tasks of ``job``."""
-        super().__init__((), **options)
+    def __init__(self, job: Job, *, sink: OutcomeSink, **options: Any) -> None:
+        """Make a worker over the tasks of ``job``, its outcomes kept by ``sink``."""
+        super().__init__((), sink=sink, **options)
         self._job = job
+        self._outcomes = sink
+
+    def _body_code(self) -> Any:
+        return _call.__code__
+
+    def _timeout_name(self, seq: int) -> str:
+        return "the function"
+
+    def _on_timed_out(self, seq: int, error: BaseException) -> None:
+        # The function caught the timeout and returned (or could not be interrupted):
+        # its item fails with the error all the same, not with the value returned.
+        self._outcomes.drop(seq)
+        self._outcomes.record_error(seq, error, self._job.item_at()(seq)[1])
 
     def _register(self, tx: Transaction, workflow: Workflow, tasks: list[Any]) -> Scope:
         if self._job.restricted:

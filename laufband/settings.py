@@ -74,9 +74,9 @@ def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
         identifier = identifier()
     interval = check_seconds(
         "heartbeat_interval", resolve("heartbeat_interval", heartbeat_interval, 10.0, float))
-    timeout = check_seconds(
+    silence = check_seconds(
         "heartbeat_timeout", resolve("heartbeat_timeout", heartbeat_timeout, 30.0, float))
-    check_heartbeat(interval, timeout)
+    check_heartbeat(interval, silence)
     found = mpi.rank_and_size()
     rank, size = found or (None, 1)
     return WorkerSettings(
@@ -89,7 +89,7 @@ def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
         max_failed_retries=check_count(
             "max_failed_retries", resolve("max_failed_retries", max_failed_retries, 0, int)),
         heartbeat_interval=interval,
-        heartbeat_timeout=timeout,
+        heartbeat_timeout=silence,
         disabled=resolve("disabled", disabled, False, parse_bool),
         user_lock=None if lock is None or isinstance(lock, str) else lock,
         soft_lock=_lock_kind(

@@ -48,6 +48,7 @@ from laufband.progress import ProgressBar
 from laufband.reports import farewell, stopped_by_policy
 from laufband.session import ResultSink, WorkerSession
 from laufband.store import Scope, Store, Stuck, Transaction, Workflow
+from laufband.timeouts import TimeoutWatch, watches
 
 if TYPE_CHECKING:
     from laufband.settings import WorkerSettings
@@ -88,6 +89,8 @@ class WorkerLoop:
         self._session: WorkerSession | None = None  # while the loop runs
         self._stopping = False  # _stop() began and has not finished
         self._closed = False
+        self._alert = False  # close() was called, or a task ran past its timeout
+        self._timeouts: TimeoutWatch | None = None  # while a loop with timeouts runs
         self._consumer: Any = None  # the code running the for-loop
         self._sizer = BatchSizer()
         self._detector = DeadWorkerDetector(settings.heartbeat_timeout, settings.state.path)
@@ -97,9 +100,9 @@ class WorkerLoop:
 
     # -- the loop -----------------------------------------------------------------------
 
-    def _loop(self) -> Iterator[Any]:
+    def _loop(self) -> Iterator[Any]:  # noqa: PLR0912 - the hot path stays inline
         """Claim, yield, write, until nothing is left this worker could run."""
-        self._closed = False
+        self._closed = self._alert = False
         if self._session is not None:  # an earlier stop was cut short (an interrupt
             self._stop()               # caught and the loop run again, as in Jupyter)
         try:
@@ -122,8 +125,10 @@ class WorkerLoop:
                     session.current = seq
                     mark(position)  # batch[i] runs, and so the tasks before it finished
                     yield item(seq)
-                    if self._closed:  # close() was called in the loop body
-                        return
+                    if self._alert:  # close() was called in the loop body, or a task
+                        if self._closed:  # ran past its timeout
+                            return
+                        self._take_alert(seq)
                     if clock() >= check_at:
                         session.current = None
                         mark(position + 1)
@@ -470,6 +475,22 @@ class WorkerLoop:
         session.settled.add(seq)  # failed: neither finished nor handed back
         self._flush()
 
+    def _raise_alert(self) -> None:
+        """Make the loop look at its task once the body returns (a timeout watch's hook)."""
+        self._alert = True
+
+    def _take_alert(self, seq: int) -> None:
+        """After task ``seq``'s body: fail it if it ran past its timeout (not failed yet)."""
+        self._alert = False
+        timeouts, session = self._timeouts, self._session
+        error = None if timeouts is None else timeouts.take_overdue(seq)
+        if error is not None and session is not None and seq not in session.settled:
+            self._on_timed_out(seq, error)  # caught in the body, or not interruptible
+
+    def _on_timed_out(self, seq: int, error: BaseException) -> None:
+        """Fail task ``seq``, whose body returned after it ran past its timeout."""
+        self._fail_current(error)
+
     def _save(self, value: Any) -> None:
         """Keep ``value`` as the current task's result, written with its completion."""
         session, saved = self._session, self._saved
@@ -608,8 +629,14 @@ class WorkerLoop:
         session.last_reap = time.monotonic()
         self._sizer.observe_transaction(session.last_reap - began)
         self._progress_bar.renew()
+        watch: Callable[[], None] = OverrunWatch(session, settings.heartbeat_timeout)
+        limit_of = self._limit_of()
+        if limit_of is not None:
+            self._timeouts = TimeoutWatch(session, limit_of, self._timeout_name,
+                                          self._raise_alert, self._body_code())
+            watch = watches(watch, self._timeouts)
         session.begin(settings.heartbeat_interval, final_bodies=self._sink is None,
-                      watch=OverrunWatch(session, settings.heartbeat_timeout))
+                      watch=watch)
         self._show_progress(workflow.completed, workflow.total)
         if stop:  # failure_policy="stop" and a task failed before we started
             raise stop
@@ -628,6 +655,9 @@ class WorkerLoop:
             return
         self._stopping = True  # until done: a stop cut short is finished by the next start
         session.stop_heartbeat()
+        if self._timeouts is not None:
+            self._timeouts.close()
+            self._timeouts = None
         with contextlib.suppress(StateError):  # rolled back: what it held is still held
             self._settle_background(raise_stop=False)
         # What finished is completed first, in the same transaction, and release()
@@ -679,6 +709,19 @@ class WorkerLoop:
     def _item_getter(self) -> Callable[[int], Any]:
         """Return a function mapping a task number to what the loop yields."""
         raise NotImplementedError
+
+    def _limit_of(self) -> Callable[[int], float | None] | None:
+        """Return each task's timeout in seconds (None: no task of this loop has one)."""
+        default = self._settings.timeout
+        return None if default is None else lambda seq: default
+
+    def _timeout_name(self, seq: int) -> str:
+        """Name task ``seq`` in its timeout error."""
+        return f"task {seq}"
+
+    def _body_code(self) -> Any:
+        """Return the code object that runs the loop body (a timeout interrupts it there)."""
+        return self._consumer
 
     def _described_item(self, seq: int) -> Any:
         """Return the item ``laufband failures`` shows beside a failed task (None: none)."""

@@ -78,6 +78,28 @@ def fingerprints(args: argparse.Namespace) -> None:
     print(json.dumps(ran))
 
 
+def timeouts(args: argparse.Namespace) -> None:
+    """Items sleep ``--sleep`` (item 2: ``--slow``); ``--mode`` says how failures are met:
+    ``catch`` (worker.catch), ``swallow`` (the body catches every exception), ``raise``."""
+    worker = Laufband(range(args.items), path=args.state, name="slow", tqdm_kwargs=QUIET,
+                      timeout=args.timeout, max_failed_retries=args.retries)
+    with Path(args.log).open("a", buffering=1) as log:
+        for item in worker:
+            log.write(f"start {item} {time.time()}\n")
+            seconds = args.slow if item == 2 else args.sleep
+            if args.mode == "catch":
+                with worker.catch():
+                    time.sleep(seconds)
+            elif args.mode == "swallow":
+                try:
+                    time.sleep(seconds)
+                except Exception as error:  # noqa: BLE001 - what careless code does
+                    log.write(f"swallowed {item} {error}\n")
+            else:
+                time.sleep(seconds)
+            log.write(f"end {item} {time.time()}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("command")
@@ -91,9 +113,13 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--changed", default="")
+    parser.add_argument("--timeout", type=float, default=None)
+    parser.add_argument("--slow", type=float, default=30.0)
+    parser.add_argument("--mode", default="catch")
+    parser.add_argument("--retries", type=int, default=0)
     args = parser.parse_args()
     {"results": results, "priorities": priorities, "retries": retries,
-     "fingerprints": fingerprints}[args.command](args)
+     "fingerprints": fingerprints, "timeouts": timeouts}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,180 @@
+"""timeout=: a task running longer fails with TimeoutError; the others go on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from laufband import Graphband, Laufband, Monitor, Task, TaskTimeoutError, pmap
+from tests.helpers.procs import HELPERS, Processes
+
+pytestmark = pytest.mark.timeout(120)
+QUIET = {"disable": True}
+SLOW = 30.0  # seconds the slow item would sleep: far more than any test waits
+
+
+def slow_square(x: int) -> int:
+    if x == 3:
+        time.sleep(SLOW)
+    time.sleep(0.05)
+    return x * x
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_pmap_item_past_its_timeout_fails_while_the_others_complete(
+        state: Path, start_method: str) -> None:
+    began = time.monotonic()
+    results = pmap(slow_square, range(12), n=3, path=state, timeout=1.0, on_error="return",
+                   progress=False, start_method=start_method)
+    assert time.monotonic() - began < SLOW / 2
+    error = results[3]
+    assert isinstance(error, TimeoutError)
+    assert isinstance(error, TaskTimeoutError)
+    assert str(error) == "the function timed out after 1 s"
+    assert [r for i, r in enumerate(results) if i != 3] == [x * x for x in range(12) if x != 3]
+    with pytest.raises(TimeoutError, match="timed out after 1 s"):
+        pmap(slow_square, range(12), n=3, path=state, timeout=1.0, progress=False,
+             start_method=start_method)
+
+
+def swallowing(x: int) -> str:
+    try:
+        time.sleep(SLOW if x == 1 else 0)
+    except Exception:  # noqa: BLE001 - what careless code does
+        return "swallowed"
+    return "ok"
+
+
+def test_a_pmap_function_that_swallows_the_timeout_still_fails(state: Path) -> None:
+    results = pmap(swallowing, range(3), n=1, path=state, timeout=0.5, on_error="return",
+                   progress=False)
+    assert results[0] == results[2] == "ok"
+    assert isinstance(results[1], TimeoutError)
+
+
+def run_loop(procs: Processes, state: Path, log: Path, *args: object) -> tuple[int, str]:
+    result = procs.python(HELPERS / "features_worker.py", "timeouts", state, "--log", log,
+                          "--items", 6, "--sleep", 0.05, "--slow", SLOW, *args)
+    return result.returncode, result.stderr
+
+
+def ends(log: Path) -> list[str]:
+    return [line.split()[1] for line in log.read_text().splitlines()
+            if line.startswith("end")]
+
+
+@pytest.mark.parametrize("mode", ["catch", "swallow"])
+def test_a_loop_task_past_its_timeout_fails_and_the_loop_goes_on(
+        state: Path, tmp_path: Path, procs: Processes, mode: str) -> None:
+    log = tmp_path / "loop.log"
+    began = time.monotonic()
+    code, stderr = run_loop(procs, state, log, "--timeout", 0.5, "--mode", mode)
+    assert code == 0, stderr
+    assert time.monotonic() - began < SLOW / 2
+    # the body of item 2 was interrupted (caught by worker.catch(), or by the body)
+    assert sorted(ends(log)) == ["0", "1", "2", "3", "4", "5"]
+    if mode == "swallow":
+        assert "swallowed 2 item 2 timed out after 0.5 s" in log.read_text()
+    [flow] = Monitor(state).status("slow")
+    assert (flow.counts["completed"], flow.counts["failed"]) == (5, 1)
+    [failure] = Monitor(state).failures("slow")
+    expected = "TaskTimeoutError: item 2 timed out after 0.5 s"
+    assert (failure.task, failure.error) == ("2", expected)
+
+
+def test_a_timeout_that_leaves_the_loop_fails_the_task_and_the_next_run_goes_on(
+        state: Path, tmp_path: Path, procs: Processes) -> None:
+    log = tmp_path / "loop.log"
+    code, stderr = run_loop(procs, state, log, "--timeout", 0.5, "--mode", "raise")
+    assert code == 1
+    assert "laufband.errors.TaskTimeoutError: item 2 timed out after 0.5 s" in stderr
+    assert ends(log) == ["0", "1"]
+    code, stderr = run_loop(procs, state, log)  # no timeout now: the rest runs
+    assert code == 0, stderr
+    assert sorted(ends(log)) == ["0", "1", "3", "4", "5"]
+    [flow] = Monitor(state).status("slow")
+    assert (flow.counts["completed"], flow.counts["failed"]) == (5, 1)
+
+
+def test_a_timeout_counts_against_max_failed_retries(state: Path, tmp_path: Path,
+                                                     procs: Processes) -> None:
+    log = tmp_path / "loop.log"
+    code, stderr = run_loop(procs, state, log, "--timeout", 0.3, "--retries", 1)
+    assert code == 0, stderr
+    starts = [line.split()[1] for line in log.read_text().splitlines()
+              if line.startswith("start")]
+    assert starts.count("2") == 2  # the first run and its one retry
+    [failure, retried] = Monitor(state).failures("slow")
+    assert (retried.attempt, retried.outcome, failure.attempt, failure.outcome) \
+        == (1, "pending", 2, "failed")
+
+
+def test_a_task_timeout_overrides_the_default(state: Path) -> None:
+    tasks = [Task("quick", timeout=0.2), Task("patient"), Task("after", dependencies=["patient"])]
+    worker = Graphband(tasks, path=state, name="own", timeout=5.0, tqdm_kwargs=QUIET)
+    ran = []
+    for task in worker:
+        with worker.catch():
+            time.sleep(0.6)
+            ran.append(task.id)
+    assert ran == ["patient", "after"]
+    [failure] = Monitor(state).failures("own")
+    assert failure.error == "TaskTimeoutError: task 'quick' timed out after 0.2 s"
+
+
+def test_tasks_ending_around_their_timeout_are_completed_or_failed_never_lost(
+        state: Path) -> None:
+    """The interrupt races the end of each body: it must land in the body it is
+    meant for or nowhere (never in laufband's own code or the next task)."""
+    worker = Laufband(range(60), path=state, name="race", timeout=0.05, tqdm_kwargs=QUIET)
+    for item in worker:
+        with worker.catch():
+            time.sleep(0.035 + (item % 5) * 0.007)  # 35-63 ms against a 50 ms limit
+    [flow] = Monitor(state).status("race")
+    assert flow.counts["completed"] + flow.counts["failed"] == 60
+    assert flow.counts["failed"] >= 1
+    assert {f.error.split(":")[0] for f in Monitor(state).failures("race")} \
+        == {"TaskTimeoutError"}
+
+
+def test_the_joblib_backend_takes_a_timeout(state: Path) -> None:
+    from joblib import Parallel, delayed, parallel_config
+
+    with parallel_config(backend="laufband", n_jobs=2, path=state, name="jobs", timeout=1.0), \
+            pytest.raises(TimeoutError, match="timed out after 1 s"):
+        Parallel()(delayed(slow_square)(x) for x in range(6))
+    assert Monitor(state).results("jobs") == [0, 1, 4, 16, 25]
+
+
+def test_the_environment_sets_the_default_timeout(state: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAUFBAND_TIMEOUT", "0.2")
+    worker = Laufband([0.5, 0.0], path=state, name="env", tqdm_kwargs=QUIET)
+    for seconds in worker:
+        with worker.catch():
+            time.sleep(seconds)
+    [flow] = Monitor(state).status("env")
+    assert (flow.counts["completed"], flow.counts["failed"]) == (1, 1)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "1s"])
+def test_a_bad_timeout_is_refused_with_one_line(state: Path, timeout: object) -> None:
+    message = (f"timeout must be a number of seconds > 0 (or None for no limit), got"
+               f" {timeout!r}")
+    with pytest.raises(ValueError, match=r"^timeout must be") as caught:
+        Laufband([1], path=state, timeout=timeout)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+    with pytest.raises(ValueError, match=r"^Task 'x': timeout must be") as caught:
+        Task("x", timeout=timeout)  # type: ignore[arg-type]
+    assert str(caught.value) == f"Task 'x': {message}"
+
+
+def test_no_sigalrm_handler_is_left_behind(state: Path) -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGALRM)
+    for _ in Laufband(range(3), path=state, name="clean", timeout=1.0, tqdm_kwargs=QUIET):
+        assert signal.getsignal(signal.SIGALRM) != before
+    assert signal.getsignal(signal.SIGALRM) == before
