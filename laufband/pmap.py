@@ -109,7 +109,9 @@ def pmap(
             single thread, else ``"spawn"``. Neither re-runs the caller's script, so no
             ``if __name__ == "__main__":`` guard is needed.
         **options: Passed to the workers' :class:`Laufband` (``max_failed_retries``,
-            ``tqdm_kwargs``, ...).
+            ``retry_delay``, ``tqdm_kwargs``, ...). ``timeout=`` seconds: an item whose
+            call runs longer is interrupted and fails with ``TaskTimeoutError`` (a
+            ``TimeoutError``); the other items go on.
 
     Returns:
         A :class:`PmapResults` list, one result per item (per kept item with "skip").
