@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, TypeVar
 
 from laufband import mpi
@@ -44,6 +45,7 @@ from laufband.processes import (
 )
 from laufband.resultfiles import remove_stale_temporaries
 from laufband.store import Scope, StateDirectory, Store, Transaction
+from laufband.stuck import supervise
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -199,7 +201,8 @@ def _compute(job: Job, workers: int, method: str) -> BaseException | None:
     helpers = min(workers, job.left) - 1
     if helpers <= 0:
         return _run(job, _no_helpers, show_progress=job.progress)
-    start = prepare_helpers(job, helpers, method)  # unpicklable: fails here, at once
+    # unpicklable: fails here, at once
+    start = prepare_helpers(job, helpers, method, partial(supervise, job))
     if method == "fork":
         job.expected = helpers + 1
         # Forking costs milliseconds: start all helpers now, while this process has

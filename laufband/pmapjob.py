@@ -18,6 +18,7 @@ from laufband.errors import StateError
 from laufband.graphband import Graphband
 from laufband.outcomes import OutcomeSink
 from laufband.store import Scope, Transaction, Workflow
+from laufband.stuck import DeadlineSlot, job_timeout
 
 
 class Plan(NamedTuple):
@@ -86,7 +87,7 @@ class Job:
         tasks of a worker that died return).
         """
         try:
-            self._work(show_progress=show_progress, on_progress=on_progress)
+            self._work(show_progress=show_progress, on_progress=on_progress, helper=helper)
         except StateError:
             if not helper:
                 raise
@@ -110,8 +111,24 @@ class Job:
         interrupts.finish_cut_short_stops()  # a hand-back that a signal cut short
 
     def _work(self, *, show_progress: bool,
-              on_progress: Callable[[int, float, float], bool] | None) -> None:
-        """Return the worker loop of ``run``."""
+              on_progress: Callable[[int, float, float], bool] | None,
+              helper: bool = False) -> None:
+        """Run the worker loop of ``run``.
+
+        A helper of a call with a timeout publishes each item's deadline for the
+        caller, which kills it should it not stop in time (:mod:`laufband.stuck`).
+        """
+        limit = job_timeout(self.options)
+        slot = DeadlineSlot(Path(self.path)) if helper and limit is not None else None
+        try:
+            self._work_with(slot, limit or 0.0, show_progress=show_progress,
+                            on_progress=on_progress)
+        finally:
+            if slot is not None:
+                slot.close()
+
+    def _work_with(self, slot: DeadlineSlot | None, limit: float, *, show_progress: bool,
+                   on_progress: Callable[[int, float, float], bool] | None) -> None:
         options = dict(self.options)
         tqdm_kwargs = dict(options.pop("tqdm_kwargs", None) or {})
         tqdm_kwargs.setdefault("disable", not show_progress)
@@ -135,16 +152,26 @@ class Job:
                     on_progress = None
                 done += 1
             try:
-                value = _call(func, item)
+                value = _call(func, item, slot, seq, limit)
             except Exception as error:  # noqa: BLE001 - reported to the caller
                 sink.record_error(seq, error, item)
                 continue
             record(seq, value)  # pickled by the sink before the next transaction
 
 
-def _call(func: Callable[[Any], Any], item: Any) -> Any:
-    """Run the function on one item: the loop body a timeout interrupts (timeouts.py)."""
-    return func(item)
+def _call(func: Callable[[Any], Any], item: Any, slot: DeadlineSlot | None, seq: int,
+          limit: float) -> Any:
+    """Run the function on one item: the loop body a timeout interrupts (timeouts.py).
+
+    In a helper with a timeout, the item's deadline is published meanwhile.
+    """
+    if slot is None:
+        return func(item)
+    slot.start(seq, time.monotonic() + limit)
+    try:
+        return func(item)
+    finally:
+        slot.clear()
 
 
 class PmapWorker(Graphband[Any]):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,41 @@ def test_no_sigalrm_handler_is_left_behind(state: Path) -> None:
     for _ in Laufband(range(3), path=state, name="clean", timeout=1.0, tqdm_kwargs=QUIET):
         assert signal.getsignal(signal.SIGALRM) != before
     assert signal.getsignal(signal.SIGALRM) == before
+
+
+def test_a_helper_that_cannot_be_interrupted_is_killed_and_replaced(state: Path) -> None:
+    """A helper whose function cannot be interrupted (here SIGALRM is blocked, as good
+    as C code holding the GIL) is killed by the caller once past its timeout: the item
+    fails with TimeoutError, a new helper takes over, the other items complete."""
+    import signal
+
+    caller = os.getpid()
+    stuck = {10, 20, 30, 40, 50, 60}
+
+    def work(x: int) -> int:
+        if x in stuck:
+            if os.getpid() != caller:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            time.sleep(SLOW)  # the caller itself is interrupted as usual
+        time.sleep(0.1)
+        return os.getpid()
+
+    began = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = pmap(work, range(70), n=3, path=state, name="stuck", timeout=0.5,
+                       on_error="return", progress=False, start_method="fork")
+    assert time.monotonic() - began < SLOW
+    assert not [str(w.message) for w in caught]  # the kills are no news
+    errors = {x: results[x] for x in stuck}
+    assert all(isinstance(e, TaskTimeoutError) for e in errors.values()), errors
+    killed = [x for x, e in errors.items() if "could not be interrupted and was killed"
+              in str(e)]
+    assert killed, errors  # the helpers ran some (each of 6 items: 2 in 3 chances)
+    values = [r for x, r in enumerate(results) if x not in stuck]
+    assert all(isinstance(pid, int) for pid in values)
+    [flow] = Monitor(state).status("stuck")
+    assert flow.counts["failed"] == len(stuck)
+    assert flow.counts["completed"] == 70 - len(stuck)
+    # More helpers than the two started computed items: replacements took over.
+    assert len(set(values) - {caller}) >= 3, set(values)
