@@ -45,7 +45,6 @@ from laufband.processes import (
 )
 from laufband.resultfiles import remove_stale_temporaries
 from laufband.store import Scope, StateDirectory, Store, Transaction
-from laufband.stuck import supervise
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -201,6 +200,8 @@ def _compute(job: Job, workers: int, method: str) -> BaseException | None:
     helpers = min(workers, job.left) - 1
     if helpers <= 0:
         return _run(job, _no_helpers, show_progress=job.progress)
+    from laufband.stuck import supervise  # mmap and friends: only for calls with helpers
+
     # unpicklable: fails here, at once
     start = prepare_helpers(job, helpers, method, partial(supervise, job))
     if method == "fork":

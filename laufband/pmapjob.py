@@ -11,14 +11,17 @@ import pickle
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from laufband import interrupts
 from laufband.errors import StateError
 from laufband.graphband import Graphband
+from laufband.options import resolve
 from laufband.outcomes import OutcomeSink
 from laufband.store import Scope, Transaction, Workflow
-from laufband.stuck import DeadlineSlot, job_timeout
+
+if TYPE_CHECKING:
+    from laufband.stuck import DeadlineSlot
 
 
 class Plan(NamedTuple):
@@ -118,8 +121,12 @@ class Job:
         A helper of a call with a timeout publishes each item's deadline for the
         caller, which kills it should it not stop in time (:mod:`laufband.stuck`).
         """
-        limit = job_timeout(self.options)
-        slot = DeadlineSlot(Path(self.path)) if helper and limit is not None else None
+        limit: float | None = resolve("timeout", self.options.get("timeout"), None, float)
+        slot = None
+        if helper and limit is not None:
+            from laufband.stuck import DeadlineSlot  # for calls with a timeout only
+
+            slot = DeadlineSlot(Path(self.path))
         try:
             self._work_with(slot, limit or 0.0, show_progress=show_progress,
                             on_progress=on_progress)
