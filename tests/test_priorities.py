@@ -38,12 +38,13 @@ def test_four_workers_start_the_highest_priorities_first(state: Path, tmp_path: 
     # rank 0: the highest priority
     rank = {f"t{i}": TASKS - 1 - p for i, p in enumerate(priorities)}
     order = [rank[task] for _, task in starts]
-    # Each of 4 workers claims at most two tasks at once here: a task starts at most
-    # one round of claims (4 workers x 2 tasks) out of its place.
-    assert all(r <= position + 2 * WORKERS for position, r in enumerate(order)), order
+    # Workers claim a few tasks at once (batches), so the order is not exact; but the
+    # first tasks to start are of the highest priorities, and every task of the top
+    # quarter starts before any of the lower half.
     assert set(order[:WORKERS]) <= set(range(2 * WORKERS)), order
     first_low = min(at for at, task in starts if rank[task] >= TASKS // 2)
-    assert all(at < first_low for at, task in starts if rank[task] < WORKERS), starts
+    last_high = max(at for at, task in starts if rank[task] < TASKS // 4)
+    assert last_high < first_low, order
 
 
 def test_a_batched_claim_takes_the_highest_ready_priorities(state: Path) -> None:
