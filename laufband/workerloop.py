@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import pickle
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,10 +41,10 @@ from laufband.failuretext import failure_record
 from laufband.inflight import CAPACITY
 from laufband.legacy import warn_about_original_state
 from laufband.liveness import HOST, DeadWorkerDetector, process_token
-from laufband.outcomes import OutcomeSink, read_result
 from laufband.overrun import OverrunWatch
 from laufband.progress import ProgressBar
 from laufband.reports import farewell, stopped_by_policy
+from laufband.saving import SavedResults, read_saved
 from laufband.session import ResultSink, WorkerSession
 from laufband.store import Scope, Store, Stuck, Transaction, Workflow
 from laufband.timeouts import TimeoutWatch, watches
@@ -94,7 +93,7 @@ class WorkerLoop:
         self._consumer: Any = None  # the code running the for-loop
         self._sizer = BatchSizer()
         self._detector = DeadWorkerDetector(settings.heartbeat_timeout, settings.state.path)
-        self._saved: OutcomeSink | None = None  # what loop bodies save, while running
+        self._saved: SavedResults | None = None  # what loop bodies save, while running
         self._stuck: Stuck | None = None  # what we could run waits for missing labels
         self._unclaimed = 1  # tasks left unclaimed, as the latest claim saw them
 
@@ -494,13 +493,10 @@ class WorkerLoop:
     def _save(self, value: Any) -> None:
         """Keep ``value`` as the current task's result, written with its completion."""
         session, saved = self._session, self._saved
-        seq = None if session is None else session.current
-        if session is None or saved is None or seq is None or seq in session.settled:
-            msg = ("worker.save() belongs inside the body of the loop over this worker,"
-                   " before the task fails or ends")
+        if session is None or saved is None:
+            msg = "worker.save() belongs inside the body of the loop over this worker"
             raise RuntimeError(msg)
-        session.in_flight.need_results()  # a reaper must not complete it without one
-        saved.record(seq, value)
+        saved.save(session, value)
 
     def _drop_saved(self, seq: int) -> None:
         if self._saved is not None:
@@ -511,27 +507,12 @@ class WorkerLoop:
         session = self._session
         if session is not None:
             self._settle_background()  # one transaction at a time
-            with session.store.transaction() as tx:
-                return self._read_in(tx, session.wf, task)
+            return read_saved(session.store, self._settings.state, session.wf, task)
         store = Store(self._settings.state, soft_lock=self._settings.soft_lock)
         try:
-            with store.transaction() as tx:
-                wf = tx.find_workflow(self._settings.name)
-                if wf is None:
-                    state = "not registered"
-                    raise LookupError(state)
-                return self._read_in(tx, wf, task)
+            return read_saved(store, self._settings.state, self._settings.name, task)
         finally:
             store.close()
-
-    def _read_in(self, tx: Transaction, wf: int, task: int | str) -> Any:
-        if isinstance(task, str):
-            found = tx.task_numbers(wf, [task])
-            if task not in found:
-                state = "not a task of this workflow"
-                raise LookupError(state)
-            task = found[task]
-        return read_result(tx, self._settings.state, wf, task)
 
     def _flush(self) -> bool:
         """Write what finished now; return False if that found us taken for dead."""
@@ -613,8 +594,7 @@ class WorkerLoop:
             workflow = tx.open_workflow(settings.name, keyed=self._keyed)
             # From here on (the commit), _stop() hands back what the session holds.
             # A loop's own sink keeps what its body saves (worker.save); pmap brings one.
-            saved = OutcomeSink(settings.state, workflow.id, pickle.dumps) \
-                if self._sink is None else None
+            saved = SavedResults(settings.state, workflow.id) if self._sink is None else None
             session = self._session = WorkerSession(store, workflow, number, scope,
                                                     self._sink or saved,
                                                     retry_delay=settings.retry_delay)
