@@ -100,3 +100,15 @@ def test_a_large_result_goes_to_a_file_and_is_read_back(state: Path) -> None:
         else:
             seen.append(len(worker.result_of("big")))
     assert seen == [len(big)]
+
+
+def test_a_worker_killed_after_saving_leaves_no_task_completed_without_its_result(
+        state: Path, procs: Processes) -> None:
+    """Finished bodies are completed by a reaper on the same host, unless they saved a
+    result that died with the worker: then they run again."""
+    killed = procs.python(WORKER, "killed_after_saving", state, "--items", 10,
+                          "--mode", "kill")
+    assert killed.returncode == -9, killed.stderr
+    again = procs.python(WORKER, "killed_after_saving", state, "--items", 10)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.splitlines()[-1]) == [x * 10 for x in range(10)]

@@ -100,6 +100,19 @@ def timeouts(args: argparse.Namespace) -> None:
             log.write(f"end {item} {time.time()}\n")
 
 
+def killed_after_saving(args: argparse.Namespace) -> None:
+    """Save item * 10 for every item; with ``--mode kill``, SIGKILL itself at item 5
+    (items 0-4 finished and saved, nothing written yet: a write comes every ~0.2 s)."""
+    import signal
+
+    worker = Laufband(range(args.items), path=args.state, name="saved", tqdm_kwargs=QUIET)
+    for item in worker:
+        if item == 5 and args.mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        worker.save(item * 10)
+    print(json.dumps([worker.result_of(i) for i in range(args.items)]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("command")
@@ -119,7 +132,8 @@ def main() -> None:
     parser.add_argument("--retries", type=int, default=0)
     args = parser.parse_args()
     {"results": results, "priorities": priorities, "retries": retries,
-     "fingerprints": fingerprints, "timeouts": timeouts}[args.command](args)
+     "fingerprints": fingerprints, "timeouts": timeouts,
+     "killed_after_saving": killed_after_saving}[args.command](args)
 
 
 if __name__ == "__main__":
