@@ -218,3 +218,28 @@ def test_a_helper_that_cannot_be_interrupted_is_killed_and_replaced(state: Path)
     assert flow.counts["completed"] == 70 - len(stuck)
     # More helpers than the two started computed items: replacements took over.
     assert len(set(values) - {caller}) >= 3, set(values)
+
+
+def test_a_loop_outside_the_main_thread_fails_an_overdue_task_when_it_returns(
+        state: Path) -> None:
+    import threading
+
+    ran: list[tuple[int, float]] = []
+
+    def loop() -> None:
+        worker = Laufband([0.6, 0.0], path=state, name="thread", timeout=0.2,
+                          tqdm_kwargs=QUIET)
+        for seconds in worker:
+            began = time.monotonic()
+            time.sleep(seconds)  # not interrupted: signals reach the main thread only
+            ran.append((int(seconds > 0), time.monotonic() - began))
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    thread.join(timeout=30)
+    assert [slow for slow, _ in ran] == [1, 0]
+    assert ran[0][1] >= 0.6  # it ran to its end
+    [flow] = Monitor(state).status("thread")
+    assert (flow.counts["completed"], flow.counts["failed"]) == (1, 1)
+    [failure] = Monitor(state).failures("thread")
+    assert failure.error == "TaskTimeoutError: item 0 timed out after 0.2 s"
