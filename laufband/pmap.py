@@ -45,6 +45,7 @@ from laufband.processes import (
 )
 from laufband.resultfiles import remove_stale_temporaries
 from laufband.store import Scope, StateDirectory, Store, Transaction
+from laufband.task import check_timeout
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -136,6 +137,8 @@ def pmap(
     if on_error not in ON_ERROR:
         msg = f"on_error must be one of {ON_ERROR}, got {on_error!r}"
         raise ValueError(msg)
+    # Here, before any helper starts (each would fail with it).
+    check_timeout("timeout", resolve("timeout", options.get("timeout"), None, float))
     method = resolve("start_method", start_method, None, str) or default_start_method()
     if method not in START_METHODS or (method == "fork" and not hasattr(os, "fork")):
         msg = f"start_method must be 'spawn' or, on POSIX, 'fork'; got {method!r}"

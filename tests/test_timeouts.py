@@ -171,6 +171,10 @@ def test_a_bad_timeout_is_refused_with_one_line(state: Path, timeout: object) ->
     with pytest.raises(ValueError, match=r"^Task 'x': timeout must be") as caught:
         Task("x", timeout=timeout)  # type: ignore[arg-type]
     assert str(caught.value) == f"Task 'x': {message}"
+    with pytest.raises(ValueError, match=r"^timeout must be") as caught:
+        pmap(slow_square, range(4), n=2, path=state, timeout=timeout, progress=False)
+    assert str(caught.value) == message
+    assert not state.exists()  # refused before anything started
 
 
 def test_no_sigalrm_handler_is_left_behind(state: Path) -> None:
