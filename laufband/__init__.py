@@ -5,11 +5,13 @@ Wrap a for-loop, start it as often as you like, and every item runs once.
 
 from laufband import joblib_hook as _joblib_hook
 from laufband.errors import (
+    NoResultError,
     OriginalStateWarning,
     RemoteTraceback,
     StateError,
     TaskFailedError,
     TaskGraphError,
+    TaskTimeoutError,
     WorkflowMismatchError,
 )
 from laufband.graphband import Graphband
@@ -29,6 +31,7 @@ __all__ = [
     "Graphband",
     "Laufband",
     "Monitor",
+    "NoResultError",
     "OriginalStateWarning",
     "PmapResults",
     "RemoteTraceback",
@@ -36,6 +39,7 @@ __all__ = [
     "Task",
     "TaskFailedError",
     "TaskGraphError",
+    "TaskTimeoutError",
     "WorkflowMismatchError",
     "__version__",
     "pmap",

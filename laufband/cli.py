@@ -203,8 +203,10 @@ def failures(
         console.print(failure_block(failure, tracebacks=not brief))
 
 
-@app.command(help="Write the stored results of a pmap or joblib workflow, in input order"
-             " (items without a result are left out and counted on stderr)." + _examples(
+@app.command(help="Write the stored results of a workflow, in input order: a pmap or"
+             " joblib workflow's results, or a loop's {task, result} pairs saved by"
+             " worker.save() (items without a result are left out and counted on stderr)."
+             + _examples(
                  "laufband results -w pmap-simulate-3f2a9c0d1e2b",
                  "laufband results -w NAME --format csv -o results.csv",
                  "laufband results -w NAME --format pickle -o results.pkl"))
@@ -217,7 +219,7 @@ def results(
     db: OriginalDb = None,
     lock: OriginalLock = None,
 ) -> None:
-    """Export a pmap or joblib workflow's results."""
+    """Export a workflow's results."""
     from laufband.exports import FORMATS, export
 
     if fmt not in FORMATS:
@@ -236,8 +238,8 @@ def results(
     if missing:
         Console(stderr=True, soft_wrap=True).print(Text(
             f"{missing} of {flow.total} task(s) of workflow {shown(name)!r} have no result"
-            f" yet (pending, running, failed or killed): see laufband failures -w"
-            f" {shown(name)}"))
+            f" (pending, running, failed or killed, or a loop body saved none): see"
+            f" laufband failures -w {shown(name)}"))
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()

@@ -47,6 +47,12 @@ def _panel(flow: WorkflowStatus, *, all_workers: bool) -> Panel:
         if flow.counts[state] or state in ALWAYS_COUNTED:
             counts.append(f"{state} {flow.counts[state]:,}  ", style=STATE_STYLES[state])
     parts: list[Any] = [line, counts]
+    if flow.invalidated:
+        more = flow.invalidated - len(flow.invalidated_tasks)
+        parts.append(Text(f"invalidated {flow.invalidated:,} (a fingerprint changed), to run"
+                          f" again: {', '.join(map(shown, flow.invalidated_tasks))}"
+                          + (f" and {more:,} more" if more > 0 else ""),
+                          style=STATE_STYLES["blocked"], overflow="ellipsis", no_wrap=True))
     if flow.workers:
         parts.append(_workers_table(flow, all_workers=all_workers))
     parts.extend(Text(failure_line(failure), style=STATE_STYLES[failure.state],

@@ -97,6 +97,44 @@ class TaskFailedError(_StructuredError, RuntimeError):
         self.state = state
 
 
+class NoResultError(_StructuredError, LookupError):
+    """A task has no saved result (``worker.result_of``): not completed, or none saved.
+
+    Attributes:
+        workflow: The workflow's name.
+        task: The task's id.
+        state: The task's state (``"completed"`` if it finished without saving one).
+    """
+
+    _fields = ("workflow", "task", "state")
+
+    def __init__(self, message: str, *, workflow: str | None = None, task: str | None = None,
+                 state: str | None = None) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.task = task
+        self.state = state
+
+
+class TaskTimeoutError(_StructuredError, TimeoutError):
+    """A task ran longer than its timeout (``timeout=``, ``Task.timeout``).
+
+    Raised in the loop body (or pmap's function) and recorded as the task's failure.
+
+    Attributes:
+        task: The task (or item) as the message names it.
+        seconds: The timeout it ran past.
+    """
+
+    _fields = ("task", "seconds")
+
+    def __init__(self, message: str, *, task: str | None = None,
+                 seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.task = task
+        self.seconds = seconds
+
+
 class OriginalStateWarning(UserWarning):
     """State files of the original laufband (0.2.x) are here; this version does not read them."""
 

@@ -19,10 +19,11 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from laufband import interrupts
+from laufband.errors import NoResultError
 from laufband.legacy import refuse_replaced
 from laufband.settings import resolve_settings
 from laufband.store import NewTask, Scope, Transaction, Workflow
-from laufband.task import Task, check_cycles, check_unique
+from laufband.task import Task, check_cycles, check_unique, digest
 from laufband.workerloop import WorkerLoop
 
 if TYPE_CHECKING:
@@ -65,6 +66,10 @@ class Graphband(WorkerLoop, Generic[T]):
             failed tasks to its caller.
         expected_workers: Workers known to be starting (``pmap``'s forked helpers),
             counted in batch sizes before they are online (every MPI rank is counted).
+        timeout: Seconds a task may run before its loop body is interrupted with a
+            ``TimeoutError`` (``LAUFBAND_TIMEOUT``; ``Task.timeout`` overrides it).
+        retry_delay: Seconds before a failed task with retries left may run again,
+            doubling with each failure (``LAUFBAND_RETRY_DELAY``, default 0).
 
     Example:
         >>> from laufband import Graphband, Task
@@ -91,6 +96,8 @@ class Graphband(WorkerLoop, Generic[T]):
         failure_policy: str | None = None,
         sink: ResultSink | None = None,
         expected_workers: int | None = None,
+        timeout: float | None = None,
+        retry_delay: float | None = None,
         **replaced: Any,
     ) -> None:
         """Make a worker over ``tasks`` with the given options."""
@@ -100,7 +107,7 @@ class Graphband(WorkerLoop, Generic[T]):
             max_killed_retries=max_killed_retries, max_failed_retries=max_failed_retries,
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
             disabled=disabled, lock=lock, failure_policy=failure_policy,
-            expected_workers=expected_workers)
+            expected_workers=expected_workers, timeout=timeout, retry_delay=retry_delay)
         super().__init__(settings, tqdm_kwargs, sink)
         self._source = tasks
         self.path = settings.state.path
@@ -118,6 +125,8 @@ class Graphband(WorkerLoop, Generic[T]):
         self._by_number: dict[int, Task] = {}
         self._numbers: list[int] | None = None  # our task numbers, when ids are keys
         self._plain_done = False  # disabled: the plain loop went through every item
+        self._plain_id: Any = None  # disabled: the id of the item the body runs
+        self._plain_results: dict[Any, Any] = {}  # disabled: what save() kept
 
     # -- public API ---------------------------------------------------------------------
 
@@ -167,7 +176,7 @@ class Graphband(WorkerLoop, Generic[T]):
         session = self._session
         if session is not None:
             session.finish_current()
-        self._closed = True
+        self._closed = self._alert = True
         self._stop()
 
     @contextlib.contextmanager
@@ -199,6 +208,45 @@ class Graphband(WorkerLoop, Generic[T]):
                            f" {error}", file=sys.stderr)
             else:  # fails the current task, unless an earlier catch() did
                 self._fail_current(error)
+
+    def save(self, value: Any) -> None:
+        """Store ``value`` as the result of the current task.
+
+        It is written in the transaction that completes the task (a task that fails
+        or is handed back keeps none), survives like ``pmap``'s results, and is read
+        by :meth:`result_of` (in any process, e.g. by the tasks depending on this
+        one) and ``laufband results``. Saving again replaces it. The value is pickled
+        outside the state lock; one that cannot be pickled fails the task.
+        """
+        if self.disabled:  # a plain loop: kept in memory for result_of()
+            self._plain_results[self._plain_id] = value
+            return
+        self._save(value)
+
+    def result_of(self, task_id: str | int) -> Any:
+        """Return the result completed task ``task_id`` stored with :meth:`save`.
+
+        ``task_id`` is a ``Task.id``, a ``key=`` value, or a position for a
+        positional ``Laufband``. Call it in the loop body (a dependency's result) or
+        after the loop.
+
+        Raises:
+            NoResultError: The task is not completed, or saved no result.
+        """
+        if self.disabled:
+            if task_id in self._plain_results:
+                return self._plain_results[task_id]
+            state = "unknown"
+        else:
+            positional = isinstance(task_id, int) and not self._keyed
+            try:
+                return self._read_saved(task_id if positional else str(task_id))
+            except LookupError as error:
+                state = str(error)
+        why = ("it completed without calling worker.save()" if state == "completed" else
+               f"it is {state}: results are read once a task completed")
+        msg = f"task {task_id!r} of workflow {self.name!r} has no saved result: {why}"
+        raise NoResultError(msg, workflow=self.name, task=str(task_id), state=state)
 
     def __len__(self) -> int:
         """Return the number of tasks given, like ``len(tqdm(...))``; TypeError for a generator."""
@@ -247,10 +295,14 @@ class Graphband(WorkerLoop, Generic[T]):
     def _register(self, tx: Transaction, workflow: Workflow, tasks: list[Task]) -> Scope:
         """Register tasks; return which of the workflow's tasks this worker can run."""
         new = [NewTask(t.id, t.dependencies, tuple(t.requirements), t.max_parallel_workers,
-                       t.info) for t in tasks]
+                       t.info, t.priority, digest(t.fingerprint)) for t in tasks]
         wanted = {t.key for t in new} | {d for t in new for d in t.dependencies}
         known = tx.task_numbers(workflow.id, wanted)
         numbers = tx.register_keyed(workflow, new, known)
+        # Tasks registered before: a changed fingerprint runs them (and what depends
+        # on them) again.
+        tx.refingerprint(workflow.id, {known[t.key]: t.fingerprint for t in new
+                                       if t.fingerprint is not None and t.key in known})
         if any(numbers[dep] >= numbers[t.key] for t in new for dep in t.dependencies):
             # Only a dependency on a later (or the same) task can close a cycle.
             keys = {seq: key for key, seq in numbers.items()}
@@ -272,6 +324,21 @@ class Graphband(WorkerLoop, Generic[T]):
     def _item_getter(self) -> Callable[[int], Any]:
         return self._by_number.__getitem__
 
+    def _limit_of(self) -> Callable[[int], float | None] | None:
+        default, tasks = self._settings.timeout, self._by_number
+        if not any(task.timeout is not None for task in tasks.values()):
+            return super()._limit_of()
+
+        def limit_of(seq: int) -> float | None:
+            task = tasks.get(seq)
+            return default if task is None or task.timeout is None else task.timeout
+
+        return limit_of
+
+    def _timeout_name(self, seq: int) -> str:
+        task = self._by_number.get(seq)
+        return f"task {seq}" if task is None else f"task {task.id!r}"
+
     def _planned_total(self) -> int:
         if self._session is not None:
             return self._session.workflow.total
@@ -280,11 +347,16 @@ class Graphband(WorkerLoop, Generic[T]):
     def _plain_items(self) -> Iterable[Any]:
         return self._collect()
 
+    def _plain_id_of(self, position: int, item: Any) -> Any:
+        """Return the task id of a disabled loop's item (what result_of takes)."""
+        return item.id if isinstance(item, Task) else position
+
     def _plain_loop(self) -> Iterator[Any]:
         """``LAUFBAND_DISABLED=1``: a plain tqdm loop, nothing shared or stored."""
-        for item in self._progress_bar.wrap(self._plain_items()):
+        for position, item in enumerate(self._progress_bar.wrap(self._plain_items())):
             if self._closed:
                 return
+            self._plain_id = self._plain_id_of(position, item)
             yield item
         self._plain_done = True
 

@@ -73,7 +73,7 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a planted FIFO must not block the op
 _UNSAFE = (OSError, ValueError, NotImplementedError)  # no dir_fd here: no record
 
 
-def _open_running(state: StateDirectory, *, create: bool = False) -> int:
+def open_running(state: StateDirectory, *, create: bool = False) -> int:
     """Open the folder of records; OSError if it is a symlink or no directory."""
     if create:
         with contextlib.suppress(FileExistsError):  # does not follow a symlink either
@@ -94,7 +94,7 @@ def _create_record(directory: int, name: str) -> int:
 def _map_record(state: StateDirectory, worker: int) -> mmap.mmap | None:
     """Map a new record file of ``worker``; None where none can be made safely."""
     try:
-        directory = _open_running(state, create=True)
+        directory = open_running(state, create=True)
         try:
             fd = _create_record(directory, state.in_flight(worker).name)
         finally:
@@ -149,6 +149,19 @@ class InFlight:
         self.mark(2 * offset)
         return offset
 
+    def need_results(self) -> None:
+        """From now on a finished body is not all a task needs: its saved result is.
+
+        A reaper then completes none of the tasks that finished since the last write
+        (they run again, as their results died with the worker).
+        """
+        if not self._flags & FINAL:
+            return
+        self._flags &= ~FINAL
+        if self._map is not None:  # the batch running now too: one 8-byte store
+            word = _WORD.unpack_from(self._map, _WORD.size)[0]
+            _WORD.pack_into(self._map, _WORD.size, word & ~FINAL)
+
     def settle(self, body_finished: bool) -> None:  # noqa: FBT001 - settle(finished) reads well
         """Record that no loop body runs any more; a death from now on counts no kill.
 
@@ -182,7 +195,7 @@ def read_record(state: StateDirectory | Path, worker: int) -> Record | None:
     """
     state = StateDirectory.of(state)
     try:
-        directory = _open_running(state)
+        directory = open_running(state)
         try:
             fd = os.open(state.in_flight(worker).name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK,
                          dir_fd=directory)
@@ -215,7 +228,7 @@ def forget(state: StateDirectory | Path, worker: int) -> None:
     """Remove a reaped worker's record (a link itself, never through a symlink)."""
     state = StateDirectory.of(state)
     with contextlib.suppress(*_UNSAFE):
-        directory = _open_running(state)
+        directory = open_running(state)
         try:
             os.unlink(state.in_flight(worker).name, dir_fd=directory)
         finally:

@@ -41,7 +41,9 @@ class LaufbandBackend(ParallelBackendBase):  # type: ignore[misc]
         path: State directory (default ``./.laufband``).
         name: Workflow name (default ``joblib-`` and the first call's function name).
         start_method: How helper processes start, as for :func:`laufband.pmap`.
-        **options: Passed on to :func:`laufband.pmap` (and its workers).
+        **options: Passed on to :func:`laufband.pmap` (and its workers), e.g.
+            ``timeout=`` seconds per call (``parallel_config(backend="laufband",
+            timeout=60)``): a call running longer fails with a ``TimeoutError``.
     """
 
     supports_retrieve_callback = True

@@ -135,6 +135,9 @@ class Laufband(Graphband[T]):
         except (IndexError, TypeError):
             return None
 
+    def _timeout_name(self, seq: int) -> str:
+        return f"item {seq if self._key is None else self._index_of[seq]}"
+
     def _item_getter(self) -> Callable[[int], Any]:
         if self._key is None:
             return self.data.__getitem__

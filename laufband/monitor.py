@@ -99,6 +99,8 @@ class WorkflowStatus(NamedTuple):
     rate: float | None  # tasks completed per second over the last minute
     eta: float | None  # seconds until the tasks left are done at that rate
     stores_results: bool  # pmap's or the joblib backend's (``Monitor.results``)
+    invalidated: int = 0  # tasks a changed fingerprint runs again, not completed since
+    invalidated_tasks: tuple[str, ...] = ()  # the newest RECENT_FAILURES of them
 
     @property
     def finished(self) -> int:
@@ -119,6 +121,8 @@ class WorkflowStatus(NamedTuple):
             "failures": [f._asdict() for f in self.failures],
             "failure_count": self.failure_count,
             "stores_results": self.stores_results,
+            "invalidated": self.invalidated,
+            "invalidated_tasks": list(self.invalidated_tasks),
         }
 
 
@@ -160,14 +164,16 @@ class Monitor:
             return _failures(tx, self._number(tx, workflow))
 
     def results(self, workflow: str) -> list[Any]:
-        """Return the stored results of a ``pmap`` or joblib workflow, in input order.
+        """Return the stored results of a workflow, in input order.
 
-        That is the order the items were first given in; items without a result
-        (failed, not computed yet) are left out: :meth:`failures` says why.
+        That is the order the items (or tasks) were first given in; items without a
+        result (failed, not computed yet) are left out: :meth:`failures` says why.
+        For ``pmap`` and the joblib backend each is the result; for a loop
+        (``Laufband``, ``Graphband``) each is ``{"task": id, "result": value}``, for
+        the tasks whose body saved one (``worker.save``).
 
         Raises:
-            StateError: The workflow stores no results (a loop's: its body returns
-                nothing laufband keeps).
+            StateError: The workflow stores no results (a loop whose body saved none).
         """
         from laufband.outcomes import read_results  # pickle and friends: not for status
 
@@ -175,10 +181,10 @@ class Monitor:
             wf = self._number(tx, workflow)
             if not tx.stores_results(wf):
                 msg = (f"workflow {workflow!r} in {self.path} is a loop's (Laufband or"
-                       " Graphband): it stores no results, only which tasks ran; results"
-                       " are kept for pmap and the joblib backend")
+                       " Graphband) whose body saved no results, only which tasks ran: call"
+                       " worker.save(value) in the loop body to keep one per task")
                 raise StateError(msg, path=self.path)
-            return read_results(tx, self.state, wf)
+            return read_results(tx, self.state, wf, named=not tx.maps_items(wf))
 
     def retry(self, workflow: str, states: tuple[str, ...] = ("failed", "killed"),
               tasks: tuple[str, ...] = ()) -> int:
@@ -232,11 +238,12 @@ class Monitor:
         rate = tx.rate(wf, held["completed"], now)
         left = held["pending"] + held["running"]
         eta = left / rate if rate and left else (0.0 if not left else None)
+        invalidated, again = tx.invalidated(wf, RECENT_FAILURES)
         events = [EventStatus(task, state, error, at, worker, infos.get(task, {}))
                   for task, state, error, at, worker in latest]
         return WorkflowStatus(name, total, counts, workers, events,
                               _failures(tx, wf, RECENT_FAILURES), tx.failure_count(wf),
-                              rate, eta, tx.stores_results(wf))
+                              rate, eta, tx.stores_results(wf), invalidated, tuple(again))
 
     def _running_now(self, tx: Transaction, wf: int,
                      rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

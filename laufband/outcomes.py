@@ -70,6 +70,10 @@ class OutcomeSink:
         self._outcomes.append((seq, ERROR, self._pickle_error(error, text)))
         self._failures.append(FailureRecord(seq, one_line(error), text, short_repr(item)))
 
+    def drop(self, seq: int) -> None:
+        """Forget what was recorded for task ``seq`` and not packed yet (it failed)."""
+        self._outcomes = [outcome for outcome in self._outcomes if outcome[0] != seq]
+
     def pack(self) -> None:
         """Pickle the recorded outcomes into chunks of at most ``CHUNK`` outcomes.
 
@@ -232,17 +236,45 @@ def stored_failure(value: bytes) -> Failure:
     return Failure(*pickle.loads(value))
 
 
-def read_results(tx: Transaction, state: StateDirectory, wf: int) -> list[Any]:
+def read_results(tx: Transaction, state: StateDirectory, wf: int, *,
+                 named: bool = False) -> list[Any]:
     """Return the result of every completed task of a workflow, by task number.
 
     Task numbers follow the order in which items were first given (input order);
-    tasks without a result (failed, not computed) are left out.
+    tasks without a result (failed, not computed, none saved) are left out. With
+    ``named`` (a loop's results), each is ``{"task": id, "result": value}``.
     """
     total = tx.progress(wf)[0]
     numbers = {seq: seq for seq in range(total)}
     outcomes, _, _ = read_outcomes(tx, state.path, wf, numbers, Scope(limit=total), "")
-    return [value for value in map(outcomes.__getitem__, range(total))
-            if not isinstance(value, (Failure, Missing))]
+    found = {seq: value for seq, value in sorted(outcomes.items())
+             if not isinstance(value, (Failure, Missing))}
+    if not named:
+        return list(found.values())
+    names = tx.task_names(wf, list(found))
+    return [{"task": names[seq], "result": value} for seq, value in found.items()]
+
+
+def read_result(tx: Transaction, state: StateDirectory, wf: int, seq: int) -> Any:
+    """Return the result completed task ``seq`` saved (``worker.save``).
+
+    Raises:
+        LookupError: The task is not completed (its state as the message), or
+            completed without a saved result ("completed").
+    """
+    states = tx.unfinished(wf, Scope(start=seq, limit=seq + 1))
+    if seq in states:
+        raise LookupError(states[seq])
+    values, other = _unpack(tx.result_chunks(wf, seq, seq))
+    if seq in values:
+        return values[seq]
+    if other.get(seq, (None,))[0] == IN_FILE:
+        try:
+            return pickle.loads(state.result_file(wf, seq).read_bytes())
+        except OSError:
+            pass
+    what = "completed"
+    raise LookupError(what)
 
 
 def read_outcomes(tx: Transaction, state: Path, wf: int, numbers: dict[Any, int],

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, TypeVar
 
 from laufband import mpi
@@ -44,6 +45,7 @@ from laufband.processes import (
 )
 from laufband.resultfiles import remove_stale_temporaries
 from laufband.store import Scope, StateDirectory, Store, Transaction
+from laufband.task import check_timeout
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -109,7 +111,9 @@ def pmap(
             single thread, else ``"spawn"``. Neither re-runs the caller's script, so no
             ``if __name__ == "__main__":`` guard is needed.
         **options: Passed to the workers' :class:`Laufband` (``max_failed_retries``,
-            ``tqdm_kwargs``, ...).
+            ``retry_delay``, ``tqdm_kwargs``, ...). ``timeout=`` seconds: an item whose
+            call runs longer is interrupted and fails with ``TaskTimeoutError`` (a
+            ``TimeoutError``); the other items go on.
 
     Returns:
         A :class:`PmapResults` list, one result per item (per kept item with "skip").
@@ -133,6 +137,8 @@ def pmap(
     if on_error not in ON_ERROR:
         msg = f"on_error must be one of {ON_ERROR}, got {on_error!r}"
         raise ValueError(msg)
+    # Here, before any helper starts (each would fail with it).
+    check_timeout("timeout", resolve("timeout", options.get("timeout"), None, float))
     method = resolve("start_method", start_method, None, str) or default_start_method()
     if method not in START_METHODS or (method == "fork" and not hasattr(os, "fork")):
         msg = f"start_method must be 'spawn' or, on POSIX, 'fork'; got {method!r}"
@@ -197,7 +203,10 @@ def _compute(job: Job, workers: int, method: str) -> BaseException | None:
     helpers = min(workers, job.left) - 1
     if helpers <= 0:
         return _run(job, _no_helpers, show_progress=job.progress)
-    start = prepare_helpers(job, helpers, method)  # unpicklable: fails here, at once
+    from laufband.stuck import supervise  # mmap and friends: only for calls with helpers
+
+    # unpicklable: fails here, at once
+    start = prepare_helpers(job, helpers, method, partial(supervise, job))
     if method == "fork":
         job.expected = helpers + 1
         # Forking costs milliseconds: start all helpers now, while this process has

@@ -11,13 +11,17 @@ import pickle
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from laufband import interrupts
 from laufband.errors import StateError
 from laufband.graphband import Graphband
+from laufband.options import resolve
 from laufband.outcomes import OutcomeSink
 from laufband.store import Scope, Transaction, Workflow
+
+if TYPE_CHECKING:
+    from laufband.stuck import DeadlineSlot
 
 
 class Plan(NamedTuple):
@@ -86,7 +90,7 @@ class Job:
         tasks of a worker that died return).
         """
         try:
-            self._work(show_progress=show_progress, on_progress=on_progress)
+            self._work(show_progress=show_progress, on_progress=on_progress, helper=helper)
         except StateError:
             if not helper:
                 raise
@@ -110,8 +114,28 @@ class Job:
         interrupts.finish_cut_short_stops()  # a hand-back that a signal cut short
 
     def _work(self, *, show_progress: bool,
-              on_progress: Callable[[int, float, float], bool] | None) -> None:
-        """Return the worker loop of ``run``."""
+              on_progress: Callable[[int, float, float], bool] | None,
+              helper: bool = False) -> None:
+        """Run the worker loop of ``run``.
+
+        A helper of a call with a timeout publishes each item's deadline for the
+        caller, which kills it should it not stop in time (:mod:`laufband.stuck`).
+        """
+        limit: float | None = resolve("timeout", self.options.get("timeout"), None, float)
+        slot = None
+        if helper and limit is not None:
+            from laufband.stuck import DeadlineSlot  # for calls with a timeout only
+
+            slot = DeadlineSlot(Path(self.path))
+        try:
+            self._work_with(slot, limit or 0.0, show_progress=show_progress,
+                            on_progress=on_progress)
+        finally:
+            if slot is not None:
+                slot.close()
+
+    def _work_with(self, slot: DeadlineSlot | None, limit: float, *, show_progress: bool,
+                   on_progress: Callable[[int, float, float], bool] | None) -> None:
         options = dict(self.options)
         tqdm_kwargs = dict(options.pop("tqdm_kwargs", None) or {})
         tqdm_kwargs.setdefault("disable", not show_progress)
@@ -135,11 +159,26 @@ class Job:
                     on_progress = None
                 done += 1
             try:
-                value = func(item)
+                value = _call(func, item, slot, seq, limit)
             except Exception as error:  # noqa: BLE001 - reported to the caller
                 sink.record_error(seq, error, item)
                 continue
             record(seq, value)  # pickled by the sink before the next transaction
+
+
+def _call(func: Callable[[Any], Any], item: Any, slot: DeadlineSlot | None, seq: int,
+          limit: float) -> Any:
+    """Run the function on one item: the loop body a timeout interrupts (timeouts.py).
+
+    In a helper with a timeout, the item's deadline is published meanwhile.
+    """
+    if slot is None:
+        return func(item)
+    slot.start(seq, time.monotonic() + limit)
+    try:
+        return func(item)
+    finally:
+        slot.clear()
 
 
 class PmapWorker(Graphband[Any]):
@@ -149,10 +188,23 @@ class PmapWorker(Graphband[Any]):
     it yields (task number, item) pairs.
     """
 
-    def __init__(self, job: Job, **options: Any) -> None:
-        """Make a worker over the tasks of ``job``."""
-        super().__init__((), **options)
+    def __init__(self, job: Job, *, sink: OutcomeSink, **options: Any) -> None:
+        """Make a worker over the tasks of ``job``, its outcomes kept by ``sink``."""
+        super().__init__((), sink=sink, **options)
         self._job = job
+        self._outcomes = sink
+
+    def _body_code(self) -> Any:
+        return _call.__code__
+
+    def _timeout_name(self, seq: int) -> str:
+        return "the function"
+
+    def _on_timed_out(self, seq: int, error: BaseException) -> None:
+        # The function caught the timeout and returned (or could not be interrupted):
+        # its item fails with the error all the same, not with the value returned.
+        self._outcomes.drop(seq)
+        self._outcomes.record_error(seq, error, self._job.item_at()(seq)[1])
 
     def _register(self, tx: Transaction, workflow: Workflow, tasks: list[Any]) -> Scope:
         if self._job.restricted:

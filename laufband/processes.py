@@ -25,6 +25,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -66,15 +67,18 @@ def default_start_method() -> str:
     return "spawn"
 
 
-def prepare_helpers(job: Job, count: int,
-                    method: str) -> Callable[[], Callable[[], None]]:
-    """Return a function that starts ``count`` helper processes and returns their end.
+def prepare_helpers(job: Job, count: int, method: str,
+                    supervise: Callable[[Helpers], Any] | None = None,
+                    ) -> Callable[[], Helpers]:
+    """Return a function that starts ``count`` helper processes and returns them.
 
     The helpers are independent of each other; an unpicklable function fails here, at
-    once.
+    once. Calling what the function returns ends them. ``supervise(helpers)`` may
+    return a supervisor (``stuck.Supervisor``) that kills and replaces stuck helpers.
     """
     if method == "fork":  # the helpers inherit everything: nothing to pickle
-        return lambda: _fork_helpers(job, count)
+        return lambda: Helpers(partial(_fork_one, job), count, partial(_spawned, job),
+                               supervise)
     import cloudpickle  # lambdas, closures and __main__ functions travel by value
 
     try:
@@ -84,52 +88,100 @@ def prepare_helpers(job: Job, count: int,
                " picklable, or pass start_method='fork'")
         raise ValueError(msg) from None
 
-    def start() -> Callable[[], None]:
-        try:  # the items only now: most calls that spawn start no helper at all
-            # sys.path first, in a pickle of its own: the job may refer to modules
-            # that only the caller's path finds (one beside its script).
-            payload = pickle.dumps(list(sys.path)) + cloudpickle.dumps(job)
-        except Exception as error:  # noqa: BLE001 - the caller still does all the work
-            warnings.warn(f"pmap cannot send the items to worker processes ({error}), so"
-                          " this process works alone: make them picklable, or pass"
-                          " start_method='fork'", RuntimeWarning, stacklevel=2)
-            return lambda: None
-        return _spawn_helpers(payload, count)
+    def start() -> Helpers:
+        spawn = _spawned(job)  # the items only now: most calls that spawn start none
+        return Helpers(spawn or _none, count if spawn else 0, lambda: spawn, supervise)
 
     return start
 
 
-def _fork_helpers(job: Job, count: int) -> Callable[[], None]:
+def _none() -> Helper:
+    msg = "no helper can be started"
+    raise OSError(msg)
+
+
+def _spawned(job: Job) -> Callable[[], Helper] | None:
+    """Return a function that spawns one helper fed ``job`` (None: it cannot be sent)."""
+    import cloudpickle
+
+    try:
+        # sys.path first, in a pickle of its own: the job may refer to modules that
+        # only the caller's path finds (one beside its script).
+        payload = pickle.dumps(list(sys.path)) + cloudpickle.dumps(job)
+    except Exception as error:  # noqa: BLE001 - the caller still does all the work
+        warnings.warn(f"pmap cannot send the items to worker processes ({error}), so"
+                      " this process works alone: make them picklable, or pass"
+                      " start_method='fork'", RuntimeWarning, stacklevel=2)
+        return None
+    return partial(_spawn_one, payload)
+
+
+class Helpers:
+    """The helper processes of one pmap call; calling it ends them (see ``_join``)."""
+
+    def __init__(self, start_one: Callable[[], Helper], count: int,
+                 more: Callable[[], Callable[[], Helper] | None],
+                 supervise: Callable[[Helpers], Any] | None) -> None:
+        """Start ``count`` helpers with ``start_one``; ``more()`` starts replacements."""
+        self.procs: list[Helper] = []
+        self._more = more
+        for _ in range(count):
+            try:
+                self.procs.append(start_one())
+            except OSError as error:  # e.g. the process limit: work on with those started
+                warnings.warn(f"pmap started {len(self.procs)} of {count} helper processes"
+                              f" ({error})", RuntimeWarning, stacklevel=3)
+                break
+        self._supervisor = supervise(self) if supervise is not None and self.procs else None
+
+    def alive(self) -> list[tuple[int, Callable[[], None]]]:
+        """Return the pid of each helper still running, and a function killing it."""
+        return [(_end_of(proc)[0], partial(_kill, proc)) for proc in list(self.procs)
+                if _end_of(proc)[1] is None]
+
+    def replace(self) -> None:
+        """Start a helper in place of one that was killed (spawned: no fork from a thread)."""
+        start_one = self._more()
+        if start_one is None:
+            return
+        try:
+            self.procs.append(start_one())
+        except OSError as error:
+            warnings.warn(f"pmap could not replace a helper process ({error})",
+                          RuntimeWarning, stacklevel=2)
+
+    def __call__(self) -> None:
+        """End the helpers (the supervisor first: it replaces none meanwhile)."""
+        killed: set[int] = set()
+        if self._supervisor is not None:
+            self._supervisor.stop()
+            killed = self._supervisor.killed
+        _join(self.procs, killed)
+
+
+def _kill(proc: Helper) -> None:
+    proc.kill()
+    if isinstance(proc, subprocess.Popen):
+        proc.wait()
+    else:
+        proc.join()
+
+
+def _fork_one(job: Job) -> Helper:
     import multiprocessing
 
-    context = multiprocessing.get_context("fork")
-    forked: list[BaseProcess] = []
-    for _ in range(count):
-        proc = context.Process(target=_forked_main, args=(job,), daemon=True)
-        try:
-            proc.start()
-        except OSError as error:  # e.g. the process limit: work on with those started
-            warnings.warn(f"pmap started {len(forked)} of {count} helper processes"
-                          f" ({error})", RuntimeWarning, stacklevel=2)
-            break
-        forked.append(proc)
-    return lambda: _join(forked)
+    proc = multiprocessing.get_context("fork").Process(target=_forked_main, args=(job,),
+                                                       daemon=True)
+    proc.start()
+    return proc
 
 
-def _spawn_helpers(payload: bytes, count: int) -> Callable[[], None]:
-    spawned: list[subprocess.Popen[bytes]] = []
-    for _ in range(count):
-        try:
-            proc = subprocess.Popen(_helper_command(), stdin=subprocess.PIPE)
-        except OSError as error:  # e.g. the process limit: work on with those started
-            warnings.warn(f"pmap started {len(spawned)} of {count} helper processes"
-                          f" ({error})", RuntimeWarning, stacklevel=2)
-            break
-        # The pipe holds 64 KiB and the helper reads only once its interpreter is up
-        # (~0.1 s): a thread feeds it, so the caller works on meanwhile.
-        threading.Thread(target=_feed, args=(proc, payload), daemon=True).start()
-        spawned.append(proc)
-    return lambda: _join(spawned)
+def _spawn_one(payload: bytes) -> Helper:
+    proc = subprocess.Popen(_helper_command(), stdin=subprocess.PIPE)
+    # The pipe holds 64 KiB and the helper reads only once its interpreter is up
+    # (~0.1 s): a thread feeds it, so the caller works on meanwhile.
+    threading.Thread(target=_feed, args=(proc, payload), daemon=True).start()
+    return proc
 
 
 def _feed(proc: subprocess.Popen[bytes], payload: bytes) -> None:
@@ -315,7 +367,7 @@ def _unsettled(handler: Any) -> Any:
     return handler.previous if isinstance(handler, _Settling) else handler
 
 
-def _join(procs: Sequence[Helper]) -> None:
+def _join(procs: Sequence[Helper], killed_before: set[int] | None = None) -> None:
     """End the helpers once the caller's loop is over; warn of those that died before.
 
     Then no task in the job is pending or running, so they only wait to notice; after
@@ -329,7 +381,7 @@ def _join(procs: Sequence[Helper]) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
     deadline = time.monotonic() + JOIN_GRACE
-    killed: set[int] = set()  # pids killed here: their end is no news
+    killed = set(killed_before or ())  # pids killed here: their end is no news
     for proc in procs:
         left = max(0.0, deadline - time.monotonic())
         if isinstance(proc, subprocess.Popen):

@@ -73,9 +73,13 @@ class WorkerSession:
     """A running worker's hold on the state directory, from start to stop."""
 
     def __init__(self, store: Store, workflow: Workflow, number: int, scope: Scope,
-                 sink: ResultSink | None) -> None:
-        """Hold worker ``number`` of ``workflow`` in ``store``, over ``scope``."""
+                 sink: ResultSink | None, *, retry_delay: float = 0.0) -> None:
+        """Hold worker ``number`` of ``workflow`` in ``store``, over ``scope``.
+
+        ``retry_delay``: seconds before a failed task's first retry (doubling after).
+        """
         self.store = store
+        self.retry_delay = retry_delay
         self.workflow = workflow
         self.number = number  # the worker's row in the store
         self.scope = scope
@@ -214,7 +218,7 @@ class WorkerSession:
         wf, me = self.wf, self.number
 
         def fail(failure: FailureRecord) -> None:
-            tx.fail(wf, me, failure, max_failed_retries)
+            tx.fail(wf, me, failure, max_failed_retries, self.retry_delay)
 
         if self.sink is not None:
             written = written._replace(sink=self.sink.write(tx, wf, fail))

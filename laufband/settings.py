@@ -26,6 +26,7 @@ from laufband.options import (
     resolve,
 )
 from laufband.store import StateDirectory
+from laufband.task import check_timeout
 
 _identifiers = itertools.count()
 
@@ -47,6 +48,8 @@ class WorkerSettings(NamedTuple):
     failure_policy: str
     rank: int | None  # MPI rank, None outside MPI
     expected_workers: int  # workers known to come: every MPI rank, or pmap's helpers
+    timeout: float | None  # seconds a task may run (None: no limit)
+    retry_delay: float  # seconds before a failed task's first retry, doubling after
 
 
 def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
@@ -63,15 +66,17 @@ def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
     lock: str | AbstractContextManager[Any] | None,
     failure_policy: str | None,
     expected_workers: int | None,
+    timeout: float | None = None,
+    retry_delay: float | None = None,
 ) -> WorkerSettings:
     """Resolve and check the options of a worker (argument, environment, default)."""
     if callable(identifier):  # as in laufband 0.2.x: a function naming the worker
         identifier = identifier()
     interval = check_seconds(
         "heartbeat_interval", resolve("heartbeat_interval", heartbeat_interval, 10.0, float))
-    timeout = check_seconds(
+    silence = check_seconds(
         "heartbeat_timeout", resolve("heartbeat_timeout", heartbeat_timeout, 30.0, float))
-    check_heartbeat(interval, timeout)
+    check_heartbeat(interval, silence)
     found = mpi.rank_and_size()
     rank, size = found or (None, 1)
     return WorkerSettings(
@@ -84,7 +89,7 @@ def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
         max_failed_retries=check_count(
             "max_failed_retries", resolve("max_failed_retries", max_failed_retries, 0, int)),
         heartbeat_interval=interval,
-        heartbeat_timeout=timeout,
+        heartbeat_timeout=silence,
         disabled=resolve("disabled", disabled, False, parse_bool),
         user_lock=None if lock is None or isinstance(lock, str) else lock,
         soft_lock=_lock_kind(
@@ -93,7 +98,18 @@ def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
             resolve("failure_policy", failure_policy, "continue", str)),
         rank=rank,
         expected_workers=max(size, expected_workers or 1),
+        timeout=check_timeout("timeout", resolve("timeout", timeout, None, float)),
+        retry_delay=check_delay(resolve("retry_delay", retry_delay, 0.0, float)),
     )
+
+
+def check_delay(delay: float) -> float:
+    """Return ``delay`` in seconds; refuse anything but a number >= 0."""
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
+        msg = (f"retry_delay must be a number of seconds >= 0 (0: retry at once), got"
+               f" {delay!r}")
+        raise ValueError(msg)
+    return float(delay)
 
 
 def _lock_kind(kind: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import reprlib
 from collections.abc import Callable, Iterable, Mapping
@@ -22,9 +23,17 @@ class Task:
             completed when every holder has finished it.
         info: Extra information about the task (a JSON-serialisable dict), stored with
             it and shown by ``laufband status`` and :class:`~laufband.Monitor`.
+        priority: Among ready tasks, workers claim higher priorities first (ties in
+            input order); default 0.
+        fingerprint: A string or bytes standing for the task's inputs (a hash of its
+            data, a version): when it differs from the one stored with a completed
+            task, the task runs again, and so does every task depending on it.
+        timeout: Seconds the task may run before it fails with ``TimeoutError``
+            (default: the worker's ``timeout=``, ``LAUFBAND_TIMEOUT``).
     """
 
-    __slots__ = ("data", "dependencies", "id", "info", "max_parallel_workers", "requirements")
+    __slots__ = ("data", "dependencies", "fingerprint", "id", "info", "max_parallel_workers",
+                 "priority", "requirements", "timeout")
 
     def __init__(
         self,
@@ -34,6 +43,10 @@ class Task:
         requirements: Iterable[str] = (),
         max_parallel_workers: int = 1,
         info: Mapping[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        fingerprint: str | bytes | None = None,
+        timeout: float | None = None,
     ) -> None:
         if not isinstance(id, str):
             msg = f"Task id must be a string, got {id!r} ({type(id).__name__}): use str(...)"
@@ -52,13 +65,19 @@ class Task:
         self.requirements = frozenset(_strings(id, "requirements", requirements))
         self.max_parallel_workers = max_parallel_workers
         self.info = _info(id, info)
+        self.priority = _priority(id, priority)
+        self.fingerprint = _fingerprint(id, fingerprint)
+        self.timeout = check_timeout(f"Task {id!r}: timeout", timeout)
 
     def __repr__(self) -> str:
         return (
             f"Task(id={self.id!r}, data={self.data!r}, dependencies={list(self.dependencies)!r},"
             f" requirements={sorted(self.requirements)!r},"
             f" max_parallel_workers={self.max_parallel_workers}"
-            + (f", info={self.info!r})" if self.info else ")")
+            + (f", info={self.info!r}" if self.info else "")
+            + (f", priority={self.priority}" if self.priority else "")
+            + (f", fingerprint={self.fingerprint!r}" if self.fingerprint is not None else "")
+            + (f", timeout={self.timeout:g}" if self.timeout is not None else "") + ")"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -84,6 +103,43 @@ def _info(task_id: str, info: Mapping[str, Any] | None) -> dict[str, Any]:
     msg = (f"Task {task_id!r}: info must be a JSON-serialisable dict with string keys,"
            f" got {reprlib.repr(info)}{problem}: store other objects in data=")
     raise TypeError(msg)
+
+
+def _priority(task_id: str, priority: int) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        msg = (f"Task {task_id!r}: priority must be an integer (higher runs first), got"
+               f" {priority!r} ({type(priority).__name__}): use int(...)")
+        raise TypeError(msg)
+    return priority
+
+
+def _fingerprint(task_id: str, fingerprint: str | bytes | None) -> str | bytes | None:
+    if fingerprint is not None and not isinstance(fingerprint, (str, bytes)):
+        msg = (f"Task {task_id!r}: fingerprint must be a string or bytes, got"
+               f" {reprlib.repr(fingerprint)} ({type(fingerprint).__name__}): pass a hash"
+               " of the inputs, e.g. hashlib.sha256(data).hexdigest()")
+        raise TypeError(msg)
+    return fingerprint
+
+
+def digest(fingerprint: str | bytes | None) -> bytes | None:
+    """Return what the store keeps of a fingerprint: 16 bytes, str and bytes apart."""
+    if fingerprint is None:
+        return None
+    kind, data = (b"s", fingerprint.encode()) if isinstance(fingerprint, str) \
+        else (b"b", fingerprint)
+    return hashlib.blake2b(kind + data, digest_size=16).digest()
+
+
+def check_timeout(what: str, timeout: float | None) -> float | None:
+    """Return ``timeout`` as seconds (None: no limit); refuse anything but a number > 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        msg = (f"{what} must be a number of seconds > 0 (or None for no limit), got"
+               f" {timeout!r}")
+        raise ValueError(msg)
+    return float(timeout)
 
 
 # What laufband 0.2.x called the first argument of Graphband: any iterable of Task.

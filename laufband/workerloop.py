@@ -44,8 +44,10 @@ from laufband.liveness import HOST, DeadWorkerDetector, process_token
 from laufband.overrun import OverrunWatch
 from laufband.progress import ProgressBar
 from laufband.reports import farewell, stopped_by_policy
+from laufband.saving import SavedResults, read_saved
 from laufband.session import ResultSink, WorkerSession
 from laufband.store import Scope, Store, Stuck, Transaction, Workflow
+from laufband.timeouts import TimeoutWatch, watches
 
 if TYPE_CHECKING:
     from laufband.settings import WorkerSettings
@@ -86,17 +88,20 @@ class WorkerLoop:
         self._session: WorkerSession | None = None  # while the loop runs
         self._stopping = False  # _stop() began and has not finished
         self._closed = False
+        self._alert = False  # close() was called, or a task ran past its timeout
+        self._timeouts: TimeoutWatch | None = None  # while a loop with timeouts runs
         self._consumer: Any = None  # the code running the for-loop
         self._sizer = BatchSizer()
         self._detector = DeadWorkerDetector(settings.heartbeat_timeout, settings.state.path)
+        self._saved: SavedResults | None = None  # what loop bodies save, while running
         self._stuck: Stuck | None = None  # what we could run waits for missing labels
         self._unclaimed = 1  # tasks left unclaimed, as the latest claim saw them
 
     # -- the loop -----------------------------------------------------------------------
 
-    def _loop(self) -> Iterator[Any]:
+    def _loop(self) -> Iterator[Any]:  # noqa: PLR0912 - the hot path stays inline
         """Claim, yield, write, until nothing is left this worker could run."""
-        self._closed = False
+        self._closed = self._alert = False
         if self._session is not None:  # an earlier stop was cut short (an interrupt
             self._stop()               # caught and the loop run again, as in Jupyter)
         try:
@@ -119,8 +124,10 @@ class WorkerLoop:
                     session.current = seq
                     mark(position)  # batch[i] runs, and so the tasks before it finished
                     yield item(seq)
-                    if self._closed:  # close() was called in the loop body
-                        return
+                    if self._alert:  # close() was called in the loop body, or a task
+                        if self._closed:  # ran past its timeout
+                            return
+                        self._take_alert(seq)
                     if clock() >= check_at:
                         session.current = None
                         mark(position + 1)
@@ -462,10 +469,51 @@ class WorkerLoop:
         seq = None if session is None else session.current
         if session is None or seq is None or seq in session.settled:
             return  # failed already, by an earlier catch()
+        self._drop_saved(seq)
         self._settle_background()  # one transaction at a time
         session.failures.append(failure_record(seq, error, self._described_item(seq)))
         session.settled.add(seq)  # failed: neither finished nor handed back
         self._flush()
+
+    def _raise_alert(self) -> None:
+        """Make the loop look at its task once the body returns (a timeout watch's hook)."""
+        self._alert = True
+
+    def _take_alert(self, seq: int) -> None:
+        """After task ``seq``'s body: fail it if it ran past its timeout (not failed yet)."""
+        self._alert = False
+        timeouts, session = self._timeouts, self._session
+        error = None if timeouts is None else timeouts.take_overdue(seq)
+        if error is not None and session is not None and seq not in session.settled:
+            self._on_timed_out(seq, error)  # caught in the body, or not interruptible
+
+    def _on_timed_out(self, seq: int, error: BaseException) -> None:
+        """Fail task ``seq``, whose body returned after it ran past its timeout."""
+        self._fail_current(error)
+
+    def _save(self, value: Any) -> None:
+        """Keep ``value`` as the current task's result, written with its completion."""
+        session, saved = self._session, self._saved
+        if session is None or saved is None:
+            msg = "worker.save() belongs inside the body of the loop over this worker"
+            raise RuntimeError(msg)
+        saved.save(session, value)
+
+    def _drop_saved(self, seq: int) -> None:
+        if self._saved is not None:
+            self._saved.drop(seq)
+
+    def _read_saved(self, task: int | str) -> Any:
+        """Return the result a task (number, or key) saved; LookupError naming its state."""
+        session = self._session
+        if session is not None:
+            self._settle_background()  # one transaction at a time
+            return read_saved(session.store, self._settings.state, session.wf, task)
+        store = Store(self._settings.state, soft_lock=self._settings.soft_lock)
+        try:
+            return read_saved(store, self._settings.state, self._settings.name, task)
+        finally:
+            store.close()
 
     def _flush(self) -> bool:
         """Write what finished now; return False if that found us taken for dead."""
@@ -492,6 +540,7 @@ class WorkerLoop:
         seq = None if session is None else session.current
         if session is None or seq is None or seq in session.settled:
             return
+        self._drop_saved(seq)  # it did not complete: what it saved is not its result
         self._settle_background(raise_stop=False)
         interrupted = isinstance(error, KeyboardInterrupt) or session.interrupted == seq
         session.settle(body_finished=False)
@@ -504,7 +553,7 @@ class WorkerLoop:
                 text = None if error is not None else "the loop was left by break or an exception"
                 tx.fail(session.wf, session.number,
                         failure_record(seq, error, self._described_item(seq), text),
-                        self._settings.max_failed_retries)
+                        self._settings.max_failed_retries, self._settings.retry_delay)
         session.settled.add(seq)
         if error is None and not interrupted:
             interrupts.remember_failure(interrupts.Failure(
@@ -545,7 +594,12 @@ class WorkerLoop:
             number = self._register_worker(tx, workflow.id)
             workflow = tx.open_workflow(settings.name, keyed=self._keyed)
             # From here on (the commit), _stop() hands back what the session holds.
-            session = self._session = WorkerSession(store, workflow, number, scope, self._sink)
+            # A loop's own sink keeps what its body saves (worker.save); pmap brings one.
+            saved = SavedResults(settings.state, workflow.id) if self._sink is None else None
+            session = self._session = WorkerSession(store, workflow, number, scope,
+                                                    self._sink or saved,
+                                                    retry_delay=settings.retry_delay)
+            self._saved = saved
             interrupts.track(self, _HOOKS)
             if claim:
                 session.next_batch = batch = self._claim(tx)
@@ -556,8 +610,14 @@ class WorkerLoop:
         session.last_reap = time.monotonic()
         self._sizer.observe_transaction(session.last_reap - began)
         self._progress_bar.renew()
+        watch: Callable[[], None] = OverrunWatch(session, settings.heartbeat_timeout)
+        limit_of = self._limit_of()
+        if limit_of is not None:
+            self._timeouts = TimeoutWatch(session, limit_of, self._timeout_name,
+                                          self._raise_alert, self._body_code())
+            watch = watches(watch, self._timeouts)
         session.begin(settings.heartbeat_interval, final_bodies=self._sink is None,
-                      watch=OverrunWatch(session, settings.heartbeat_timeout))
+                      watch=watch)
         self._show_progress(workflow.completed, workflow.total)
         if stop:  # failure_policy="stop" and a task failed before we started
             raise stop
@@ -576,6 +636,9 @@ class WorkerLoop:
             return
         self._stopping = True  # until done: a stop cut short is finished by the next start
         session.stop_heartbeat()
+        if self._timeouts is not None:
+            self._timeouts.close()
+            self._timeouts = None
         with contextlib.suppress(StateError):  # rolled back: what it held is still held
             self._settle_background(raise_stop=False)
         # What finished is completed first, in the same transaction, and release()
@@ -627,6 +690,19 @@ class WorkerLoop:
     def _item_getter(self) -> Callable[[int], Any]:
         """Return a function mapping a task number to what the loop yields."""
         raise NotImplementedError
+
+    def _limit_of(self) -> Callable[[int], float | None] | None:
+        """Return each task's timeout in seconds (None: no task of this loop has one)."""
+        default = self._settings.timeout
+        return None if default is None else lambda seq: default
+
+    def _timeout_name(self, seq: int) -> str:
+        """Name task ``seq`` in its timeout error."""
+        return f"task {seq}"
+
+    def _body_code(self) -> Any:
+        """Return the code object that runs the loop body (a timeout interrupts it there)."""
+        return self._consumer
 
     def _described_item(self, seq: int) -> Any:
         """Return the item ``laufband failures`` shows beside a failed task (None: none)."""

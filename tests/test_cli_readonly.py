@@ -85,16 +85,25 @@ def test_reading_commands_work_on_a_read_only_state_and_change_nothing(
     check_outputs(results)
 
 
-@pytest.mark.parametrize(("version", "missing"), [("6", ["failures", "samples"]),
+# Columns version 8 added (priorities, fingerprints, retry delays).
+V8_COLUMNS = [("tasks", "priority"), ("tasks", "fingerprint"), ("tasks", "not_before"),
+              ("workflows", "prioritized"), ("workflows", "delayed"),
+              ("workflows", "invalidated")]
+
+
+@pytest.mark.parametrize(("version", "missing"), [("7", []), ("6", ["failures", "samples"]),
                                                   ("5", ["runs", "failures", "samples"])])
 def test_reading_an_older_state_directory_neither_migrates_nor_writes_it(
         state: Path, procs: Processes, version: str, missing: list[str]) -> None:
-    """A version-6 or -5 directory (before failures were kept) is read as it is: its
-    failures come from its events."""
+    """A version-7, -6 or -5 directory (before failures were kept, or priorities and
+    fingerprints) is read as it is: its failures come from its events."""
     build(procs, state)
     with sqlite3.connect(state / "state.db") as conn:  # as that laufband left it
         for table in missing:
             conn.execute(f"DROP TABLE {table}")
+        conn.execute("DROP INDEX deps_by_dep")
+        for table, column in V8_COLUMNS:
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
     conn.close()
     before = snapshot(state)  # writable: reading must not migrate it either
@@ -108,6 +117,9 @@ def test_reading_an_older_state_directory_neither_migrates_nor_writes_it(
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() \
             == (str(laufband.store.SCHEMA_VERSION),)
         assert conn.execute("SELECT count(*) FROM failures").fetchone() == (2,)
+        columns = {(table, row[1]) for table in ("tasks", "workflows")
+                   for row in conn.execute(f"PRAGMA table_info({table})")}
+        assert set(V8_COLUMNS) <= columns
     conn.close()
 
 

@@ -86,7 +86,7 @@ def test_results_of_a_loop_workflow_say_there_are_none(state: Path, procs: Proce
         pass
     result = cli(procs, "results", "--path", state, "-w", "loop")
     assert result.returncode == 1
-    assert "is a loop's (Laufband or Graphband): it stores no results" in " ".join(
+    assert "is a loop's (Laufband or Graphband) whose body saved no results" in " ".join(
         result.stderr.split())
 
 

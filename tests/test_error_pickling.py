@@ -18,11 +18,13 @@ import pytest
 
 import laufband
 from laufband import (
+    NoResultError,
     OriginalStateWarning,
     RemoteTraceback,
     StateError,
     TaskFailedError,
     TaskGraphError,
+    TaskTimeoutError,
     WorkflowMismatchError,
     pmap,
 )
@@ -51,6 +53,10 @@ ROWS: list[tuple[BaseException, dict[str, object]]] = [
      {"workflow": "squares", "index": 7, "state": "killed"}),
     (RemoteTraceback(TRACEBACK, header=HEADER), {"text": TRACEBACK, "header": HEADER}),
     (OriginalStateWarning("laufband.sqlite was written by laufband 0.2.x"), {}),
+    (NoResultError("task 'b' has no saved result", workflow="graph", task="b",
+                   state="failed"), {"workflow": "graph", "task": "b", "state": "failed"}),
+    (TaskTimeoutError("item 3 timed out after 2 s", task="item 3", seconds=2.0),
+     {"task": "item 3", "seconds": 2.0}),
 ]
 IDS = [type(error).__name__ for error, _ in ROWS]
 

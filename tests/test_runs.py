@@ -141,5 +141,5 @@ def test_a_version_5_state_directory_gains_runs_when_opened(state: Path) -> None
     with sqlite3.connect(state / "state.db") as conn:
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert version == (str(SCHEMA_VERSION),)
-    assert SCHEMA_VERSION == 7
+    assert SCHEMA_VERSION == 8
 

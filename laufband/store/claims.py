@@ -12,6 +12,7 @@ A restricted worker (``restrict_to``) claims rows only, so its tasks get rows fi
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,10 @@ _READY = """
          WHERE r.value NOT IN (SELECT value FROM json_each(:labels))))
     AND NOT EXISTS (SELECT 1 FROM deps d JOIN tasks u ON u.wf = d.wf AND u.seq = d.dep
                     WHERE d.wf = t.wf AND d.seq = t.seq AND u.state != 'completed')
+    AND (t.not_before IS NULL OR t.not_before <= :now)
 """
+# A failed task waiting for its retry (``retry_delay``) is not claimable before then.
+_NOT_DELAYED = " AND (t.not_before IS NULL OR t.not_before <= ?)"
 MINE = " AND t.seq IN (SELECT seq FROM temp.mine)"
 # Tasks a worker could still get: within its scope, pending or running elsewhere, and
 # its labels cover their requirements.
@@ -73,17 +77,19 @@ class ClaimOperations(RunOperations):
         """Mark up to ``k`` ready tasks in ``scope`` running for ``worker``; return them."""
         if scope.restricted:
             self._materialize_mine(wf)
-        simple, floor, total, materialized = self._db.execute(
-            "SELECT simple, floor, total, materialized FROM workflows WHERE id = ?", (wf,)
+        simple, floor, total, materialized, prioritized, delayed = self._db.execute(
+            "SELECT simple, floor, total, materialized, prioritized, delayed FROM workflows"
+            " WHERE id = ?", (wf,)
         ).fetchone()
         # The shared floor only speaks for unrestricted claims from task 0 on.
         shared = not scope.restricted and floor >= scope.start
         floor = max(floor, scope.start) if not scope.restricted else scope.start
         if simple:
             claimed = self._claim_run(wf, worker, k, scope, floor, (total, materialized),
-                                      shared=shared)
+                                      shared=shared, delayed=bool(delayed))
         else:
-            claimed = self._claim_ready(wf, worker, k, labels, scope, floor)
+            claimed = self._claim_ready(wf, worker, k, labels, scope, floor,
+                                        by_priority=bool(prioritized))
             if len(claimed) < k:  # tasks without a row are plain: ready for anyone
                 claimed += self._claim_fresh(wf, worker, k - len(claimed), scope,
                                              (total, materialized), shared=False)
@@ -101,13 +107,18 @@ class ClaimOperations(RunOperations):
                     and self._runs_elsewhere(wf, worker, scope.start, scope.limit)))
 
     def _claim_ready(self, wf: int, worker: int, k: int, labels: Sequence[str],
-                     scope: Scope, floor: int) -> list[int]:
-        """Claim ready tasks that have rows (a workflow that is not simple)."""
+                     scope: Scope, floor: int, *, by_priority: bool = False) -> list[int]:
+        """Claim ready tasks that have rows (a workflow that is not simple).
+
+        ``by_priority``: the highest priorities first (then input order), so a batch
+        takes lower priorities only when no higher one is ready.
+        """
         params = {"wf": wf, "me": worker, "labels": json.dumps(list(labels)),
-                  "floor": floor, "k": k, "limit": scope.limit}
+                  "floor": floor, "k": k, "limit": scope.limit, "now": time.time()}
         query = "SELECT t.seq, t.max_workers, t.state FROM tasks t WHERE" + _READY
+        order = " ORDER BY t.priority DESC, t.seq" if by_priority else " ORDER BY t.seq"
         rows = self._db.execute(
-            query + (MINE if scope.restricted else "") + " ORDER BY t.seq LIMIT :k", params
+            query + (MINE if scope.restricted else "") + order + " LIMIT :k", params
         ).fetchall()
         self._db.executemany(
             "INSERT INTO holders(wf, seq, worker) VALUES (?, ?, ?)",
@@ -121,41 +132,57 @@ class ClaimOperations(RunOperations):
         return [seq for seq, _, _ in rows]
 
     def _claim_run(self, wf: int, worker: int, k: int, scope: Scope, floor: int,
-                   sizes: tuple[int, int], *, shared: bool) -> list[int]:
+                   sizes: tuple[int, int], *, shared: bool, delayed: bool = False) -> list[int]:
         """Claim the next run of pending tasks by number range: no per-row Python work.
 
-        ``sizes``: the workflow's total and materialized.
+        ``sizes``: the workflow's total and materialized. ``delayed``: some tasks may
+        wait for their retry (``retry_delay``): they are skipped, and the shared floor
+        stays at or below the first of them.
         """
         mine = MINE if scope.restricted else ""
+        now = (time.time(),) if delayed else ()
+        ready = _NOT_DELAYED if delayed else ""
         row = self._db.execute(
             "SELECT t.seq FROM tasks t WHERE t.wf = ? AND t.seq >= ? AND t.seq < ?"
-            " AND t.state = 'pending'" + mine + " ORDER BY t.seq LIMIT 1",
-            (wf, floor, scope.limit),
+            " AND t.state = 'pending'" + mine + ready + " ORDER BY t.seq LIMIT 1",
+            (wf, floor, scope.limit, *now),
         ).fetchone()
         if row is None:
+            if delayed:  # the floor must not pass a task waiting for its retry
+                shared = shared and self._db.execute(
+                    "SELECT 1 FROM tasks WHERE wf = ? AND seq >= ? AND state = 'pending'"
+                    " LIMIT 1", (wf, floor)).fetchone() is None
             return self._claim_fresh(wf, worker, k, scope, sizes, shared=shared)
         lo = row[0]
         hi = min(lo + k, scope.limit, sizes[1]) - 1
         pending = self._db.execute(
             "SELECT count(*) FROM tasks t WHERE t.wf = ? AND t.seq BETWEEN ? AND ?"
-            " AND t.state = 'pending'" + mine,
-            (wf, lo, hi),
+            " AND t.state = 'pending'" + mine + ready,
+            (wf, lo, hi, *now),
         ).fetchone()[0]
         claim = (
             "UPDATE tasks AS t SET state = 'running', worker = ? WHERE t.wf = ?"
-            " AND t.seq BETWEEN ? AND ? AND t.state = 'pending'" + mine
+            " AND t.seq BETWEEN ? AND ? AND t.state = 'pending'" + mine + ready
         )
         if pending == hi - lo + 1:  # the usual case: a solid run, no rows to read back
-            self._db.execute(claim, (worker, wf, lo, hi))
+            self._db.execute(claim, (worker, wf, lo, hi, *now))
             claimed = list(range(lo, hi + 1))
         else:  # holes (tasks running elsewhere, done, or not ours): read back what we took
-            rows = self._db.execute(claim + " RETURNING seq", (worker, wf, lo, hi)).fetchall()
+            rows = self._db.execute(claim + " RETURNING seq",
+                                    (worker, wf, lo, hi, *now)).fetchall()
             claimed = sorted(seq for (seq,) in rows)
         if shared:
             # lo was the first pending task and every pending task up to hi is now
-            # claimed. Never past total: tasks registered later start there.
+            # claimed (but those waiting for a retry). Never past total: tasks
+            # registered later start there.
+            top = hi + 1
+            if delayed:
+                waiting = self._db.execute(
+                    "SELECT min(seq) FROM tasks WHERE wf = ? AND seq >= ? AND seq <= ?"
+                    " AND state = 'pending'", (wf, floor, hi)).fetchone()[0]
+                top = top if waiting is None else waiting
             self._db.execute(
-                "UPDATE workflows SET floor = min(?, total) WHERE id = ?", (hi + 1, wf))
+                "UPDATE workflows SET floor = min(?, total) WHERE id = ?", (top, wf))
         self._shift(wf, len(claimed), "pending", "running")
         return claimed
 

@@ -50,6 +50,8 @@ class NewTask(NamedTuple):
     requirements: tuple[str, ...] = ()
     max_workers: int = 1
     info: dict[str, Any] | None = None  # Task.info, stored as JSON
+    priority: int = 0
+    fingerprint: bytes | None = None  # a digest of Task.fingerprint
 
     def needs_row(self) -> bool:
         """Tell whether claims must read this task's row.
@@ -58,7 +60,7 @@ class NewTask(NamedTuple):
         ``TaskOperations.register_keyed``).
         """
         return bool(self.dependencies or self.requirements or self.max_workers > 1
-                    or self.info)
+                    or self.info or self.priority or self.fingerprint is not None)
 
 
 class Stuck(NamedTuple):

@@ -25,7 +25,11 @@ from laufband.store.layout import FILE_MODE, StateDirectory, refuse_symlink
 # 7: failures: every failure and death of a task while it stays failed (error text,
 # traceback, worker, host, attempt); samples: completions over the last minute, for
 # rates. Older files gain both on open, failures filled from their events.
-SCHEMA_VERSION = 7
+# 8: tasks.priority, .fingerprint, .not_before (a retry's earliest claim);
+# workflows.prioritized, .delayed and .invalidated; deps indexed by dependency (a
+# changed fingerprint re-runs the tasks depending on it). Older files gain the
+# columns on open; the reader sees them as views over what an older file has.
+SCHEMA_VERSION = 8
 
 _RUNS = """
 CREATE TABLE runs(
@@ -54,7 +58,15 @@ JOIN tasks t ON t.wf = e.wf AND t.seq = e.seq LEFT JOIN workers w ON w.id = e.wo
 WHERE e.state IN ('failed', 'killed') AND t.state IN ('failed', 'killed') ORDER BY e.id;
 """
 # Tables each older version lacks, oldest first.
-_MISSING = {"5": _RUNS + _FAILURES, "6": _FAILURES}
+_MISSING = {"5": _RUNS + _FAILURES, "6": _FAILURES, "7": ""}
+# Columns version 8 added: (table, column, declaration).
+_COLUMNS = (("tasks", "priority", "INTEGER NOT NULL DEFAULT 0"),
+            ("tasks", "fingerprint", "BLOB"),
+            ("tasks", "not_before", "REAL"),
+            ("workflows", "prioritized", "INTEGER NOT NULL DEFAULT 0"),
+            ("workflows", "delayed", "INTEGER NOT NULL DEFAULT 0"),
+            ("workflows", "invalidated", "INTEGER NOT NULL DEFAULT 0"))
+_DEPS_INDEX = "CREATE INDEX IF NOT EXISTS deps_by_dep ON deps(wf, dep);"
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,12 +77,15 @@ CREATE TABLE workflows(
     killed INTEGER NOT NULL DEFAULT 0, blocked INTEGER NOT NULL DEFAULT 0,
     floor INTEGER NOT NULL DEFAULT 0, simple INTEGER NOT NULL DEFAULT 1,
     materialized INTEGER NOT NULL DEFAULT 0,
-    fingerprint BLOB, created REAL NOT NULL);
+    fingerprint BLOB, created REAL NOT NULL,
+    prioritized INTEGER NOT NULL DEFAULT 0, delayed INTEGER NOT NULL DEFAULT 0,
+    invalidated INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE tasks(
     wf INTEGER NOT NULL, seq INTEGER NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending', worker INTEGER,
     kills INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
     max_workers INTEGER NOT NULL DEFAULT 1, requirements TEXT, info TEXT,
+    priority INTEGER NOT NULL DEFAULT 0, fingerprint BLOB, not_before REAL,
     PRIMARY KEY (wf, seq)) WITHOUT ROWID;
 CREATE TABLE deps(
     wf INTEGER NOT NULL, seq INTEGER NOT NULL, dep INTEGER NOT NULL,
@@ -94,7 +109,7 @@ CREATE INDEX result_chunks_by_wf ON result_chunks(wf, lo);
 CREATE TABLE events(
     id INTEGER PRIMARY KEY, wf INTEGER, seq INTEGER, worker INTEGER,
     state TEXT NOT NULL, time REAL NOT NULL, error TEXT);
-""" + _RUNS + _FAILURES
+""" + _RUNS + _FAILURES + _DEPS_INDEX
 
 
 def open_database(state: StateDirectory) -> sqlite3.Connection:
@@ -123,9 +138,7 @@ def open_database(state: StateDirectory) -> sqlite3.Connection:
             )
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is not None and row[0] in _MISSING:
-            conn.executescript(f"BEGIN IMMEDIATE; {_MISSING[row[0]]} {_FAILURES_FROM_EVENTS}"
-                               f" UPDATE meta SET value = '{SCHEMA_VERSION}'"
-                               " WHERE key = 'schema_version'; COMMIT;")
+            _migrate(conn, row[0])
             row = (str(SCHEMA_VERSION),)
     except sqlite3.OperationalError as error:
         # "no such table": a SQLite file of someone else's; the rest (full, read-only,
@@ -158,10 +171,7 @@ def open_read_only(state: StateDirectory) -> sqlite3.Connection:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60.0)
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is not None and row[0] in _MISSING:
-            for statement in _MISSING[row[0]].split(";"):
-                if statement.strip().startswith("CREATE TABLE"):
-                    conn.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
-            conn.execute(_FAILURES_FROM_EVENTS.replace("INTO failures", "INTO temp.failures"))
+            _read_as_current(conn, row[0])
             row = (str(SCHEMA_VERSION),)
     except sqlite3.OperationalError as error:
         if "no such" in str(error):
@@ -174,6 +184,44 @@ def open_read_only(state: StateDirectory) -> sqlite3.Connection:
         conn.close()
         raise version_error(state, row[0] if row else "none")
     return conn
+
+
+def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """Return the columns of version 8 that an older file lacks."""
+    have = {table: {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for table in ("tasks", "workflows")}  # fixed names
+    return [column for column in _COLUMNS if column[1] not in have[column[0]]]
+
+
+def _migrate(conn: sqlite3.Connection, version: str) -> None:
+    """Bring an older file to this version in one transaction (under the state lock)."""
+    added = "".join(f"ALTER TABLE {table} ADD COLUMN {name} {declaration};"
+                    for table, name, declaration in _missing_columns(conn))
+    failures = _FAILURES_FROM_EVENTS if version in ("5", "6") else ""
+    conn.executescript(f"BEGIN IMMEDIATE; {_MISSING[version]} {failures} {added}"
+                       f" {_DEPS_INDEX} UPDATE meta SET value = '{SCHEMA_VERSION}'"
+                       " WHERE key = 'schema_version'; COMMIT;")
+
+
+def _read_as_current(conn: sqlite3.Connection, version: str) -> None:
+    """Let a read-only connection read an older file as this version, writing nothing.
+
+    Tables it lacks are temporary ones of this connection (failures filled from its
+    events); tables lacking columns are shadowed by temporary views that add them
+    with their defaults (SQLite looks names up in ``temp`` first).
+    """
+    for statement in _MISSING[version].split(";"):
+        if statement.strip().startswith("CREATE TABLE"):
+            conn.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+    if version in ("5", "6"):
+        conn.execute(_FAILURES_FROM_EVENTS.replace("INTO failures", "INTO temp.failures"))
+    missing: dict[str, list[str]] = {}
+    for table, name, declaration in _missing_columns(conn):
+        default = declaration.split("DEFAULT ")[1] if "DEFAULT" in declaration else "NULL"
+        missing.setdefault(table, []).append(f"{default} AS {name}")
+    for table, columns in missing.items():  # fixed names
+        conn.execute(f"CREATE TEMP VIEW {table} AS SELECT *, {', '.join(columns)}"
+                     f" FROM main.{table}")
 
 
 def version_error(state: StateDirectory, found: str) -> StateError:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from laufband.errors import TaskGraphError
 from laufband.store.failures import FailureOperations, FailureRecord
-from laufband.store.records import NewTask, Workflow, _ranges
+from laufband.store.records import NewTask, Workflow, _ranges, chunks, placeholders
 from laufband.store.runs import RunOperations
 
 
@@ -84,12 +84,15 @@ class TaskOperations(FailureOperations, RunOperations):
         if not fresh:
             return numbers
         self._append_block(wf, [task.key for task in fresh], named=True)
+        if any(t.priority for t in fresh):
+            self._db.execute("UPDATE workflows SET prioritized = 1 WHERE id = ?", (wf,))
         self._write_rows(wf, fresh, numbers, first)
         self._db.executemany(
             "INSERT OR IGNORE INTO deps(wf, seq, dep) VALUES (?, ?, ?)",
             ((wf, numbers[t.key], numbers[dep]) for t in fresh for dep in t.dependencies),
         )
-        if any(t.dependencies or t.requirements or t.max_workers > 1 for t in fresh):
+        if any(t.dependencies or t.requirements or t.max_workers > 1 or t.priority
+               for t in fresh):
             self._db.execute("UPDATE workflows SET simple = 0 WHERE id = ?", (wf,))
         return numbers
 
@@ -114,7 +117,9 @@ class TaskOperations(FailureOperations, RunOperations):
         That is every task below the last that needs one (and its dependencies), as
         rows exist below ``materialized`` only.
         """
-        needy = [task for task in fresh if task.needs_row()]
+        # Prioritized: every task gets a row, as claims take rows by priority before
+        # the tasks without one (priority 0), which must not pass a negative priority.
+        needy = fresh if self._is_prioritized(wf) else [t for t in fresh if t.needs_row()]
         if not needy:
             return
         upto = 1 + max(numbers[key] for task in needy for key in (task.key, *task.dependencies))
@@ -122,13 +127,71 @@ class TaskOperations(FailureOperations, RunOperations):
         if upto <= first:
             return
         self._db.executemany(
-            "INSERT INTO tasks(wf, seq, max_workers, requirements, info) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO tasks(wf, seq, max_workers, requirements, info, priority, fingerprint)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             ((wf, seq, t.max_workers,
               json.dumps(sorted(t.requirements)) if t.requirements else None,
-              json.dumps(t.info) if t.info else None)
+              json.dumps(t.info) if t.info else None, t.priority, t.fingerprint)
              for seq, t in enumerate(fresh[:upto - first], start=first)),
         )
         self._db.execute("UPDATE workflows SET materialized = ? WHERE id = ?", (upto, wf))
+
+    def _is_prioritized(self, wf: int) -> bool:
+        row = self._db.execute("SELECT prioritized FROM workflows WHERE id = ?", (wf,)).fetchone()
+        return bool(row[0])
+
+    def refingerprint(self, wf: int, given: dict[int, bytes]) -> list[int]:
+        """Store the fingerprints of registered tasks; run again what they invalidate.
+
+        A completed task whose stored fingerprint differs from the one given becomes
+        pending, and so does every completed task depending on it, transitively (an
+        ``invalidated`` event each). A task without a stored fingerprint adopts the
+        one given and is not run again. Return the tasks made pending.
+        """
+        if not given:
+            return []
+        seqs = sorted(given)
+        for lo, hi in _ranges(seqs):
+            self._rows_within(wf, lo, hi)
+        self.materialize(wf, seqs[-1] + 1)
+        changed: list[int] = []
+        for part in chunks(seqs):
+            for seq, old, state in self._db.execute(
+                    "SELECT seq, fingerprint, state FROM tasks WHERE wf = ?"
+                    f" AND seq IN ({placeholders(len(part))})", (wf, *part)).fetchall():
+                if old == given[seq]:
+                    continue
+                self._db.execute("UPDATE tasks SET fingerprint = ? WHERE wf = ? AND seq = ?",
+                                 (given[seq], wf, seq))
+                if old is not None and state == "completed":
+                    changed.append(seq)
+        if not changed:
+            return []
+        return self._invalidate(wf, changed)
+
+    def _invalidate(self, wf: int, changed: list[int]) -> list[int]:
+        """Make completed tasks ``changed`` and their completed dependents pending."""
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS changed(seq INTEGER PRIMARY KEY)")
+        self._db.execute("DELETE FROM temp.changed")
+        self._db.executemany("INSERT INTO temp.changed VALUES (?)", ((s,) for s in changed))
+        below = [seq for (seq,) in self._db.execute(
+            "WITH RECURSIVE down(seq) AS (SELECT seq FROM temp.changed UNION"
+            " SELECT d.seq FROM deps d JOIN down ON d.wf = ? AND d.dep = down.seq)"
+            " SELECT seq FROM down EXCEPT SELECT seq FROM temp.changed", (wf,))]
+        self._db.execute("DELETE FROM temp.changed")
+        reopened: list[int] = []
+        for part in chunks(sorted({*changed, *below})):
+            reopened += [seq for (seq,) in self._retry(
+                wf, ("completed",), f" AND seq IN ({placeholders(len(part))})", part)]
+        now = time.time()
+        mine = set(changed)
+        self._event_many(wf, [s for s in reopened if s in mine], "invalidated",
+                         "its fingerprint changed", now)
+        self._event_many(wf, [s for s in reopened if s not in mine], "invalidated",
+                         "a task it depends on changed its fingerprint", now)
+        self._db.execute("UPDATE workflows SET invalidated = invalidated + ? WHERE id = ?",
+                         (len(reopened), wf))
+        return sorted(reopened)
 
     def dependency_edges(self, wf: int) -> list[tuple[int, int]]:
         """All ``(task, dependency)`` pairs of a workflow, by task number."""
@@ -187,8 +250,12 @@ class TaskOperations(FailureOperations, RunOperations):
         return completed
 
     def fail(self, wf: int, worker: int, failure: FailureRecord,
-             max_failed_retries: int) -> str:
-        """Record a failure of a task; return its new state (pending while retries are left)."""
+             max_failed_retries: int, retry_delay: float = 0.0) -> str:
+        """Record a failure of a task; return its new state (pending while retries are left).
+
+        With ``retry_delay``, a task with retries left is claimable again only after
+        ``retry_delay * 2 ** (attempt - 1)`` seconds.
+        """
         seq = failure.seq
         self._unrun(wf, worker, seq, seq)
         held = self._db.execute(
@@ -211,8 +278,16 @@ class TaskOperations(FailureOperations, RunOperations):
                                  ("failed", state, retry, max_failed_retries, row[2]))
         self._event(wf, seq, worker, "failed", time.time(), failure.error)
         if state == "pending":
+            if retry_delay > 0:
+                self._delay(wf, seq, time.time() + retry_delay * 2 ** (row[1] - 1))
             self._lower_floor(wf, seq)
         return state
+
+    def _delay(self, wf: int, seq: int, until: float) -> None:
+        """Keep pending task ``seq`` from being claimed before ``until`` (wall clock)."""
+        self._db.execute("UPDATE tasks SET not_before = ? WHERE wf = ? AND seq = ?",
+                         (until, wf, seq))
+        self._db.execute("UPDATE workflows SET delayed = 1 WHERE id = ?", (wf,))
 
     def release(self, wf: int, worker: int, seqs: Sequence[int]) -> None:
         """Put claimed tasks this worker has not run back to pending."""
@@ -290,8 +365,8 @@ class TaskOperations(FailureOperations, RunOperations):
         for state, count in found:
             self._shift(wf, count, state, "pending")
         rows = self._db.execute(
-            "UPDATE tasks SET state = 'pending', failures = 0, kills = 0, worker = NULL"
-            f" WHERE wf = ? AND state IN ({', '.join('?' * len(states))}){where}"
+            "UPDATE tasks SET state = 'pending', failures = 0, kills = 0, worker = NULL,"
+            f" not_before = NULL WHERE wf = ? AND state IN ({', '.join('?' * len(states))}){where}"
             " RETURNING seq",
             (wf, *states, *params),
         ).fetchall()

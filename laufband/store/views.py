@@ -215,10 +215,35 @@ class ViewOperations(TaskOperations):
         self._keys.drop(wf)
 
     def stores_results(self, wf: int) -> bool:
-        """Whether a workflow is pmap's or the joblib backend's (its keys name no task)."""
+        """Whether a workflow keeps results.
+
+        That is pmap's, the joblib backend's, or a loop's whose body saved some.
+        """
         found: int = self._db.execute(
             "SELECT EXISTS (SELECT 1 FROM key_blocks WHERE wf = ? AND named = 0)"
             " OR EXISTS (SELECT 1 FROM result_chunks WHERE wf = ?)", (wf, wf)).fetchone()[0]
+        return found == 1
+
+    def invalidated(self, wf: int, limit: int) -> tuple[int, list[str]]:
+        """Tasks a changed fingerprint made run again that have not completed since.
+
+        Return how many, and the ids of the ``limit`` most recently invalidated.
+        """
+        if not self._db.execute("SELECT invalidated FROM workflows WHERE id = ?",
+                                (wf,)).fetchone()[0]:  # the counter spares a scan
+            return 0, []
+        seqs = [seq for (seq,) in self._db.execute(
+            "SELECT e.seq FROM events e JOIN tasks t ON t.wf = e.wf AND t.seq = e.seq"
+            " WHERE e.wf = ? AND e.state = 'invalidated' AND t.state != 'completed'"
+            " GROUP BY e.seq ORDER BY max(e.id) DESC", (wf,))]
+        names = self._names(wf, seqs[:limit])
+        return len(seqs), [names[seq] for seq in seqs[:limit]]
+
+    def maps_items(self, wf: int) -> bool:
+        """Whether a workflow is pmap's or the joblib backend's (its keys name no task)."""
+        found: int = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM key_blocks WHERE wf = ? AND named = 0)",
+            (wf,)).fetchone()[0]
         return found == 1
 
     def workflow_activity(self) -> list[tuple[str, float, int]]:

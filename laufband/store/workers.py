@@ -126,6 +126,13 @@ class WorkerOperations(TaskOperations):
             "UPDATE workers SET beat = beat + 1, seen = ? WHERE id = ?", (time.time(), worker)
         )
 
+    def worker_of(self, wf: int, host: str, pid: int) -> int | None:
+        """Return the online worker of ``wf`` that process ``pid`` on ``host`` runs."""
+        row = self._db.execute(
+            "SELECT id FROM workers WHERE wf = ? AND host = ? AND pid = ? AND state = 'online'"
+            " ORDER BY id DESC LIMIT 1", (wf, host, pid)).fetchone()
+        return None if row is None else int(row[0])
+
     def online_worker(self, identifier: str) -> WorkerRecord | None:
         """Return the online worker named ``identifier``, if any."""
         row = self._db.execute(

@@ -1,0 +1,93 @@
+"""Task(priority=...): workers claim the highest priorities first, ties in input order."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from laufband import Graphband, Task
+from laufband.store import NewTask, Scope, Store
+from tests.helpers.procs import HELPERS, Processes, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+QUIET = {"disable": True}
+WORKERS = 4
+TASKS = 40
+
+
+def test_four_workers_start_the_highest_priorities_first(state: Path, tmp_path: Path,
+                                                         procs: Processes) -> None:
+    priorities = list(range(TASKS))
+    random.Random(19).shuffle(priorities)
+    log, go = tmp_path / "starts.log", tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(WORKERS)]
+    workers = [procs.start(HELPERS / "features_worker.py", "priorities", state,
+                           "--priorities", json.dumps(priorities), "--log", log,
+                           "--ready", ready[i], "--go", go, "--sleep", 0.15)
+               for i in range(WORKERS)]
+    wait_for(lambda: all(path.exists() for path in ready))
+    go.touch()
+    results = procs.wait_all(workers)
+    assert [code for code, _, _ in results] == [0] * WORKERS, results
+    starts = sorted((float(at), task) for task, at in
+                    (line.split() for line in log.read_text().splitlines()))
+    assert sorted(task for _, task in starts) == sorted(f"t{i}" for i in range(TASKS))
+    # rank 0: the highest priority
+    rank = {f"t{i}": TASKS - 1 - p for i, p in enumerate(priorities)}
+    order = [rank[task] for _, task in starts]
+    # Workers claim a few tasks at once (batches), so the order is not exact; but the
+    # first tasks to start are of the highest priorities, and every task of the top
+    # quarter starts before any of the lower half.
+    assert set(order[:WORKERS]) <= set(range(2 * WORKERS)), order
+    first_low = min(at for at, task in starts if rank[task] >= TASKS // 2)
+    last_high = max(at for at, task in starts if rank[task] < TASKS // 4)
+    assert last_high < first_low, order
+
+
+def test_a_batched_claim_takes_the_highest_ready_priorities(state: Path) -> None:
+    store = Store(state)
+    try:
+        with store.transaction() as tx:
+            workflow = tx.open_workflow("batch", keyed=True)
+            tasks = [NewTask(f"t{i}", priority=p)
+                     for i, p in enumerate([0, 5, -1, 5, 3, 0, 9, -1, 3, 0])]
+            numbers = tx.register_keyed(workflow, tasks, {})
+            me = tx.register_worker("w", workflow.id, "h", 1, "", None, [])
+            names = {seq: key for key, seq in numbers.items()}
+            first = [names[s] for s in tx.claim(workflow.id, me, 5, [], Scope())]
+            second = [names[s] for s in tx.claim(workflow.id, me, 5, [], Scope())]
+    finally:
+        store.close()
+    assert first == ["t6", "t1", "t3", "t4", "t8"]  # 9, 5, 5, 3, 3: ties in input order
+    assert second == ["t0", "t5", "t9", "t2", "t7"]  # then 0, 0, 0 before -1, -1
+
+
+def test_plain_tasks_registered_later_come_before_negative_priorities(state: Path) -> None:
+    first = Graphband([Task("low", priority=-1), Task("a")], path=state, name="later",
+                      tqdm_kwargs=QUIET)
+    for task in first:
+        assert task.id == "a"
+        first.close()  # "a" completed, "low" left pending
+    ran = [t.id for t in Graphband([Task("low", priority=-1), Task("b"), Task("c")],
+                                   path=state, name="later", tqdm_kwargs=QUIET)]
+    assert ran == ["b", "c", "low"]
+
+
+@pytest.mark.parametrize(("priority", "message"), [
+    (1.5, "Task 'x': priority must be an integer (higher runs first), got 1.5 (float)"),
+    ("high", "Task 'x': priority must be an integer (higher runs first), got 'high' (str)"),
+    (True, "Task 'x': priority must be an integer (higher runs first), got True (bool)"),
+])
+def test_a_priority_that_is_no_integer_is_refused(priority: object, message: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        Task("x", priority=priority)  # type: ignore[arg-type]
+    assert str(caught.value) == message + ": use int(...)"
+
+
+def test_equal_priorities_keep_input_order(state: Path) -> None:
+    tasks = [Task(f"t{i}", priority=i % 2) for i in range(6)]
+    ran = [t.id for t in Graphband(tasks, path=state, name="ties", tqdm_kwargs=QUIET)]
+    assert ran == ["t1", "t3", "t5", "t0", "t2", "t4"]
