@@ -108,12 +108,15 @@ def _worker_row(w: WorkerStatus) -> list[Any]:
 
 
 def failure_line(failure: FailureStatus) -> str:
-    """Return ``failed 47 ('h2o'): RuntimeError: SCF did not converge`` (escaped)."""
+    """Return ``failed 47 ('h2o'): RuntimeError: SCF did not converge`` (escaped).
+
+    A message of several lines shows its first, which names the exception, then ``...``.
+    """
     item = f" ({failure.item})" if failure.item else ""
-    error = (failure.error or "").strip().splitlines()
-    last = error[-1] if error else ""
+    lines = (failure.error or "").strip().splitlines() or [""]
+    more = " ..." if len(lines) > 1 else ""
     return (f"{failure.what()} {shown(failure.task)}{shown(item)}{info(failure.info)}:"
-            f" {shown(last)}")
+            f" {shown(lines[0])}{more}")
 
 
 def failure_block(failure: FailureStatus, *, tracebacks: bool) -> Group:
