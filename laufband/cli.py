@@ -247,8 +247,9 @@ def results(
 
 
 @app.command(help="Put failed and/or killed tasks back to pending; the next run runs them."
-             " Tasks named by id are also freed when they are stuck running on a worker"
-             " that is no longer online." + _examples(
+             " Workers that are gone (their process, on this host; their heartbeat,"
+             " older than the heartbeat timeout, elsewhere) are reaped first, as a"
+             " worker would: their tasks go back to pending." + _examples(
                  "laufband retry --failed -w main", "laufband retry -w main 17 42"))
 def retry(
     task_ids: Annotated[list[str] | None, typer.Argument(help="Only these task ids.")] = None,
@@ -264,9 +265,13 @@ def retry(
     states = tuple(s for s, chosen in (("failed", failed), ("killed", killed)) if chosen)
     name = _one_workflow(monitor, workflow)
     try:
+        gone = monitor.reap_gone()
         count = monitor.retry(name, states or ("failed", "killed"), tuple(task_ids or ()))
     except StateError as error:
         _fail(str(error))
+    for identifier, host, pid, returned in gone:
+        typer.echo(f"worker {shown(identifier)} (host {shown(host)}, pid {pid}) is gone: its"
+                   f" {returned} task(s) are pending again (the one it ran counts a kill)")
     typer.echo(f"{count} task(s) of workflow {name!r} are pending again")
 
 

@@ -18,7 +18,17 @@ from typing import Any, NamedTuple
 from laufband.errors import StateError
 from laufband.inflight import read_record
 from laufband.legacy import MONITOR_REPLACED, refuse_replaced
-from laufband.store import HOST, STATES, StateDirectory, StateReader, Store, Transaction
+from laufband.liveness import DeadWorkerDetector, looks_dead
+from laufband.options import resolve
+from laufband.store import (
+    HOST,
+    STATES,
+    StateDirectory,
+    StateReader,
+    Store,
+    Transaction,
+    WorkerRecord,
+)
 
 RECENT_EVENTS = 5
 RECENT_FAILURES = 5  # failures each workflow's status carries (``failures()``: all)
@@ -28,6 +38,10 @@ PATIENCE = 5.0
 # What status counts: the store's running tasks split into those a worker runs now
 # and those claimed in a batch but not started yet.
 COUNTED = ("pending", "claimed", "running", "completed", "failed", "killed", "blocked")
+# Workers' defaults (LAUFBAND_HEARTBEAT_TIMEOUT, LAUFBAND_MAX_KILLED_RETRIES apply):
+# when a worker of another host is shown dead, and how `retry` reaps the dead.
+HEARTBEAT_TIMEOUT = 30.0
+MAX_KILLED_RETRIES = 1
 
 
 class WorkerStatus(NamedTuple):
@@ -38,7 +52,7 @@ class WorkerStatus(NamedTuple):
     pid: int
     rank: int | None
     labels: list[str]
-    state: str  # online, offline or dead
+    state: str  # online, offline or dead (also when it looks dead but is not reaped yet)
     current: str | None  # the task it runs now (as of its latest flush), if any
     done: int  # tasks it completed
     last_seen: float  # seconds since its last heartbeat or flush
@@ -141,6 +155,7 @@ class Monitor:
         self.path = self.state.path
         self._reader = StateReader(self.state, PATIENCE)
         self._store: Store | None = None  # opened for retry, reset and prune only
+        self._timeout = resolve("heartbeat_timeout", None, HEARTBEAT_TIMEOUT, float)
 
     def workflows(self) -> list[str]:
         """Return the names of all workflows, oldest first."""
@@ -194,6 +209,19 @@ class Monitor:
         with self._writer().transaction() as tx:
             return tx.retry(self._number(tx, workflow), states, tasks)
 
+    def reap_gone(self) -> list[tuple[str, str, int, int]]:
+        """Reap online workers that are gone, as a worker's reaper would; say who.
+
+        Gone: on this host, its process is; elsewhere, its heartbeat is older than the
+        heartbeat timeout. Their tasks go back to pending (the one each ran counts a
+        kill). Returns each reaped worker's identifier, host, pid and tasks returned.
+        """
+        detector = DeadWorkerDetector(self._timeout, self.state)
+        retries = resolve("max_killed_retries", None, MAX_KILLED_RETRIES, int)
+        with self._writer().transaction() as tx:
+            reaped = detector.reap_gone(tx, retries)
+        return [(w.identifier, w.host, w.pid, count) for w, count in reaped]
+
     def reset(self, workflow: str) -> None:
         """Delete everything stored for ``workflow``, result files included."""
         with self._writer().transaction() as tx:
@@ -220,7 +248,7 @@ class Monitor:
     def _workflow(self, tx: Transaction, name: str, now: float) -> WorkflowStatus:
         wf = self._number(tx, name)
         held = tx.counts(wf)
-        rows = self._running_now(tx, wf, tx.workers(wf))
+        rows = self._running_now(tx, wf, [self._as_seen(row, now) for row in tx.workers(wf)])
         latest = tx.latest_events(wf, RECENT_EVENTS)
         infos = tx.task_infos(wf, {r[6] for r in rows if r[6]} | {e[0] for e in latest})
         workers = [_worker(row, infos, now) for row in rows]
@@ -237,6 +265,16 @@ class Monitor:
         return WorkflowStatus(name, total, counts, workers, events,
                               _failures(tx, wf, RECENT_FAILURES), tx.failure_count(wf),
                               rate, eta, tx.stores_results(wf))
+
+    def _as_seen(self, row: tuple[Any, ...], now: float) -> tuple[Any, ...]:
+        """Show an online worker that looks dead as dead (its reaping is a worker's job)."""
+        if row[5] != "online":
+            return row
+        ident, host, pid, seen, number, token = row[0], row[1], row[2], row[8], row[10], row[11]
+        if looks_dead(WorkerRecord(number, ident, host, pid, token or "", 0, seen or now), now,
+                      self._timeout):
+            return (*row[:5], "dead", *row[6:])
+        return row
 
     def _running_now(self, tx: Transaction, wf: int,
                      rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -274,7 +312,7 @@ class Monitor:
 
 
 def _worker(row: tuple[Any, ...], infos: dict[str, dict[str, Any]], now: float) -> WorkerStatus:
-    ident, host, pid, rank, labels, state, current, done, seen, started, _ = row
+    ident, host, pid, rank, labels, state, current, done, seen, started, _, _ = row
     last = now if state == "online" else (seen or now)
     span = last - (started or last)
     return WorkerStatus(ident, host, pid, rank, json.loads(labels or "[]"), state, current,

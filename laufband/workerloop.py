@@ -551,10 +551,13 @@ class WorkerLoop:
                 session.next_batch = batch = self._claim(tx)
                 tx.set_current(number, batch[0] if batch else None)
             stop = stopped_by_policy(tx, workflow.id, settings)
-        # Dead workers are looked for when no task is left to claim, and every
-        # heartbeat interval: not by every worker as it starts.
-        session.last_reap = time.monotonic()
-        self._sizer.observe_transaction(session.last_reap - began)
+        # Dead workers are looked for when no task is left to claim (the first time
+        # at once: a short run still reaps, at most one worker per IDLE_REAP among all,
+        # see take_reap_turn), and every heartbeat interval: not by every worker as it
+        # starts.
+        started = time.monotonic()
+        session.last_reap = started - IDLE_REAP
+        self._sizer.observe_transaction(started - began)
         self._progress_bar.renew()
         session.begin(settings.heartbeat_interval, final_bodies=self._sink is None,
                       watch=OverrunWatch(session, settings.heartbeat_timeout))

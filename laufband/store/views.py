@@ -85,11 +85,11 @@ class ViewOperations(TaskOperations):
 
         Each is identifier, host, pid, rank, labels, state, current task (the one it
         runs, as of its latest flush), tasks done, last heartbeat and start (wall
-        clock), and its number (that of its in-flight record).
+        clock), its number (that of its in-flight record) and its process token.
         """
         rows = self._db.execute(
             "SELECT identifier, host, pid, rank, labels, state, current, done, seen, started,"
-            " id"
+            " id, token"
             " FROM workers WHERE wf = ? ORDER BY state != 'online', id DESC", (wf,)
         ).fetchall()
         names = self._names(wf, {row[6] for row in rows if row[6] is not None})
