@@ -300,15 +300,16 @@ def reset(
     typer.echo(f"workflow {name!r} deleted from {monitor.path}")
 
 
-@app.command(help="Remove workflows no worker has touched for a given age, or all but the"
-             " newest digest of each pmap (or joblib) function: every edit of the"
-             " function leaves a workflow behind. Lists them and asks first; workflows"
-             " with an online worker are kept." + _examples(
+@app.command(help="Remove workflows unused for a given age, or all but the newest (most"
+             " recently used) digest of each pmap (or joblib) function: every edit of the"
+             " function leaves a workflow behind. Both options: superseded digests unused"
+             " for that age. Lists them and asks first; workflows with an online worker,"
+             " or used since they were listed, are kept." + _examples(
                  "laufband prune --superseded --dry-run", "laufband prune --older-than 7d",
                  "laufband prune --superseded --older-than 30d --yes"))
 def prune(
     older_than: Annotated[str | None, typer.Option(
-        "--older-than", help="Untouched for this long: 90s, 30m, 12h, 7d, 2w.")] = None,
+        "--older-than", help="Unused for this long: 90s, 30m, 12h, 7d, 2w.")] = None,
     superseded: Annotated[bool, typer.Option(
         "--superseded", help="All but the newest digest of each pmap/joblib function.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list them.")] = False,
@@ -327,9 +328,9 @@ def prune(
     except ValueError as error:
         _fail(str(error))
     monitor = _open(path)
+    listed = time.time()
     try:
-        chosen = candidates(monitor.activity(), time.time(), older_than=age,
-                            superseded=superseded)
+        chosen = candidates(monitor.activity(), listed, older_than=age, superseded=superseded)
     except StateError as error:
         _fail(str(error))
     console = Console(soft_wrap=True)
@@ -345,11 +346,13 @@ def prune(
     if not yes and not typer.confirm(f"Remove these {len(chosen)} workflow(s)?"):
         raise typer.Exit(1)
     try:
-        for candidate in chosen:
-            monitor.reset(candidate.name)
+        removed = monitor.prune([candidate.name for candidate in chosen], listed)
     except StateError as error:
         _fail(str(error))
-    console.print(Text(f"{len(chosen)} workflow(s) removed"))
+    for candidate in chosen:
+        if candidate.name not in removed:
+            console.print(Text(f"kept {shown(candidate.name)}: used since it was listed"))
+    console.print(Text(f"{len(removed)} workflow(s) removed"))
 
 
 def _one_workflow(monitor: Monitor, workflow: str | None) -> str:

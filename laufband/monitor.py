@@ -229,8 +229,29 @@ class Monitor:
             tx.reset(wf)
         shutil.rmtree(self.state.results_of(wf), ignore_errors=True)
 
+    def prune(self, names: list[str], listed: float) -> list[str]:
+        """Delete ``names`` in one transaction; return those deleted.
+
+        A workflow that a worker is online on, or that was used after ``listed`` (when
+        the caller read :meth:`activity`), is kept: someone runs it now.
+        """
+        removed = []
+        with self._writer().transaction() as tx:
+            for name in names:
+                wf = tx.find_workflow(name)
+                if wf is not None and not tx.touched_since(wf, listed):
+                    tx.reset(wf)
+                    removed.append((name, wf))
+        for _, wf in removed:
+            shutil.rmtree(self.state.results_of(wf), ignore_errors=True)
+        return [name for name, _ in removed]
+
     def activity(self) -> list[tuple[str, float, int]]:
-        """Return each workflow's name, last activity (Unix time) and online workers."""
+        """Return each workflow's name, last activity (Unix time) and online workers.
+
+        The activity is when a worker last touched it, or a caller (a pmap call, a
+        loop) last opened it, or its creation.
+        """
         with self._reader.transaction() as tx:
             return tx.workflow_activity()
 
