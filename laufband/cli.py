@@ -218,7 +218,7 @@ def results(
     lock: OriginalLock = None,
 ) -> None:
     """Export a pmap or joblib workflow's results."""
-    from laufband.exports import FORMATS, export
+    from laufband.exports import FORMATS, export, unloadable
 
     if fmt not in FORMATS:
         _fail(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -226,8 +226,18 @@ def results(
         _fail("pickle is binary: write it to a file with -o FILE")
     monitor = _open(path)
     name = _one_workflow(monitor, workflow)
+    # As `python -m` and `python script.py` do: the classes of a project's results
+    # import from the directory it is run in.
+    here = str(Path.cwd())
+    if here not in sys.path:
+        sys.path.insert(0, here)
     try:
         found = monitor.results(name)
+    except StateError as error:
+        _fail(str(error))
+    except Exception as error:  # noqa: BLE001 - whatever the user's classes raise as they load
+        _fail(unloadable(name, error))
+    try:
         [flow] = monitor.status(name)
         data = export(found, fmt)
     except (StateError, ValueError) as error:
@@ -242,7 +252,11 @@ def results(
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return
-    output.write_bytes(data)
+    try:
+        output.write_bytes(data)
+    except OSError as error:
+        _fail(f"cannot write {output} ({error.strerror}): give -o a file in a directory that"
+              " exists and that you can write")
     Console(stderr=True).print(Text(f"{len(found)} result(s) written to {output}"))
 
 

@@ -16,6 +16,22 @@ from typing import Any
 FORMATS = ("json", "csv", "pickle")
 
 
+def unloadable(workflow: str, error: Exception) -> str:
+    """Say why the results of ``workflow`` cannot be loaded here, and what to do."""
+    if isinstance(error, ImportError) and error.name:
+        return (f"the results of workflow {workflow!r} hold objects of module {error.name!r},"
+                f" which cannot be imported here ({error}): run laufband results in the"
+                " directory that holds it, or put it on PYTHONPATH")
+    if isinstance(error, AttributeError) and "__main__" in str(error):
+        return (f"the results of workflow {workflow!r} hold objects of a class defined in"
+                " the script that ran pmap (__main__), which only that script can load:"
+                f" read them there with laufband.Monitor(path).results({workflow!r}), or"
+                " move the class into a module")
+    return (f"cannot load the results of workflow {workflow!r} here"
+            f" ({type(error).__name__}: {error}): read them in Python with"
+            f" laufband.Monitor(path).results({workflow!r}) where their classes import")
+
+
 def export(results: list[Any], fmt: str) -> bytes:
     """Return ``results`` in format ``fmt``.
 
