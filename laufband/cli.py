@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.text import Text
 
 import laufband
+from laufband.commands import command
 from laufband.display import failure_block, render, shown
 from laufband.errors import StateError
 from laufband.monitor import Monitor, WorkflowStatus
@@ -246,8 +247,8 @@ def results(
     if missing:
         Console(stderr=True, soft_wrap=True).print(Text(
             f"{missing} of {flow.total} task(s) of workflow {shown(name)!r} have no result"
-            f" yet (pending, running, failed or killed): see laufband failures -w"
-            f" {shown(name)}"))
+            f" yet (pending, running, failed or killed): see"
+            f" {command('failures', '-w', name, '--path', monitor.path)}"))
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()

@@ -18,6 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from laufband.commands import command
 from laufband.monitor import COUNTED, FailureStatus, WorkerStatus, WorkflowStatus
 
 STATE_STYLES = {"pending": "white", "claimed": "blue", "running": "cyan", "completed": "green",
@@ -54,7 +55,7 @@ def _panel(flow: WorkflowStatus, *, all_workers: bool) -> Panel:
                  for failure in flow.failures[:SHOWN_FAILURES])
     more = flow.failure_count - min(len(flow.failures), SHOWN_FAILURES)
     if more > 0:
-        parts.append(Text(f"... {more:,} more: laufband failures -w {shown(flow.name)}",
+        parts.append(Text(f"... {more:,} more: {command('failures', '-w', flow.name)}",
                           style="dim", overflow="ellipsis", no_wrap=True))
     return Panel(Group(*parts), title=Text(shown(flow.name), style="bold"), title_align="left")
 
