@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -18,7 +19,7 @@ from laufband.commands import command
 from laufband.display import failure_block, render, shown
 from laufband.errors import StateError
 from laufband.monitor import Monitor, WorkflowStatus
-from laufband.store import DEFAULT_PATH
+from laufband.store import DEFAULT_PATH, StateDirectory
 
 # "\b" keeps click from joining the lines of a block into one paragraph.
 EXAMPLES = f"""
@@ -37,6 +38,8 @@ Examples:
 Every command takes the state directory as --path DIR (default:
 LAUFBAND_PATH, else ./{DEFAULT_PATH}, or . itself if it holds state.db).
 """
+
+SHOWN_IDS = 5  # unknown task ids named in an error
 
 app = typer.Typer(
     help="Watch and manage laufband state directories." + EXAMPLES,
@@ -276,12 +279,15 @@ def retry(
     lock: OriginalLock = None,
 ) -> None:
     """Put failed and/or killed tasks back to pending."""
+    tasks = tuple(task_ids or ())
+    _refuse_state_directories(tasks)
     monitor = _open(path)
     states = tuple(s for s, chosen in (("failed", failed), ("killed", killed)) if chosen)
     name = _one_workflow(monitor, workflow)
     try:
+        _check_tasks(monitor, name, tasks)
         gone = monitor.reap_gone()
-        count = monitor.retry(name, states or ("failed", "killed"), tuple(task_ids or ()))
+        count = monitor.retry(name, states or ("failed", "killed"), tasks)
     except StateError as error:
         _fail(str(error))
     for identifier, host, pid, returned in gone:
@@ -368,6 +374,26 @@ def prune(
         if candidate.name not in removed:
             console.print(Text(f"kept {shown(candidate.name)}: used since it was listed"))
     console.print(Text(f"{len(removed)} workflow(s) removed"))
+
+
+def _refuse_state_directories(tasks: tuple[str, ...]) -> None:
+    """Refuse a state directory given where task ids go (``laufband retry DIR``)."""
+    for task in tasks:
+        if Path(task).is_dir():
+            with contextlib.suppress(StateError):
+                StateDirectory.find(task)
+                _fail(f"{task!r} is a state directory, not a task id: give it as"
+                      f" {command('retry', '--path', task)} ...")
+
+
+def _check_tasks(monitor: Monitor, workflow: str, tasks: tuple[str, ...]) -> None:
+    """Refuse task ids the workflow lacks."""
+    unknown = monitor.unknown_tasks(workflow, tasks) if tasks else []
+    if unknown:
+        shown_ids = ", ".join(map(repr, unknown[:SHOWN_IDS])) + (
+            ", ..." if len(unknown) > SHOWN_IDS else "")
+        _fail(f"workflow {workflow!r} in {monitor.path} has no task {shown_ids}: give task"
+              f" ids as status and failures show them ({command('failures', '-w', workflow)})")
 
 
 def _one_workflow(monitor: Monitor, workflow: str | None) -> str:

@@ -78,7 +78,7 @@ class FailureStatus(NamedTuple):
     item: str | None  # a short repr of a positional item
     state: str  # "failed" (it raised) or "killed" (its worker died)
     outcome: str  # the task's state after it: "pending" when it brought a retry
-    attempt: int | None  # 1 for its first run
+    attempt: int | None  # 1 for its first run (since `laufband retry` last reset its count)
     retry: int | None  # the retry it brought, if any
     retries: int | None  # the retries allowed (max_failed_retries / max_killed_retries)
     error: str | None  # one line
@@ -208,6 +208,11 @@ class Monitor:
                 raise ValueError(msg)
         with self._writer().transaction() as tx:
             return tx.retry(self._number(tx, workflow), states, tasks)
+
+    def unknown_tasks(self, workflow: str, tasks: tuple[str, ...]) -> list[str]:
+        """Return those of ``tasks`` (ids as views name them) that ``workflow`` lacks."""
+        with self._reader.transaction() as tx:
+            return tx.unknown_tasks(self._number(tx, workflow), tasks)
 
     def reap_gone(self) -> list[tuple[str, str, int, int]]:
         """Reap online workers that are gone, as a worker's reaper would; say who.

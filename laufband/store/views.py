@@ -211,6 +211,13 @@ class ViewOperations(TaskOperations):
             self._event_many(wf, [seq for (seq,) in retried], "retried")
         return len(retried)
 
+    def unknown_tasks(self, wf: int, task_ids: Sequence[str]) -> list[str]:
+        """Return those of ``task_ids`` (views' names) that name no task of ``wf``."""
+        total = self.counts(wf)
+        found = self._named_numbers(wf, task_ids)
+        return [name for name in task_ids
+                if name not in found or found[name] >= sum(total.values())]
+
     def reset(self, wf: int) -> None:
         """Delete a workflow and everything stored for it."""
         for table in ("tasks", "runs", "deps", "holders", "key_blocks", "result_chunks",
