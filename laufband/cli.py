@@ -207,8 +207,9 @@ def failures(
         console.print(failure_block(failure, tracebacks=not brief))
 
 
-@app.command(help="Write the stored results of a pmap or joblib workflow, in input order"
-             " (items without a result are left out and counted on stderr)." + _examples(
+@app.command(help="Write the stored results of a pmap or joblib workflow, one per distinct"
+             " item, in input order (items without a result are left out and counted on"
+             " stderr). JSON writes NaN and infinities as null." + _examples(
                  "laufband results -w pmap-simulate-3f2a9c0d1e2b",
                  "laufband results -w NAME --format csv -o results.csv",
                  "laufband results -w NAME --format pickle -o results.pkl"))

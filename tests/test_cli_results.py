@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +103,21 @@ def test_results_leave_out_failed_items_and_say_how_many(state: Path,
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == list(kept)
     assert "3 of 9 task(s) of workflow 'half' have no result" in " ".join(result.stderr.split())
+
+
+def not_finite(x: int) -> Any:
+    return [float("nan"), float("inf"), -float("inf"), 1.5, {"e": float("nan")},
+            (float("nan"), 2)][x]
+
+
+def test_json_results_are_strict_json_with_null_for_nan_and_infinity(
+        state: Path, procs: Processes) -> None:
+    pmap(not_finite, range(6), n=1, path=state, name="odd", progress=False)
+    result = cli(procs, "results", "--path", state, "-w", "odd")
+    assert result.returncode == 0, result.stderr
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    assert json.loads(result.stdout, parse_constant=refuse) == [
+        None, None, None, 1.5, {"e": None}, [None, 2]]
