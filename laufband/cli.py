@@ -83,14 +83,17 @@ OriginalLock = Annotated[str | None, typer.Option(
 
 def _open(path: Path | None, option: Path | None = None) -> Monitor:
     """Open the state directory given as --path DIR (or as the positional DIR)."""
-    if path is not None and option is not None and path != option:
-        _fail(f"two state directories given, {str(path)!r} and --path {str(option)!r}:"
-              " give one")
     try:
-        return Monitor(path if path is not None else option)
+        monitor = Monitor(path if path is not None else option)
+        if path is not None and option is not None \
+                and StateDirectory.find(option).path.resolve() != monitor.path.resolve():
+            _fail(f"two state directories given, {str(path)!r} and --path {str(option)!r}:"
+                  " give one")
     except StateError as error:
         _fail(str(error))
-        raise  # unreachable: _fail exits
+    except ValueError as error:  # a LAUFBAND_* variable that is not valid
+        _fail(str(error))
+    return monitor
 
 
 def _fail(message: str) -> None:
@@ -202,7 +205,7 @@ def failures(
                                "failures": [f._asdict() for f in found]}, indent=2))
         return
     console = Console(soft_wrap=True)  # the terminal wraps: tracebacks stay as they were
-    console.print(Text(f"{len(found)} failure(s) of workflow {shown(name)!r}, newest first"))
+    console.print(Text(f"{len(found)} failure(s) of workflow {name!r}, newest first"))
     for failure in found:
         console.print(failure_block(failure, tracebacks=not brief))
 
@@ -250,7 +253,7 @@ def results(
     missing = flow.total - len(found)
     if missing:
         Console(stderr=True, soft_wrap=True).print(Text(
-            f"{missing} of {flow.total} task(s) of workflow {shown(name)!r} have no result"
+            f"{missing} of {flow.total} task(s) of workflow {name!r} have no result"
             f" yet (pending, running, failed or killed): see"
             f" {command('failures', '-w', name, '--path', monitor.path)}"))
     if output is None:

@@ -8,6 +8,7 @@ or split the terminal's lines.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def speed(flow: WorkflowStatus) -> str:
     """Return `` 12.5/s ETA 3m20s`` (rate over the last minute; empty when unknown)."""
     if flow.rate is None:
         return ""
-    eta = f" ETA {duration(flow.eta)}" if flow.eta else ""
+    eta = f" ETA {duration(math.ceil(flow.eta))}" if flow.eta else ""  # 0.4 s left: 1s
     return f" {rate(flow.rate)}/s{eta}"
 
 
