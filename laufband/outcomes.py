@@ -68,7 +68,8 @@ class OutcomeSink:
         """
         text = traceback.format_exc()
         self._outcomes.append((seq, ERROR, self._pickle_error(error, text)))
-        self._failures.append(failure_record(seq, error, item, trace=text))
+        # For `laufband failures`, from the user's first frame (pmap's are left out).
+        self._failures.append(failure_record(seq, error, item))
 
     def pack(self) -> None:
         """Pickle the recorded outcomes into chunks of at most ``CHUNK`` outcomes.
