@@ -111,7 +111,8 @@ class WorkflowStatus(NamedTuple):
     failures: list[FailureStatus]  # the newest RECENT_FAILURES
     failure_count: int  # all it keeps (``Monitor.failures``)
     rate: float | None  # tasks completed per second over the last minute
-    eta: float | None  # seconds until the tasks left are done at that rate
+    eta: float | None  # seconds until the tasks left are done at that rate (None: no
+    # worker online, or no rate yet)
     stores_results: bool  # pmap's or the joblib backend's (``Monitor.results``)
 
     @property
@@ -285,7 +286,9 @@ class Monitor:
         total = sum(held.values())
         rate = tx.rate(wf, held["completed"], now)
         left = held["pending"] + held["running"]
-        eta = left / rate if rate and left else (0.0 if not left else None)
+        # No worker online: nothing runs, whatever the last minute's rate was.
+        working = any(w.state == "online" for w in workers)
+        eta = left / rate if rate and left and working else (0.0 if not left else None)
         events = [EventStatus(task, state, error, at, worker, infos.get(task, {}))
                   for task, state, error, at, worker in latest]
         return WorkflowStatus(name, total, counts, workers, events,

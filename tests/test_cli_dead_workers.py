@@ -4,8 +4,10 @@ shows it dead without writing, and ``laufband retry`` reaps it as a worker would
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -34,10 +36,11 @@ def stored_worker_states(state: Path) -> list[str]:
 
 
 def killed_while_running(procs: Processes, state: Path) -> int:
-    """Start a worker, SIGKILL it while it runs item 2; return its pid."""
+    """Start a worker, SIGKILL it while it runs item 2 (after a second); return its pid."""
     logs = state.parent / "logs"
     worker = procs.worker(state, logs, "--items", 10, "--sleep-on", 2, "--sleep", 60)
     wait_for(lambda: "2" in read_log(logs / f"{worker.pid}.start"), what="item 2")
+    time.sleep(1.2)  # a rate is known from a second on: the ETA it would give is not shown
     worker.kill()
     worker.wait(timeout=QUIT_DEADLINE)
     return worker.pid
@@ -57,6 +60,7 @@ def test_status_shows_a_killed_worker_dead_without_writing(state: Path,
     assert flow["eta"] is None
     text = cli(procs, "status", "--path", state)
     assert " dead " in text.stdout
+    assert "ETA" not in text.stdout
     assert " online " not in text.stdout
     assert stored_worker_states(state) == ["online"]  # only shown dead
     assert (state / "state.db").read_bytes() == before
@@ -67,9 +71,10 @@ def test_retry_by_id_frees_a_task_left_on_a_killed_worker(state: Path,
     pid = killed_while_running(procs, state)
     result = cli(procs, "retry", "--path", state, "-w", "work", "2")
     assert result.returncode == 0, result.stderr
-    expected = (f" pid {pid}) is gone: its 8 task(s) are pending again (the one it ran"
-                " counts a kill)\n0 task(s) of workflow 'work' are pending again\n")
-    assert expected in result.stdout
+    # How many it held depends on whether the overrun watch handed its batch back.
+    assert re.fullmatch(rf"worker \S+ \(host \S+, pid {pid}\) is gone: its \d+ task\(s\) are"
+                        r" pending again \(the one it ran counts a kill\)\n"
+                        r"0 task\(s\) of workflow 'work' are pending again\n", result.stdout)
     assert stored_worker_states(state) == ["dead"]
     [flow] = json.loads(cli(procs, "status", "--path", state, "--json").stdout)["workflows"]
     assert flow["counts"]["running"] == 0
