@@ -495,16 +495,17 @@ class WorkerLoop:
         self._settle_background(raise_stop=False)
         interrupted = isinstance(error, KeyboardInterrupt) or session.interrupted == seq
         session.settle(body_finished=False)
+        # Described before the lock: str() and repr() of the user's objects run user code.
+        text = None if error is not None else "the loop was left by break or an exception"
+        record = None if interrupted else failure_record(seq, error,
+                                                         self._described_item(seq), text)
         # The task stays ours (in current) until the transaction commits: if a second
         # signal cuts it short, _stop() still hands the task back.
         with session.store.transaction() as tx:
-            if interrupted:
+            if record is None:
                 tx.release(session.wf, session.number, [seq])
             else:
-                text = None if error is not None else "the loop was left by break or an exception"
-                tx.fail(session.wf, session.number,
-                        failure_record(seq, error, self._described_item(seq), text),
-                        self._settings.max_failed_retries)
+                tx.fail(session.wf, session.number, record, self._settings.max_failed_retries)
         session.settled.add(seq)
         if error is None and not interrupted:
             interrupts.remember_failure(interrupts.Failure(

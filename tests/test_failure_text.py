@@ -120,3 +120,32 @@ def test_a_huge_message_is_stored_cut_short(procs: Processes, tmp_path: Path,
     assert len(failure["traceback"]) <= 64 * 1024
     assert "characters of the traceback left out" in failure["traceback"]
     assert len(brief(procs, state, "huge")) < 1500
+
+
+LOCK_PROBE = """
+import sys, time
+from laufband import Laufband, Monitor
+state = sys.argv[1]
+class Probe:
+    def __repr__(self):
+        began = time.monotonic()
+        Monitor(state).status()  # a reader: waits while a writer holds the state lock
+        print(f"repr waited {time.monotonic() - began:.1f} s", flush=True)
+        return "Probe()"
+try:
+    for item in Laufband([Probe()], path=state, name="probe", tqdm_kwargs={"disable": True}):
+        raise RuntimeError("left")
+except RuntimeError:
+    pass
+"""
+
+
+def test_an_items_repr_runs_without_the_state_lock(procs: Processes, tmp_path: Path,
+                                                   state: Path) -> None:
+    script = tmp_path / "probe.py"
+    script.write_text(LOCK_PROBE)
+    result = procs.python(script, state)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "repr waited 0.0 s\n"
+    [failure] = failures(procs, state, "probe")
+    assert failure["item"] == "Probe()"
