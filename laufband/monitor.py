@@ -20,6 +20,7 @@ from laufband.inflight import read_record
 from laufband.legacy import MONITOR_REPLACED, refuse_replaced
 from laufband.liveness import DeadWorkerDetector, looks_dead
 from laufband.options import resolve
+from laufband.settings import HEARTBEAT_TIMEOUT, MAX_KILLED_RETRIES
 from laufband.store import (
     HOST,
     STATES,
@@ -38,10 +39,6 @@ PATIENCE = 5.0
 # What status counts: the store's running tasks split into those a worker runs now
 # and those claimed in a batch but not started yet.
 COUNTED = ("pending", "claimed", "running", "completed", "failed", "killed", "blocked")
-# Workers' defaults (LAUFBAND_HEARTBEAT_TIMEOUT, LAUFBAND_MAX_KILLED_RETRIES apply):
-# when a worker of another host is shown dead, and how `retry` reaps the dead.
-HEARTBEAT_TIMEOUT = 30.0
-MAX_KILLED_RETRIES = 1
 
 
 class WorkerStatus(NamedTuple):
@@ -156,6 +153,8 @@ class Monitor:
         self.path = self.state.path
         self._reader = StateReader(self.state, PATIENCE)
         self._store: Store | None = None  # opened for retry, reset and prune only
+        # As workers resolve them (LAUFBAND_HEARTBEAT_TIMEOUT): when a worker of another
+        # host is shown dead, and when `retry` reaps it.
         self._timeout = resolve("heartbeat_timeout", None, HEARTBEAT_TIMEOUT, float)
 
     def workflows(self) -> list[str]:
