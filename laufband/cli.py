@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -14,10 +15,11 @@ from rich.live import Live
 from rich.text import Text
 
 import laufband
+from laufband.commands import command
 from laufband.display import failure_block, render, shown
 from laufband.errors import StateError
 from laufband.monitor import Monitor, WorkflowStatus
-from laufband.store import DEFAULT_PATH
+from laufband.store import DEFAULT_PATH, StateDirectory
 
 # "\b" keeps click from joining the lines of a block into one paragraph.
 EXAMPLES = f"""
@@ -36,6 +38,8 @@ Examples:
 Every command takes the state directory as --path DIR (default:
 LAUFBAND_PATH, else ./{DEFAULT_PATH}, or . itself if it holds state.db).
 """
+
+SHOWN_IDS = 5  # unknown task ids named in an error
 
 app = typer.Typer(
     help="Watch and manage laufband state directories." + EXAMPLES,
@@ -79,14 +83,17 @@ OriginalLock = Annotated[str | None, typer.Option(
 
 def _open(path: Path | None, option: Path | None = None) -> Monitor:
     """Open the state directory given as --path DIR (or as the positional DIR)."""
-    if path is not None and option is not None and path != option:
-        _fail(f"two state directories given, {str(path)!r} and --path {str(option)!r}:"
-              " give one")
     try:
-        return Monitor(path if path is not None else option)
+        monitor = Monitor(path if path is not None else option)
+        if path is not None and option is not None \
+                and StateDirectory.find(option).path.resolve() != monitor.path.resolve():
+            _fail(f"two state directories given, {str(path)!r} and --path {str(option)!r}:"
+                  " give one")
     except StateError as error:
         _fail(str(error))
-        raise  # unreachable: _fail exits
+    except ValueError as error:  # a LAUFBAND_* variable that is not valid
+        _fail(str(error))
+    return monitor
 
 
 def _fail(message: str) -> None:
@@ -198,14 +205,15 @@ def failures(
                                "failures": [f._asdict() for f in found]}, indent=2))
         return
     console = Console(soft_wrap=True)  # the terminal wraps: tracebacks stay as they were
-    console.print(Text(f"{len(found)} failure(s) of workflow {shown(name)!r}, newest first"))
+    console.print(Text(f"{len(found)} failure(s) of workflow {name!r}, newest first"))
     for failure in found:
         console.print(failure_block(failure, tracebacks=not brief))
 
 
 @app.command(help="Write the stored results of a workflow, in input order: a pmap or"
-             " joblib workflow's results, or a loop's {task, result} pairs saved by"
-             " worker.save() (items without a result are left out and counted on stderr)."
+             " joblib workflow's results (one per distinct item), or a loop's {task,"
+             " result} pairs saved by worker.save() (items without a result are left out"
+             " and counted on stderr). JSON writes NaN and infinities as null."
              + _examples(
                  "laufband results -w pmap-simulate-3f2a9c0d1e2b",
                  "laufband results -w NAME --format csv -o results.csv",
@@ -220,7 +228,7 @@ def results(
     lock: OriginalLock = None,
 ) -> None:
     """Export a workflow's results."""
-    from laufband.exports import FORMATS, export
+    from laufband.exports import FORMATS, export, unloadable
 
     if fmt not in FORMATS:
         _fail(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -228,8 +236,18 @@ def results(
         _fail("pickle is binary: write it to a file with -o FILE")
     monitor = _open(path)
     name = _one_workflow(monitor, workflow)
+    # As `python -m` and `python script.py` do: the classes of a project's results
+    # import from the directory it is run in.
+    here = str(Path.cwd())
+    if here not in sys.path:
+        sys.path.insert(0, here)
     try:
         found = monitor.results(name)
+    except StateError as error:
+        _fail(str(error))
+    except Exception as error:  # noqa: BLE001 - whatever the user's classes raise as they load
+        _fail(unloadable(name, error))
+    try:
         [flow] = monitor.status(name)
         data = export(found, fmt)
     except (StateError, ValueError) as error:
@@ -237,20 +255,25 @@ def results(
     missing = flow.total - len(found)
     if missing:
         Console(stderr=True, soft_wrap=True).print(Text(
-            f"{missing} of {flow.total} task(s) of workflow {shown(name)!r} have no result"
+            f"{missing} of {flow.total} task(s) of workflow {name!r} have no result"
             f" (pending, running, failed or killed, or a loop body saved none): see"
-            f" laufband failures -w {shown(name)}"))
+            f" {command('failures', '-w', name, '--path', monitor.path)}"))
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return
-    output.write_bytes(data)
+    try:
+        output.write_bytes(data)
+    except OSError as error:
+        _fail(f"cannot write {output} ({error.strerror}): give -o a file in a directory that"
+              " exists and that you can write")
     Console(stderr=True).print(Text(f"{len(found)} result(s) written to {output}"))
 
 
 @app.command(help="Put failed and/or killed tasks back to pending; the next run runs them."
-             " Tasks named by id are also freed when they are stuck running on a worker"
-             " that is no longer online." + _examples(
+             " Workers that are gone (their process, on this host; their heartbeat,"
+             " older than the heartbeat timeout, elsewhere) are reaped first, as a"
+             " worker would: their tasks go back to pending." + _examples(
                  "laufband retry --failed -w main", "laufband retry -w main 17 42"))
 def retry(
     task_ids: Annotated[list[str] | None, typer.Argument(help="Only these task ids.")] = None,
@@ -262,13 +285,20 @@ def retry(
     lock: OriginalLock = None,
 ) -> None:
     """Put failed and/or killed tasks back to pending."""
+    tasks = tuple(task_ids or ())
+    _refuse_state_directories(tasks)
     monitor = _open(path)
     states = tuple(s for s, chosen in (("failed", failed), ("killed", killed)) if chosen)
     name = _one_workflow(monitor, workflow)
     try:
-        count = monitor.retry(name, states or ("failed", "killed"), tuple(task_ids or ()))
+        _check_tasks(monitor, name, tasks)
+        gone = monitor.reap_gone()
+        count = monitor.retry(name, states or ("failed", "killed"), tasks)
     except StateError as error:
         _fail(str(error))
+    for identifier, host, pid, returned in gone:
+        typer.echo(f"worker {shown(identifier)} (host {shown(host)}, pid {pid}) is gone: its"
+                   f" {returned} task(s) are pending again (the one it ran counts a kill)")
     typer.echo(f"{count} task(s) of workflow {name!r} are pending again")
 
 
@@ -297,15 +327,16 @@ def reset(
     typer.echo(f"workflow {name!r} deleted from {monitor.path}")
 
 
-@app.command(help="Remove workflows no worker has touched for a given age, or all but the"
-             " newest digest of each pmap (or joblib) function: every edit of the"
-             " function leaves a workflow behind. Lists them and asks first; workflows"
-             " with an online worker are kept." + _examples(
+@app.command(help="Remove workflows unused for a given age, or all but the newest (most"
+             " recently used) digest of each pmap (or joblib) function: every edit of the"
+             " function leaves a workflow behind. Both options: superseded digests unused"
+             " for that age. Lists them and asks first; workflows with an online worker,"
+             " or used since they were listed, are kept." + _examples(
                  "laufband prune --superseded --dry-run", "laufband prune --older-than 7d",
                  "laufband prune --superseded --older-than 30d --yes"))
 def prune(
     older_than: Annotated[str | None, typer.Option(
-        "--older-than", help="Untouched for this long: 90s, 30m, 12h, 7d, 2w.")] = None,
+        "--older-than", help="Unused for this long: 90s, 30m, 12h, 7d, 2w.")] = None,
     superseded: Annotated[bool, typer.Option(
         "--superseded", help="All but the newest digest of each pmap/joblib function.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list them.")] = False,
@@ -324,9 +355,9 @@ def prune(
     except ValueError as error:
         _fail(str(error))
     monitor = _open(path)
+    listed = time.time()
     try:
-        chosen = candidates(monitor.activity(), time.time(), older_than=age,
-                            superseded=superseded)
+        chosen = candidates(monitor.activity(), listed, older_than=age, superseded=superseded)
     except StateError as error:
         _fail(str(error))
     console = Console(soft_wrap=True)
@@ -342,11 +373,33 @@ def prune(
     if not yes and not typer.confirm(f"Remove these {len(chosen)} workflow(s)?"):
         raise typer.Exit(1)
     try:
-        for candidate in chosen:
-            monitor.reset(candidate.name)
+        removed = monitor.prune([candidate.name for candidate in chosen], listed)
     except StateError as error:
         _fail(str(error))
-    console.print(Text(f"{len(chosen)} workflow(s) removed"))
+    for candidate in chosen:
+        if candidate.name not in removed:
+            console.print(Text(f"kept {shown(candidate.name)}: used since it was listed"))
+    console.print(Text(f"{len(removed)} workflow(s) removed"))
+
+
+def _refuse_state_directories(tasks: tuple[str, ...]) -> None:
+    """Refuse a state directory given where task ids go (``laufband retry DIR``)."""
+    for task in tasks:
+        if Path(task).is_dir():
+            with contextlib.suppress(StateError):
+                StateDirectory.find(task)
+                _fail(f"{task!r} is a state directory, not a task id: give it as"
+                      f" {command('retry', '--path', task)} ...")
+
+
+def _check_tasks(monitor: Monitor, workflow: str, tasks: tuple[str, ...]) -> None:
+    """Refuse task ids the workflow lacks."""
+    unknown = monitor.unknown_tasks(workflow, tasks) if tasks else []
+    if unknown:
+        shown_ids = ", ".join(map(repr, unknown[:SHOWN_IDS])) + (
+            ", ..." if len(unknown) > SHOWN_IDS else "")
+        _fail(f"workflow {workflow!r} in {monitor.path} has no task {shown_ids}: give task"
+              f" ids as status and failures show them ({command('failures', '-w', workflow)})")
 
 
 def _one_workflow(monitor: Monitor, workflow: str | None) -> str:

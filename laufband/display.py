@@ -8,6 +8,7 @@ or split the terminal's lines.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from laufband.commands import command
 from laufband.monitor import COUNTED, FailureStatus, WorkerStatus, WorkflowStatus
 
 STATE_STYLES = {"pending": "white", "claimed": "blue", "running": "cyan", "completed": "green",
@@ -60,7 +62,7 @@ def _panel(flow: WorkflowStatus, *, all_workers: bool) -> Panel:
                  for failure in flow.failures[:SHOWN_FAILURES])
     more = flow.failure_count - min(len(flow.failures), SHOWN_FAILURES)
     if more > 0:
-        parts.append(Text(f"... {more:,} more: laufband failures -w {shown(flow.name)}",
+        parts.append(Text(f"... {more:,} more: {command('failures', '-w', flow.name)}",
                           style="dim", overflow="ellipsis", no_wrap=True))
     return Panel(Group(*parts), title=Text(shown(flow.name), style="bold"), title_align="left")
 
@@ -69,7 +71,7 @@ def speed(flow: WorkflowStatus) -> str:
     """Return `` 12.5/s ETA 3m20s`` (rate over the last minute; empty when unknown)."""
     if flow.rate is None:
         return ""
-    eta = f" ETA {duration(flow.eta)}" if flow.eta else ""
+    eta = f" ETA {duration(math.ceil(flow.eta))}" if flow.eta else ""  # 0.4 s left: 1s
     return f" {rate(flow.rate)}/s{eta}"
 
 
@@ -114,12 +116,15 @@ def _worker_row(w: WorkerStatus) -> list[Any]:
 
 
 def failure_line(failure: FailureStatus) -> str:
-    """Return ``failed 47 ('h2o'): RuntimeError: SCF did not converge`` (escaped)."""
+    """Return ``failed 47 ('h2o'): RuntimeError: SCF did not converge`` (escaped).
+
+    A message of several lines shows its first, which names the exception, then ``...``.
+    """
     item = f" ({failure.item})" if failure.item else ""
-    error = (failure.error or "").strip().splitlines()
-    last = error[-1] if error else ""
+    lines = (failure.error or "").strip().splitlines() or [""]
+    more = " ..." if len(lines) > 1 else ""
     return (f"{failure.what()} {shown(failure.task)}{shown(item)}{info(failure.info)}:"
-            f" {shown(last)}")
+            f" {shown(lines[0])}{more}")
 
 
 def failure_block(failure: FailureStatus, *, tracebacks: bool) -> Group:

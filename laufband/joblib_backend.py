@@ -21,7 +21,7 @@ import queue
 import threading
 from concurrent.futures import Future
 from contextlib import suppress
-from typing import Any
+from typing import Any, NamedTuple
 
 from joblib import parallel_config, register_parallel_backend
 from joblib.parallel import ParallelBackendBase, SequentialBackend
@@ -30,7 +30,19 @@ from laufband.memo import default_name
 from laufband.pmap import pmap
 from laufband.stablepickle import stable_dumps
 
-Call = tuple[Any, tuple[Any, ...], dict[str, Any]]
+
+class Call(NamedTuple):
+    """One joblib call; ``laufband failures`` shows a failed one as ``f(3, scale=2)``."""
+
+    func: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def __repr__(self) -> str:
+        """Return the call as written: ``f(3, scale=2)``."""
+        name = getattr(self.func, "__qualname__", None) or type(self.func).__name__
+        words = [*map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())]
+        return f"{name}({', '.join(words)})"
 
 
 # joblib ships no types (and joblib-stubs needs Python 3.11): its base class is Any here
@@ -131,7 +143,7 @@ class LaufbandBackend(ParallelBackendBase):  # type: ignore[misc]
             self._compute(batches)
 
     def _compute(self, batches: list[tuple[Any, Future[list[Any]]]]) -> None:
-        calls: list[Call] = [call for batch, _ in batches for call in batch.items]
+        calls = [Call(*call) for batch, _ in batches for call in batch.items]
         options = dict(self._options)
         names: dict[Any, str] = {}
         name = options.pop("name", None) or f"joblib-{_function_name(calls[0][0], names)}"

@@ -35,6 +35,7 @@ __all__ = [
     "Heartbeat",
     "is_alive",
     "is_checkable",
+    "looks_dead",
     "pid_namespace",
     "process_token",
     "shares_memory",
@@ -120,6 +121,17 @@ def is_alive(pid: int, token: str) -> bool:
     return not token or token == f"{_PLACE}:{stat[1]}"
 
 
+def looks_dead(worker: WorkerRecord, now: float, timeout: float) -> bool:
+    """Tell at one look whether an online worker is dead (for one-off commands).
+
+    On this host: its process is gone. Elsewhere, with no earlier look to compare its
+    heartbeat counter with: its last heartbeat (its host's clock) is ``timeout`` old.
+    """
+    if is_checkable(worker.host, worker.token):
+        return not is_alive(worker.pid, worker.token)
+    return now - worker.seen >= timeout
+
+
 class DeadWorkerDetector:
     """Decides which online workers are dead; remembers heartbeat counters it has seen."""
 
@@ -160,6 +172,17 @@ class DeadWorkerDetector:
                 returned += self._reap(tx, worker, max_killed_retries)
                 self._seen.pop(worker.id, None)
         return returned
+
+    def reap_gone(self, tx: Transaction, max_killed_retries: int) -> list[tuple[WorkerRecord, int]]:
+        """Reap the online workers that look dead at one look (``laufband retry``).
+
+        Returns:
+            Each worker reaped, with how many of its tasks came back.
+        """
+        now = time.time()
+        return [(worker, self._reap(tx, worker, max_killed_retries))
+                for worker in tx.online_workers(exclude=-1)
+                if looks_dead(worker, now, self.timeout)]
 
     def _reap(self, tx: Transaction, dead: WorkerRecord, max_killed_retries: int) -> int:
         # Only a record written on this machine is current: another host's may reach

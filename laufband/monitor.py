@@ -18,7 +18,18 @@ from typing import Any, NamedTuple
 from laufband.errors import StateError
 from laufband.inflight import read_record
 from laufband.legacy import MONITOR_REPLACED, refuse_replaced
-from laufband.store import HOST, STATES, StateDirectory, StateReader, Store, Transaction
+from laufband.liveness import DeadWorkerDetector, looks_dead
+from laufband.options import resolve
+from laufband.settings import HEARTBEAT_TIMEOUT, MAX_KILLED_RETRIES
+from laufband.store import (
+    HOST,
+    STATES,
+    StateDirectory,
+    StateReader,
+    Store,
+    Transaction,
+    WorkerRecord,
+)
 
 RECENT_EVENTS = 5
 RECENT_FAILURES = 5  # failures each workflow's status carries (``failures()``: all)
@@ -38,7 +49,7 @@ class WorkerStatus(NamedTuple):
     pid: int
     rank: int | None
     labels: list[str]
-    state: str  # online, offline or dead
+    state: str  # online, offline or dead (also when it looks dead but is not reaped yet)
     current: str | None  # the task it runs now (as of its latest flush), if any
     done: int  # tasks it completed
     last_seen: float  # seconds since its last heartbeat or flush
@@ -64,7 +75,7 @@ class FailureStatus(NamedTuple):
     item: str | None  # a short repr of a positional item
     state: str  # "failed" (it raised) or "killed" (its worker died)
     outcome: str  # the task's state after it: "pending" when it brought a retry
-    attempt: int | None  # 1 for its first run
+    attempt: int | None  # 1 for its first run (since `laufband retry` last reset its count)
     retry: int | None  # the retry it brought, if any
     retries: int | None  # the retries allowed (max_failed_retries / max_killed_retries)
     error: str | None  # one line
@@ -97,7 +108,8 @@ class WorkflowStatus(NamedTuple):
     failures: list[FailureStatus]  # the newest RECENT_FAILURES
     failure_count: int  # all it keeps (``Monitor.failures``)
     rate: float | None  # tasks completed per second over the last minute
-    eta: float | None  # seconds until the tasks left are done at that rate
+    eta: float | None  # seconds until the tasks left are done at that rate (None: no
+    # worker online, or no rate yet)
     stores_results: bool  # pmap's or the joblib backend's (``Monitor.results``)
     invalidated: int = 0  # tasks a changed fingerprint runs again, not completed since
     invalidated_tasks: tuple[str, ...] = ()  # the newest RECENT_FAILURES of them
@@ -145,6 +157,9 @@ class Monitor:
         self.path = self.state.path
         self._reader = StateReader(self.state, PATIENCE)
         self._store: Store | None = None  # opened for retry, reset and prune only
+        # As workers resolve them (LAUFBAND_HEARTBEAT_TIMEOUT): when a worker of another
+        # host is shown dead, and when `retry` reaps it.
+        self._timeout = resolve("heartbeat_timeout", None, HEARTBEAT_TIMEOUT, float)
 
     def workflows(self) -> list[str]:
         """Return the names of all workflows, oldest first."""
@@ -200,6 +215,24 @@ class Monitor:
         with self._writer().transaction() as tx:
             return tx.retry(self._number(tx, workflow), states, tasks)
 
+    def unknown_tasks(self, workflow: str, tasks: tuple[str, ...]) -> list[str]:
+        """Return those of ``tasks`` (ids as views name them) that ``workflow`` lacks."""
+        with self._reader.transaction() as tx:
+            return tx.unknown_tasks(self._number(tx, workflow), tasks)
+
+    def reap_gone(self) -> list[tuple[str, str, int, int]]:
+        """Reap online workers that are gone, as a worker's reaper would; say who.
+
+        Gone: on this host, its process is; elsewhere, its heartbeat is older than the
+        heartbeat timeout. Their tasks go back to pending (the one each ran counts a
+        kill). Returns each reaped worker's identifier, host, pid and tasks returned.
+        """
+        detector = DeadWorkerDetector(self._timeout, self.state)
+        retries = resolve("max_killed_retries", None, MAX_KILLED_RETRIES, int)
+        with self._writer().transaction() as tx:
+            reaped = detector.reap_gone(tx, retries)
+        return [(w.identifier, w.host, w.pid, count) for w, count in reaped]
+
     def reset(self, workflow: str) -> None:
         """Delete everything stored for ``workflow``, result files included."""
         with self._writer().transaction() as tx:
@@ -207,8 +240,29 @@ class Monitor:
             tx.reset(wf)
         shutil.rmtree(self.state.results_of(wf), ignore_errors=True)
 
+    def prune(self, names: list[str], listed: float) -> list[str]:
+        """Delete ``names`` in one transaction; return those deleted.
+
+        A workflow that a worker is online on, or that was used after ``listed`` (when
+        the caller read :meth:`activity`), is kept: someone runs it now.
+        """
+        removed = []
+        with self._writer().transaction() as tx:
+            for name in names:
+                wf = tx.find_workflow(name)
+                if wf is not None and not tx.touched_since(wf, listed):
+                    tx.reset(wf)
+                    removed.append((name, wf))
+        for _, wf in removed:
+            shutil.rmtree(self.state.results_of(wf), ignore_errors=True)
+        return [name for name, _ in removed]
+
     def activity(self) -> list[tuple[str, float, int]]:
-        """Return each workflow's name, last activity (Unix time) and online workers."""
+        """Return each workflow's name, last activity (Unix time) and online workers.
+
+        The activity is when a worker last touched it, or a caller (a pmap call, a
+        loop) last opened it, or its creation.
+        """
         with self._reader.transaction() as tx:
             return tx.workflow_activity()
 
@@ -226,7 +280,7 @@ class Monitor:
     def _workflow(self, tx: Transaction, name: str, now: float) -> WorkflowStatus:
         wf = self._number(tx, name)
         held = tx.counts(wf)
-        rows = self._running_now(tx, wf, tx.workers(wf))
+        rows = self._running_now(tx, wf, [self._as_seen(row, now) for row in tx.workers(wf)])
         latest = tx.latest_events(wf, RECENT_EVENTS)
         infos = tx.task_infos(wf, {r[6] for r in rows if r[6]} | {e[0] for e in latest})
         workers = [_worker(row, infos, now) for row in rows]
@@ -237,13 +291,25 @@ class Monitor:
         total = sum(held.values())
         rate = tx.rate(wf, held["completed"], now)
         left = held["pending"] + held["running"]
-        eta = left / rate if rate and left else (0.0 if not left else None)
+        # No worker online: nothing runs, whatever the last minute's rate was.
+        working = any(w.state == "online" for w in workers)
+        eta = left / rate if rate and left and working else (0.0 if not left else None)
         invalidated, again = tx.invalidated(wf, RECENT_FAILURES)
         events = [EventStatus(task, state, error, at, worker, infos.get(task, {}))
                   for task, state, error, at, worker in latest]
         return WorkflowStatus(name, total, counts, workers, events,
                               _failures(tx, wf, RECENT_FAILURES), tx.failure_count(wf),
                               rate, eta, tx.stores_results(wf), invalidated, tuple(again))
+
+    def _as_seen(self, row: tuple[Any, ...], now: float) -> tuple[Any, ...]:
+        """Show an online worker that looks dead as dead (its reaping is a worker's job)."""
+        if row[5] != "online":
+            return row
+        ident, host, pid, seen, number, token = row[0], row[1], row[2], row[8], row[10], row[11]
+        if looks_dead(WorkerRecord(number, ident, host, pid, token or "", 0, seen or now), now,
+                      self._timeout):
+            return (*row[:5], "dead", *row[6:])
+        return row
 
     def _running_now(self, tx: Transaction, wf: int,
                      rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -281,7 +347,7 @@ class Monitor:
 
 
 def _worker(row: tuple[Any, ...], infos: dict[str, dict[str, Any]], now: float) -> WorkerStatus:
-    ident, host, pid, rank, labels, state, current, done, seen, started, _ = row
+    ident, host, pid, rank, labels, state, current, done, seen, started, _, _ = row
     last = now if state == "online" else (seen or now)
     span = last - (started or last)
     return WorkerStatus(ident, host, pid, rank, json.loads(labels or "[]"), state, current,

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from laufband import mpi
 from laufband.errors import RemoteTraceback, TaskFailedError
-from laufband.failuretext import one_line, short_repr
+from laufband.failuretext import failure_record
 from laufband.liveness import HOST
 from laufband.resultfiles import write_error, write_file
 from laufband.store import FailureRecord, Scope, StateDirectory, Transaction
@@ -68,7 +68,8 @@ class OutcomeSink:
         """
         text = traceback.format_exc()
         self._outcomes.append((seq, ERROR, self._pickle_error(error, text)))
-        self._failures.append(FailureRecord(seq, one_line(error), text, short_repr(item)))
+        # For `laufband failures`, from the user's first frame (pmap's are left out).
+        self._failures.append(failure_record(seq, error, item))
 
     def drop(self, seq: int) -> None:
         """Forget what was recorded for task ``seq`` and not packed yet (it failed)."""
@@ -160,7 +161,7 @@ class OutcomeSink:
             pickled = self._dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:  # noqa: BLE001 - reported to the caller
             text = traceback.format_exc()
-            self._failures.append(FailureRecord(seq, one_line(error), text))  # not finished
+            self._failures.append(failure_record(seq, error, trace=text))  # not finished
             return seq, ERROR, self._pickle_error(error, text)
         if len(pickled) <= LARGE_RESULT:
             return outcome

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from laufband.commands import command
+
 if TYPE_CHECKING:
     from laufband.settings import WorkerSettings
     from laufband.store import Stuck, Transaction
@@ -28,8 +30,9 @@ def stopped_by_policy(tx: Transaction, wf: int, settings: WorkerSettings) -> Run
     if not failed:
         return None
     path, name = settings.state.path, settings.name
+    see = command("status", "--path", path)
     msg = (f"task(s) {', '.join(map(repr, failed))} of workflow {name!r} failed and"
-           f" failure_policy='stop': this worker stops too (see laufband status --path {path})")
+           f" failure_policy='stop': this worker stops too (see {see})")
     return RuntimeError(msg)
 
 
@@ -58,5 +61,5 @@ def farewell(tx: Transaction, wf: int, settings: WorkerSettings, stuck: Stuck | 
         return None
     what = ", ".join(f"{count} {state}" for state, count in undone.items())
     return (f"laufband: workflow {name!r} ends with {what} task(s) of"
-            f" {sum(counts.values())}: see `laufband status --path {path}`, and"
-            f" `laufband retry --failed -w {name} --path {path}` to run them again")
+            f" {sum(counts.values())}: see `{command('status', '--path', path)}`, and"
+            f" `{command('retry', '--failed', '-w', name, '--path', path)}` to run them again")

@@ -29,6 +29,8 @@ from laufband.store import StateDirectory
 from laufband.task import check_timeout
 
 _identifiers = itertools.count()
+HEARTBEAT_TIMEOUT = 30.0  # default seconds of silence before a worker is taken for dead
+MAX_KILLED_RETRIES = 1  # default re-runs of a task whose worker died
 
 
 class WorkerSettings(NamedTuple):
@@ -75,7 +77,8 @@ def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
     interval = check_seconds(
         "heartbeat_interval", resolve("heartbeat_interval", heartbeat_interval, 10.0, float))
     silence = check_seconds(
-        "heartbeat_timeout", resolve("heartbeat_timeout", heartbeat_timeout, 30.0, float))
+        "heartbeat_timeout",
+        resolve("heartbeat_timeout", heartbeat_timeout, HEARTBEAT_TIMEOUT, float))
     check_heartbeat(interval, silence)
     found = mpi.rank_and_size()
     rank, size = found or (None, 1)
@@ -85,7 +88,8 @@ def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
         identifier=resolve("identifier", identifier, None, str) or _default_identifier(rank),
         labels=frozenset(resolve("labels", labels, frozenset(), parse_labels)),
         max_killed_retries=check_count(
-            "max_killed_retries", resolve("max_killed_retries", max_killed_retries, 1, int)),
+            "max_killed_retries",
+            resolve("max_killed_retries", max_killed_retries, MAX_KILLED_RETRIES, int)),
         max_failed_retries=check_count(
             "max_failed_retries", resolve("max_failed_retries", max_failed_retries, 0, int)),
         heartbeat_interval=interval,

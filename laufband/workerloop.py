@@ -544,15 +544,17 @@ class WorkerLoop:
         self._settle_background(raise_stop=False)
         interrupted = isinstance(error, KeyboardInterrupt) or session.interrupted == seq
         session.settle(body_finished=False)
+        # Described before the lock: str() and repr() of the user's objects run user code.
+        text = None if error is not None else "the loop was left by break or an exception"
+        record = None if interrupted else failure_record(seq, error,
+                                                         self._described_item(seq), text)
         # The task stays ours (in current) until the transaction commits: if a second
         # signal cuts it short, _stop() still hands the task back.
         with session.store.transaction() as tx:
-            if interrupted:
+            if record is None:
                 tx.release(session.wf, session.number, [seq])
             else:
-                text = None if error is not None else "the loop was left by break or an exception"
-                tx.fail(session.wf, session.number,
-                        failure_record(seq, error, self._described_item(seq), text),
+                tx.fail(session.wf, session.number, record,
                         self._settings.max_failed_retries, self._settings.retry_delay)
         session.settled.add(seq)
         if error is None and not interrupted:
@@ -605,10 +607,13 @@ class WorkerLoop:
                 session.next_batch = batch = self._claim(tx)
                 tx.set_current(number, batch[0] if batch else None)
             stop = stopped_by_policy(tx, workflow.id, settings)
-        # Dead workers are looked for when no task is left to claim, and every
-        # heartbeat interval: not by every worker as it starts.
-        session.last_reap = time.monotonic()
-        self._sizer.observe_transaction(session.last_reap - began)
+        # Dead workers are looked for when no task is left to claim (the first time
+        # at once: a short run still reaps, at most one worker per IDLE_REAP among all,
+        # see take_reap_turn), and every heartbeat interval: not by every worker as it
+        # starts.
+        started = time.monotonic()
+        session.last_reap = started - IDLE_REAP
+        self._sizer.observe_transaction(started - began)
         self._progress_bar.renew()
         watch: Callable[[], None] = OverrunWatch(session, settings.heartbeat_timeout)
         limit_of = self._limit_of()

@@ -1,4 +1,4 @@
-"""`laufband results` and `laufband prune`, run for real in subprocesses."""
+"""`laufband results`, run for real in subprocesses."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import pickle
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,62 +105,19 @@ def test_results_leave_out_failed_items_and_say_how_many(state: Path,
     assert "3 of 9 task(s) of workflow 'half' have no result" in " ".join(result.stderr.split())
 
 
-def square(x: int) -> int:
-    return x * x
+def not_finite(x: int) -> Any:
+    return [float("nan"), float("inf"), -float("inf"), 1.5, {"e": float("nan")},
+            (float("nan"), 2)][x]
 
 
-def workflows_for_pruning(state: Path) -> None:
-    """Two digests of pmap function f (the older untouched for a while), one of g, an old
-    loop and a fresh one."""
-    pmap(square, range(3), n=1, path=state, name="pmap-f-aaaaaaaaaaaa", progress=False)
-    for _ in Laufband(range(2), path=state, name="old-loop", tqdm_kwargs=QUIET):
-        pass
-    time.sleep(2.5)  # what follows is newer than "2s"
-    pmap(square, range(3), n=1, path=state, name="pmap-f-bbbbbbbbbbbb", progress=False)
-    pmap(square, range(3), n=1, path=state, name="pmap-g-cccccccccccc", progress=False)
-    for _ in Laufband(range(2), path=state, name="fresh-loop", tqdm_kwargs=QUIET):
-        pass
-
-
-ALL = ["pmap-f-aaaaaaaaaaaa", "old-loop", "pmap-f-bbbbbbbbbbbb", "pmap-g-cccccccccccc",
-       "fresh-loop"]
-
-
-def test_prune_dry_run_lists_and_removes_nothing(state: Path, procs: Processes) -> None:
-    workflows_for_pruning(state)
-    before = (state / "state.db").read_bytes()
-    result = cli(procs, "prune", "--path", state, "--superseded", "--older-than", "2s",
-                 "--dry-run")
+def test_json_results_are_strict_json_with_null_for_nan_and_infinity(
+        state: Path, procs: Processes) -> None:
+    pmap(not_finite, range(6), n=1, path=state, name="odd", progress=False)
+    result = cli(procs, "results", "--path", state, "-w", "odd")
     assert result.returncode == 0, result.stderr
-    listed = [line.split()[0] for line in result.stdout.splitlines()[1:]]
-    assert listed == ["pmap-f-aaaaaaaaaaaa", "old-loop"]
-    assert "superseded by pmap-f-bbbbbbbbbbbb" in result.stdout
-    assert "untouched for" in result.stdout
-    assert (state / "state.db").read_bytes() == before
-    assert Monitor(state).workflows() == ALL
 
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
 
-def test_prune_asks_then_removes_exactly_those(state: Path, procs: Processes) -> None:
-    workflows_for_pruning(state)
-    refused = cli(procs, "prune", "--path", state, "--superseded", "--older-than", "2s",
-                  stdin="n\n")
-    assert refused.returncode == 1
-    assert "Remove these 2 workflow(s)?" in refused.stdout
-    assert Monitor(state).workflows() == ALL
-    done = cli(procs, "prune", "--path", state, "--superseded", "--older-than", "2s", "--yes")
-    assert done.returncode == 0, done.stderr
-    assert "2 workflow(s) removed" in done.stdout
-    assert Monitor(state).workflows() == ["pmap-f-bbbbbbbbbbbb", "pmap-g-cccccccccccc",
-                                          "fresh-loop"]
-    superseded_only = cli(procs, "prune", "--path", state, "--superseded", "--yes")
-    assert "nothing to prune" in superseded_only.stdout
-
-
-def test_prune_needs_a_criterion(state: Path, procs: Processes) -> None:
-    workflows_for_pruning(state)
-    result = cli(procs, "prune", "--path", state)
-    assert result.returncode == 1
-    assert "say what to prune: --older-than AGE" in result.stderr
-    bad = cli(procs, "prune", "--path", state, "--older-than", "soon")
-    assert bad.returncode == 1
-    assert "not an age: 'soon'" in bad.stderr
+    assert json.loads(result.stdout, parse_constant=refuse) == [
+        None, None, None, 1.5, {"e": None}, [None, 2]]

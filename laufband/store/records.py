@@ -28,6 +28,7 @@ class WorkerRecord(NamedTuple):
     pid: int
     token: str
     beat: int
+    seen: float = 0.0  # its last heartbeat or flush, wall clock of its host
 
 
 class Scope(NamedTuple):

@@ -24,15 +24,22 @@ class TaskOperations(FailureOperations, RunOperations):
     # -- workflows -------------------------------------------------------------------
 
     def open_workflow(self, name: str, *, keyed: bool) -> Workflow:
-        """Return the workflow ``name``, creating it when new."""
+        """Return the workflow ``name``, creating it when new; note its use now.
+
+        The use (``meta`` row ``used:<number>``) is what ``laufband prune`` calls its
+        activity: a pmap call that finds every result stored runs no worker.
+        """
+        now = time.time()
         self._db.execute(
             "INSERT OR IGNORE INTO workflows(name, keyed, created) VALUES (?, ?, ?)",
-            (name, int(keyed), time.time()),
+            (name, int(keyed), now),
         )
         row = self._db.execute(
             "SELECT id, name, keyed, total, completed, simple FROM workflows WHERE name = ?",
             (name,),
         ).fetchone()
+        self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET"
+                         " value = excluded.value", (f"used:{row[0]}", repr(now)))
         return Workflow(row[0], row[1], bool(row[2]), row[3], row[4], bool(row[5]))
 
     def workflow_names(self) -> list[str]:

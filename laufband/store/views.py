@@ -20,6 +20,11 @@ from laufband.store.tasks import TaskOperations
 if TYPE_CHECKING:
     from laufband.store.failures import FailureRecord
 
+# A workflow f's last activity: its creation, a worker's latest beat or flush, or a
+# caller opening it (open_workflow), whichever is newest; wall clock.
+_ACTIVITY = ("max(f.created, coalesce((SELECT max(k.seen) FROM workers k WHERE k.wf = f.id),"
+             " 0), coalesce((SELECT CAST(value AS REAL) FROM meta WHERE key = 'used:' || f.id),"
+             " 0))")
 
 class ViewOperations(TaskOperations):
     """Read-only views of a workflow, and retry/reset."""
@@ -85,11 +90,11 @@ class ViewOperations(TaskOperations):
 
         Each is identifier, host, pid, rank, labels, state, current task (the one it
         runs, as of its latest flush), tasks done, last heartbeat and start (wall
-        clock), and its number (that of its in-flight record).
+        clock), its number (that of its in-flight record) and its process token.
         """
         rows = self._db.execute(
             "SELECT identifier, host, pid, rank, labels, state, current, done, seen, started,"
-            " id"
+            " id, token"
             " FROM workers WHERE wf = ? ORDER BY state != 'online', id DESC", (wf,)
         ).fetchall()
         names = self._names(wf, {row[6] for row in rows if row[6] is not None})
@@ -206,12 +211,20 @@ class ViewOperations(TaskOperations):
             self._event_many(wf, [seq for (seq,) in retried], "retried")
         return len(retried)
 
+    def unknown_tasks(self, wf: int, task_ids: Sequence[str]) -> list[str]:
+        """Return those of ``task_ids`` (views' names) that name no task of ``wf``."""
+        total = self.counts(wf)
+        found = self._named_numbers(wf, task_ids)
+        return [name for name in task_ids
+                if name not in found or found[name] >= sum(total.values())]
+
     def reset(self, wf: int) -> None:
         """Delete a workflow and everything stored for it."""
         for table in ("tasks", "runs", "deps", "holders", "key_blocks", "result_chunks",
                       "events", "failures", "samples", "workers"):
             self._db.execute(f"DELETE FROM {table} WHERE wf = ?", (wf,))  # fixed names
         self._db.execute("DELETE FROM workflows WHERE id = ?", (wf,))
+        self._db.execute("DELETE FROM meta WHERE key = ?", (f"used:{wf}",))
         self._keys.drop(wf)
 
     def stores_results(self, wf: int) -> bool:
@@ -249,12 +262,19 @@ class ViewOperations(TaskOperations):
     def workflow_activity(self) -> list[tuple[str, float, int]]:
         """Return each workflow's name, last activity and online workers, oldest first.
 
-        The activity is when a worker last touched it (or its creation), wall clock.
+        The activity is when a worker last touched it or a caller last opened it (or
+        its creation), wall clock.
         """
         return self._db.execute(
-            "SELECT f.name, max(f.created, coalesce((SELECT max(k.seen) FROM workers k"
-            " WHERE k.wf = f.id), 0)), (SELECT count(*) FROM workers k WHERE k.wf = f.id"
+            f"SELECT f.name, {_ACTIVITY}, (SELECT count(*) FROM workers k WHERE k.wf = f.id"
             " AND k.state = 'online') FROM workflows f ORDER BY f.id").fetchall()
+
+    def touched_since(self, wf: int, since: float) -> bool:
+        """Whether a worker is online on ``wf`` or it was active after ``since``."""
+        row = self._db.execute(
+            f"SELECT {_ACTIVITY} > ? OR EXISTS (SELECT 1 FROM workers k WHERE k.wf = f.id"
+            " AND k.state = 'online') FROM workflows f WHERE f.id = ?", (since, wf)).fetchone()
+        return bool(row and row[0])
 
     def has_workflow(self, wf: int) -> bool:
         """Whether workflow number ``wf`` still exists (``laufband reset`` deletes it)."""

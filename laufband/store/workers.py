@@ -136,14 +136,14 @@ class WorkerOperations(TaskOperations):
     def online_worker(self, identifier: str) -> WorkerRecord | None:
         """Return the online worker named ``identifier``, if any."""
         row = self._db.execute(
-            "SELECT id, identifier, host, pid, token, beat FROM workers"
+            "SELECT id, identifier, host, pid, token, beat, seen FROM workers"
             " WHERE identifier = ? AND state = 'online'", (identifier,)).fetchone()
         return WorkerRecord(*row) if row else None
 
     def online_workers(self, exclude: int) -> list[WorkerRecord]:
         """Every online worker except ``exclude``."""
         rows = self._db.execute(
-            "SELECT id, identifier, host, pid, token, beat FROM workers"
+            "SELECT id, identifier, host, pid, token, beat, seen FROM workers"
             " WHERE state = 'online' AND id != ?",
             (exclude,),
         )
