@@ -18,7 +18,9 @@ it)::
 So the error never lands in laufband's own code (a store transaction, the loop
 between tasks), nor in a later task. A body that catches the error and goes on, or
 that cannot be interrupted (C code holding the GIL), still fails with it: the loop
-fails the overdue task once its body returns (``on_overdue``). Only a loop running in
+fails the overdue task once its body returns (``on_overdue``); and the loop, timing
+each body while timeouts are set, fails a task whose body returned past its limit
+though the heartbeat thread never ran meanwhile (``ran``). Only a loop running in
 the main thread is interrupted; elsewhere the task fails when its body returns.
 """
 
@@ -74,6 +76,23 @@ class TimeoutWatch:
         if overdue is None or overdue[0] != seq:
             return None
         return overdue[1]
+
+    def ran(self, seq: int, seconds: float) -> None:
+        """Note that task ``seq``'s body returned after ``seconds`` (loop side).
+
+        Past its limit, the task is overdue even if the heartbeat thread never saw it
+        so (C code holding the GIL kept it from running): the loop then fails it.
+        """
+        limit = self._limit_of(seq)
+        if limit is None or seconds < limit:
+            return
+        overdue = self._overdue
+        if overdue is None or overdue[0] != seq:
+            error = TaskTimeoutError(f"{self._name_of(seq)} timed out after {limit:g} s",
+                                     task=self._name_of(seq), seconds=limit)
+            self._sent, self._undelivered = time.monotonic(), False
+            self._overdue = (seq, error)
+        self._on_overdue()
 
     def __call__(self) -> None:
         """Look once (heartbeat thread): note and interrupt a task past its limit."""

@@ -113,17 +113,24 @@ class WorkerLoop:
                 if not batch:
                     return
                 # The hot path, inline (no generator in between): per task one yield,
-                # two stores (session.current, the in-flight record) and a clock read.
+                # two stores (session.current, the in-flight record) and a clock read (two
+                # more with timeouts).
                 # session.batch, .taken and .current always tell _stop() which claimed
                 # tasks are still ours; the record tells a reaper which finished.
                 # Writing and claiming happen in the background (_checkpoint).
                 tasks, pace, base, mark, item = self._begin_batch(batch)
                 check_at = pace.first_check()
                 position = base
+                timeouts = self._timeouts  # set only while a task has a timeout
                 for position, seq in zip(itertools.count(base + 1, 2), tasks):
                     session.current = seq
                     mark(position)  # batch[i] runs, and so the tasks before it finished
-                    yield item(seq)
+                    if timeouts is None:
+                        yield item(seq)
+                    else:  # the body's time, should the heartbeat thread not run (GIL)
+                        began = clock()
+                        yield item(seq)
+                        timeouts.ran(seq, clock() - began)
                     if self._alert:  # close() was called in the loop body, or a task
                         if self._closed:  # ran past its timeout
                             return

@@ -247,3 +247,33 @@ def test_a_loop_outside_the_main_thread_fails_an_overdue_task_when_it_returns(
     assert (flow.counts["completed"], flow.counts["failed"]) == (1, 1)
     [failure] = Monitor(state).failures("thread")
     assert failure.error == "TaskTimeoutError: item 0 timed out after 0.2 s"
+
+
+def backtrack(x: int) -> int:
+    """Run about a second in C code holding the GIL (the heartbeat thread waits)."""
+    import re
+
+    if x == 1:
+        re.match(r"(a+)+$", "a" * 24 + "b")
+    return x
+
+
+def test_a_loop_task_holding_the_gil_past_its_timeout_fails_when_it_returns(
+        state: Path) -> None:
+    worker = Laufband([0, 1, 2], path=state, name="gil", timeout=0.2, tqdm_kwargs=QUIET)
+    for x in worker:
+        backtrack(x)
+    [flow] = Monitor(state).status("gil")
+    assert (flow.counts["completed"], flow.counts["failed"]) == (2, 1)
+    [failure] = Monitor(state).failures("gil")
+    assert failure.error == "TaskTimeoutError: item 1 timed out after 0.2 s"
+
+
+def test_a_pmap_item_holding_the_gil_past_its_timeout_fails_in_the_caller(
+        state: Path) -> None:
+    results = pmap(backtrack, range(3), n=1, path=state, timeout=0.2, on_error="return",
+                   progress=False)
+    assert results[0] == 0
+    assert results[2] == 2
+    assert isinstance(results[1], TaskTimeoutError)
+    assert str(results[1]) == "the function timed out after 0.2 s"
