@@ -55,7 +55,9 @@ class LaufbandBackend(ParallelBackendBase):  # type: ignore[misc]
         start_method: How helper processes start, as for :func:`laufband.pmap`.
         **options: Passed on to :func:`laufband.pmap` (and its workers), e.g.
             ``timeout=`` seconds per call (``parallel_config(backend="laufband",
-            timeout=60)``): a call running longer fails with a ``TimeoutError``.
+            timeout=60)``): a call running longer fails with a ``TimeoutError``
+            (interrupted in a helper process; one the calling process runs, in the
+            runner thread, is not interrupted: it fails once it returns).
     """
 
     supports_retrieve_callback = True
