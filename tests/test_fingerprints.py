@@ -89,3 +89,38 @@ def test_a_fingerprint_of_the_wrong_type_is_refused(fingerprint: object) -> None
                        r" got .*: pass a hash of the inputs") as caught:
         Task("x", fingerprint=fingerprint)  # type: ignore[arg-type]
     assert "\n" not in str(caught.value)
+
+
+SLOW_V1 = """
+import sys, time
+from pathlib import Path
+from laufband import Graphband, Task
+for task in Graphband([Task("a", fingerprint="v1")], path=sys.argv[1], name="moving",
+                      tqdm_kwargs={"disable": True}):
+    Path(sys.argv[2]).touch()
+    time.sleep(2)
+"""
+
+
+def test_a_fingerprint_changed_while_its_task_runs_reruns_it(state: Path,
+                                                              tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    started = tmp_path / "started"
+    slow = subprocess.Popen([sys.executable, "-c", SLOW_V1, str(state), str(started)])
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists()
+        tasks = [Task("a", fingerprint="v2")]  # registered while v1 runs elsewhere
+        assert [t.id for t in Graphband(tasks, path=state, name="moving",
+                                        tqdm_kwargs=QUIET)] == []
+    finally:
+        assert slow.wait(timeout=60) == 0
+    # It completed computed with v1: v2 runs it again, once.
+    assert [t.id for t in Graphband(tasks, path=state, name="moving",
+                                    tqdm_kwargs=QUIET)] == ["a"]
+    assert [t.id for t in Graphband(tasks, path=state, name="moving",
+                                    tqdm_kwargs=QUIET)] == []

@@ -153,7 +153,9 @@ class TaskOperations(FailureOperations, RunOperations):
         A completed task whose stored fingerprint differs from the one given becomes
         pending, and so does every completed task depending on it, transitively (an
         ``invalidated`` event each). A task without a stored fingerprint adopts the
-        one given and is not run again. Return the tasks made pending.
+        one given and is not run again. A running task keeps its stored fingerprint (the
+        one it runs with), so a change made meanwhile runs it again at the next
+        registration once it completed. Return the tasks made pending.
         """
         if not given:
             return []
@@ -166,8 +168,9 @@ class TaskOperations(FailureOperations, RunOperations):
             for seq, old, state in self._db.execute(
                     "SELECT seq, fingerprint, state FROM tasks WHERE wf = ?"
                     f" AND seq IN ({placeholders(len(part))})", (wf, *part)).fetchall():
-                if old == given[seq]:
-                    continue
+                if old == given[seq] or (old is not None and state == "running"):
+                    continue  # a running task keeps the fingerprint it runs with: once
+                    # completed, the next registration with the new one runs it again
                 self._db.execute("UPDATE tasks SET fingerprint = ? WHERE wf = ? AND seq = ?",
                                  (given[seq], wf, seq))
                 if old is not None and state == "completed":
