@@ -110,6 +110,10 @@ def _priority(task_id: str, priority: int) -> int:
         msg = (f"Task {task_id!r}: priority must be an integer (higher runs first), got"
                f" {priority!r} ({type(priority).__name__}): use int(...)")
         raise TypeError(msg)
+    if not -(2**63) <= priority < 2**63:  # what SQLite stores as an INTEGER
+        msg = (f"Task {task_id!r}: priority must be within -2**63 .. 2**63-1 (a 64-bit"
+               f" integer), got {priority}")
+        raise ValueError(msg)
     return priority
 
 

@@ -87,6 +87,19 @@ def test_a_priority_that_is_no_integer_is_refused(priority: object, message: str
     assert str(caught.value) == message + ": use int(...)"
 
 
+@pytest.mark.parametrize("priority", [2**63, -(2**63) - 1, 10**30])
+def test_a_priority_out_of_sqlites_integer_range_is_refused(priority: int) -> None:
+    with pytest.raises(ValueError, match=r"^Task 'x': priority must be within -2\*\*63"
+                       r" \.\. 2\*\*63-1 \(a 64-bit integer\), got -?\d+$"):
+        Task("x", priority=priority)
+
+
+def test_the_extreme_priorities_run_in_order(state: Path) -> None:
+    tasks = [Task("mid"), Task("low", priority=-(2**63)), Task("high", priority=2**63 - 1)]
+    ran = [t.id for t in Graphband(tasks, path=state, name="extremes", tqdm_kwargs=QUIET)]
+    assert ran == ["high", "mid", "low"]
+
+
 def test_equal_priorities_keep_input_order(state: Path) -> None:
     tasks = [Task(f"t{i}", priority=i % 2) for i in range(6)]
     ran = [t.id for t in Graphband(tasks, path=state, name="ties", tqdm_kwargs=QUIET)]
