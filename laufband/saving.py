@@ -52,10 +52,12 @@ def read_saved(store: Store, state: StateDirectory, workflow: int | str,
 
 
 def _number(tx: Transaction, wf: int, task: int | str) -> int:
-    if isinstance(task, int):
+    state_of = "not a task of this workflow"
+    if isinstance(task, int):  # a position: 0 up to the number of tasks registered
+        if not 0 <= task < tx.progress(wf)[0]:
+            raise LookupError(state_of)
         return task
     found = tx.task_numbers(wf, [task])
     if task not in found:
-        state_of = "not a task of this workflow"
         raise LookupError(state_of)
     return int(found[task])

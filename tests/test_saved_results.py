@@ -112,3 +112,15 @@ def test_a_worker_killed_after_saving_leaves_no_task_completed_without_its_resul
     again = procs.python(WORKER, "killed_after_saving", state, "--items", 10)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout.splitlines()[-1]) == [x * 10 for x in range(10)]
+
+
+@pytest.mark.parametrize("position", [40, 999, -1])
+def test_a_position_outside_a_positional_workflow_is_not_a_task_of_it(
+        state: Path, position: int) -> None:
+    worker = Laufband(list(range(40)), path=state, name="forty", tqdm_kwargs=QUIET)
+    for item in worker:
+        worker.save(item)
+    assert worker.result_of(39) == 39
+    with pytest.raises(NoResultError, match=f"^task {position} of workflow 'forty' has no"
+                       " saved result: it is not a task of this workflow"):
+        worker.result_of(position)
