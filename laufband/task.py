@@ -24,7 +24,7 @@ class Task:
         info: Extra information about the task (a JSON-serialisable dict), stored with
             it and shown by ``laufband status`` and :class:`~laufband.Monitor`.
         priority: Among ready tasks, workers claim higher priorities first (ties in
-            input order); default 0.
+            input order), one task at a time; default 0, within -2**63 .. 2**63-1.
         fingerprint: A string or bytes standing for the task's inputs (a hash of its
             data, a version): when it differs from the one stored with a completed
             task, the task runs again, and so does every task depending on it.

@@ -96,6 +96,10 @@ class WorkerLoop:
         self._saved: SavedResults | None = None  # what loop bodies save, while running
         self._stuck: Stuck | None = None  # what we could run waits for missing labels
         self._unclaimed = 1  # tasks left unclaimed, as the latest claim saw them
+        # Tasks with priorities: claim one at a time, and none ahead, so that every
+        # claim takes the highest-priority task ready then (a batch would hold lower
+        # ones while a higher one waits in another worker's batch).
+        self._one_at_a_time = False
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -224,8 +228,9 @@ class WorkerLoop:
         # while the in-flight record still counts it among the finished.
         # Nor when the latest claim left nothing unclaimed: this batch ends with the
         # transaction that finds out whether work may still come (one, not two).
+        # Nor with priorities: the next task is claimed once this one ended.
         claim = (not session.next_batch and not session.settled and self._unclaimed > 0
-                 and pace.ends_soon(done))
+                 and not self._one_at_a_time and pace.ends_soon(done))
         if claim or pace.flush_due(now, done):
             pace.last_flush = now
             self._submit(claim=claim)
@@ -407,7 +412,8 @@ class WorkerLoop:
         workers = max(tx.online_count(wf), expected)
         # Guided by what is left unclaimed: claimed tasks are spoken for, and finished
         # ones may not be flushed yet.
-        size = self._sizer.next_size(counts["pending"], workers, expected > 1)
+        size = 1 if self._one_at_a_time else \
+            self._sizer.next_size(counts["pending"], workers, expected > 1)
         claimed = tx.claim(wf, session.number, size, self._label_list, session.scope)
         self._unclaimed = counts["pending"] - len(claimed)
         return claimed

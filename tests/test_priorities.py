@@ -47,6 +47,31 @@ def test_four_workers_start_the_highest_priorities_first(state: Path, tmp_path: 
     assert last_high < first_low, order
 
 
+def test_with_priorities_no_worker_starts_a_lower_one_before_a_higher_one(
+        state: Path, tmp_path: Path, procs: Processes) -> None:
+    # Each worker claims one task at a time and none ahead: every claim takes the
+    # highest priority ready. Start times of tasks claimed one after the other by
+    # different workers may swap by a few milliseconds, never by a task's duration.
+    priorities = [0, 5, -3, 2**62, 5, 7, 0, -(2**62), 7, 1, 3, 2, 9, 4, 6, 8]
+    log, go = tmp_path / "starts.log", tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(WORKERS)]
+    workers = [procs.start(HELPERS / "features_worker.py", "priorities", state,
+                           "--priorities", json.dumps(priorities), "--log", log,
+                           "--ready", ready[i], "--go", go, "--sleep", 0.3)
+               for i in range(WORKERS)]
+    wait_for(lambda: all(path.exists() for path in ready))
+    go.touch()
+    results = procs.wait_all(workers)
+    assert [code for code, _, _ in results] == [0] * WORKERS, results
+    start = {task: float(at) for task, at in
+             (line.split() for line in log.read_text().splitlines())}
+    assert sorted(start) == sorted(f"t{i}" for i in range(len(priorities)))
+    early = [(low, high) for low, p_low in enumerate(priorities)
+             for high, p_high in enumerate(priorities)
+             if p_high > p_low and start[f"t{low}"] < start[f"t{high}"] - 0.15]
+    assert early == [], (early, sorted(start, key=start.__getitem__))
+
+
 def test_a_batched_claim_takes_the_highest_ready_priorities(state: Path) -> None:
     store = Store(state)
     try:
