@@ -186,8 +186,12 @@ def check_cycles(
         cycle = nx.find_cycle(graph)
     except nx.NetworkXNoCycle:
         return
-    first = name(cycle[0][0])
-    path = " -> ".join([first] + [name(dep) for _, dep in cycle])
+    # Named from the task given first (the lowest number), whichever way it was found.
+    nodes = [task for task, _ in cycle]
+    start = nodes.index(min(nodes))
+    nodes = nodes[start:] + nodes[:start]
+    first = name(nodes[0])
+    path = " -> ".join([name(task) for task in nodes] + [first])
     msg = (f"tasks of workflow {workflow!r} depend on each other in a cycle ({path}):"
            " remove one dependency")
     raise TaskGraphError(msg, workflow=workflow, task=first)

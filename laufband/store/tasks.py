@@ -205,7 +205,8 @@ class TaskOperations(FailureOperations, RunOperations):
 
     def dependency_edges(self, wf: int) -> list[tuple[int, int]]:
         """All ``(task, dependency)`` pairs of a workflow, by task number."""
-        return self._db.execute("SELECT seq, dep FROM deps WHERE wf = ?", (wf,)).fetchall()
+        return self._db.execute("SELECT seq, dep FROM deps WHERE wf = ? ORDER BY seq, dep",
+                                (wf,)).fetchall()
 
     # -- transitions ------------------------------------------------------------------
 
