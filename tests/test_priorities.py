@@ -18,22 +18,30 @@ WORKERS = 4
 TASKS = 40
 
 
-def test_four_workers_start_the_highest_priorities_first(state: Path, tmp_path: Path,
-                                                         procs: Processes) -> None:
-    priorities = list(range(TASKS))
-    random.Random(19).shuffle(priorities)
+def run_workers(state: Path, tmp_path: Path, procs: Processes, priorities: list[int],
+                sleep: float) -> list[tuple[str, float]]:
+    """Run WORKERS processes released together over tasks of ``priorities``, each task
+    sleeping ``sleep`` s; return (task, start time) of every start, as logged."""
     log, go = tmp_path / "starts.log", tmp_path / "go"
     ready = [tmp_path / f"ready{i}" for i in range(WORKERS)]
     workers = [procs.start(HELPERS / "features_worker.py", "priorities", state,
                            "--priorities", json.dumps(priorities), "--log", log,
-                           "--ready", ready[i], "--go", go, "--sleep", 0.15)
+                           "--ready", ready[i], "--go", go, "--sleep", sleep)
                for i in range(WORKERS)]
     wait_for(lambda: all(path.exists() for path in ready))
     go.touch()
     results = procs.wait_all(workers)
     assert [code for code, _, _ in results] == [0] * WORKERS, results
-    starts = sorted((float(at), task) for task, at in
-                    (line.split() for line in log.read_text().splitlines()))
+    return [(task, float(at)) for task, at in
+            (line.split() for line in log.read_text().splitlines())]
+
+
+def test_four_workers_start_the_highest_priorities_first(state: Path, tmp_path: Path,
+                                                         procs: Processes) -> None:
+    priorities = list(range(TASKS))
+    random.Random(19).shuffle(priorities)
+    starts = sorted((at, task) for task, at in
+                    run_workers(state, tmp_path, procs, priorities, sleep=0.15))
     assert sorted(task for _, task in starts) == sorted(f"t{i}" for i in range(TASKS))
     # rank 0: the highest priority
     rank = {f"t{i}": TASKS - 1 - p for i, p in enumerate(priorities)}
@@ -53,18 +61,7 @@ def test_with_priorities_no_worker_starts_a_lower_one_before_a_higher_one(
     # highest priority ready. Start times of tasks claimed one after the other by
     # different workers may swap by a few milliseconds, never by a task's duration.
     priorities = [0, 5, -3, 2**62, 5, 7, 0, -(2**62), 7, 1, 3, 2, 9, 4, 6, 8]
-    log, go = tmp_path / "starts.log", tmp_path / "go"
-    ready = [tmp_path / f"ready{i}" for i in range(WORKERS)]
-    workers = [procs.start(HELPERS / "features_worker.py", "priorities", state,
-                           "--priorities", json.dumps(priorities), "--log", log,
-                           "--ready", ready[i], "--go", go, "--sleep", 0.3)
-               for i in range(WORKERS)]
-    wait_for(lambda: all(path.exists() for path in ready))
-    go.touch()
-    results = procs.wait_all(workers)
-    assert [code for code, _, _ in results] == [0] * WORKERS, results
-    start = {task: float(at) for task, at in
-             (line.split() for line in log.read_text().splitlines())}
+    start = dict(run_workers(state, tmp_path, procs, priorities, sleep=0.3))
     assert sorted(start) == sorted(f"t{i}" for i in range(len(priorities)))
     early = [(low, high) for low, p_low in enumerate(priorities)
              for high, p_high in enumerate(priorities)
