@@ -55,9 +55,9 @@ class LaufbandBackend(ParallelBackendBase):  # type: ignore[misc]
         start_method: How helper processes start, as for :func:`laufband.pmap`.
         **options: Passed on to :func:`laufband.pmap` (and its workers), e.g.
             ``timeout=`` seconds per call (``parallel_config(backend="laufband",
-            timeout=60)``): a call running longer fails with a ``TimeoutError``
-            (interrupted in a helper process; one the calling process runs, in the
-            runner thread, is not interrupted: it fails once it returns).
+            timeout=60)``): a call running longer is interrupted and fails with a
+            ``TimeoutError``. With a timeout every call runs in a helper process
+            (the calling process's runner thread could not be interrupted).
     """
 
     supports_retrieve_callback = True

@@ -113,7 +113,9 @@ def pmap(
         **options: Passed to the workers' :class:`Laufband` (``max_failed_retries``,
             ``retry_delay``, ``tqdm_kwargs``, ...). ``timeout=`` seconds: an item whose
             call runs longer is interrupted and fails with ``TaskTimeoutError`` (a
-            ``TimeoutError``); the other items go on.
+            ``TimeoutError``); the other items go on. Called with a
+            timeout outside the main thread, which no signal can interrupt, the
+            caller runs no item itself: ``min(n, items)`` helpers run them all.
 
     Returns:
         A :class:`PmapResults` list, one result per item (per kept item with "skip").
@@ -200,6 +202,8 @@ def _compute(job: Job, workers: int, method: str) -> BaseException | None:
     found = mpi.rank_and_size()
     if found is not None and found[1] > 1:  # every rank is a worker already
         return _run(job, _no_helpers, show_progress=job.progress and found[0] == 0)
+    if _timeouts_cannot_interrupt_here(job):
+        return _run_in_helpers(job, workers, method)
     helpers = min(workers, job.left) - 1
     if helpers <= 0:
         return _run(job, _no_helpers, show_progress=job.progress)
@@ -253,6 +257,38 @@ def _compute(job: Job, workers: int, method: str) -> BaseException | None:
 
     return _run(job, lambda: end, show_progress=job.progress,
                 on_progress=start_when_worth_it)
+
+
+def _timeouts_cannot_interrupt_here(job: Job) -> bool:
+    """Whether the job has a timeout that could not interrupt an item run here.
+
+    A timeout interrupts the main thread only (SIGALRM): a call from another thread
+    (joblib's runner thread, a thread of the program) runs its items in helpers.
+    """
+    if threading.current_thread() is threading.main_thread():
+        return False
+    return resolve("timeout", job.options.get("timeout"), None, float) is not None
+
+
+def _run_in_helpers(job: Job, workers: int, method: str) -> BaseException | None:
+    """Run every item in helper processes, where a timeout interrupts it.
+
+    The caller starts ``min(n, items)`` helpers at once, waits until they have all
+    ended (the supervisor kills and replaces one stuck past a timeout), then runs
+    whatever they left (none unless all of them failed to start or to stay).
+    """
+    from laufband.stuck import supervise
+
+    count = min(workers, job.left)
+    job.expected = count
+    start = prepare_helpers(job, count, method, partial(supervise, job))
+
+    def start_and_wait() -> Callable[[], None]:
+        helpers = start()
+        helpers.wait()  # outside the main thread: no signal arrives meanwhile
+        return helpers
+
+    return _run(job, start_and_wait, show_progress=job.progress)
 
 
 def _run(job: Job, start: Callable[[], Callable[[], None]],

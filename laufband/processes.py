@@ -150,6 +150,20 @@ class Helpers:
             warnings.warn(f"pmap could not replace a helper process ({error})",
                           RuntimeWarning, stacklevel=2)
 
+    def wait(self) -> None:
+        """Wait until every helper, replacements included, has ended by itself."""
+        while True:
+            procs = list(self.procs)
+            for proc in procs:
+                if isinstance(proc, subprocess.Popen):
+                    proc.wait()
+                else:
+                    proc.join()
+            looking = self._supervisor.looking if self._supervisor else contextlib.nullcontext()
+            with looking:  # a helper it killed is replaced by then
+                if len(self.procs) == len(procs):
+                    return
+
     def __call__(self) -> None:
         """End the helpers (the supervisor first: it replaces none meanwhile)."""
         killed: set[int] = set()

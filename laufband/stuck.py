@@ -132,6 +132,9 @@ class Supervisor:
         self._item_of, self._helpers, self._replace = item_of, helpers, replace
         self._retries = max_failed_retries
         self.killed: set[int] = set()  # pids killed here: their end is no news
+        # Held while one look kills and replaces: a helper killed is replaced before
+        # anyone waiting for the helpers to end sees it gone (Helpers.wait).
+        self.looking = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="laufband-supervisor",
                                         daemon=True)
@@ -144,12 +147,17 @@ class Supervisor:
 
     def _run(self) -> None:
         while not self._stop.wait(SUPERVISE_EVERY):
-            for pid, kill in self._helpers():
-                found = read_slot(self._state, pid)
-                if found is not None and time.monotonic() > found[1] + GRACE \
-                        and not self._stop.is_set():
-                    with contextlib.suppress(StateError, OSError):
-                        self._end(pid, kill, found[0])
+            with self.looking:
+                self._look()
+
+    def _look(self) -> None:
+        """Kill, fail and replace each helper past its deadline and grace."""
+        for pid, kill in self._helpers():
+            found = read_slot(self._state, pid)
+            if found is not None and time.monotonic() > found[1] + GRACE \
+                    and not self._stop.is_set():
+                with contextlib.suppress(StateError, OSError):
+                    self._end(pid, kill, found[0])
 
     def _end(self, pid: int, kill: Callable[[], None], seq: int) -> None:
         """Kill helper ``pid``, fail task ``seq`` with the timeout, start another."""

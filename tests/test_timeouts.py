@@ -150,6 +150,38 @@ def test_the_joblib_backend_takes_a_timeout(state: Path) -> None:
     assert Monitor(state).results("jobs") == [0, 1, 4, 16, 25]
 
 
+def test_the_joblib_backend_interrupts_a_call_the_calling_process_would_run(
+        state: Path) -> None:
+    """One call: pmap alone would run it in the backend's runner thread, which no
+    signal interrupts; with a timeout it runs in a helper process instead."""
+    from joblib import Parallel, delayed, parallel_config
+
+    began = time.monotonic()
+    with parallel_config(backend="laufband", n_jobs=2, path=state, name="one", timeout=1.0), \
+            pytest.raises(TimeoutError, match="timed out after 1 s"):
+        Parallel()(delayed(slow_square)(x) for x in [3])
+    assert time.monotonic() - began < SLOW / 2
+
+
+def test_a_pmap_call_from_a_thread_interrupts_an_item_past_its_timeout(state: Path) -> None:
+    import threading
+
+    outcome: list[object] = []
+
+    def call() -> None:
+        outcome.append(pmap(slow_square, [2, 3], n=1, path=state, timeout=1.0,
+                            on_error="return", progress=False))
+
+    began = time.monotonic()
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join(timeout=SLOW * 2)
+    assert time.monotonic() - began < SLOW / 2
+    [[four, error]] = outcome
+    assert four == 4
+    assert isinstance(error, TaskTimeoutError)
+
+
 def test_the_environment_sets_the_default_timeout(state: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAUFBAND_TIMEOUT", "0.2")
