@@ -308,7 +308,8 @@ class Graphband(WorkerLoop, Generic[T]):
             keys = {seq: key for key, seq in numbers.items()}
             check_cycles(tx.dependency_edges(workflow.id), keys.__getitem__, self.name)
         self._by_number = {numbers[t.id]: t for t in tasks}
-        self._one_at_a_time = any(t.priority for t in tasks)
+        # The workflow's priorities, whoever registered them: ours may have none.
+        self._one_at_a_time = tx.is_prioritized(workflow.id)
         return self._keep_scope(tx, list(self._by_number), len(numbers))
 
     def _keep_scope(self, tx: Transaction, mine: list[int], total: int) -> Scope:
