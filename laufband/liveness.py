@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+
+from tqdm import tqdm
 
 from laufband.errors import StateError
 from laufband.inflight import forget, read_record
@@ -228,6 +231,21 @@ class Heartbeat:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
 
+    def _look(self) -> None:
+        """Call the watch; one that fails but with a store error is not called again.
+
+        Such an error (a bug of ours) must not end the thread: the beats go on.
+        """
+        try:
+            self._watch()  # type: ignore[misc]
+        except StateError:
+            pass  # a store error: tried again at the next look
+        except Exception as error:  # noqa: BLE001 - reported; the beats matter more
+            self._watch = None
+            tqdm.write(f"laufband: the watch for slow and timed-out tasks stopped"
+                       f" ({type(error).__name__}: {error}); the worker goes on without it",
+                       file=sys.stderr)
+
     def _run(self) -> None:
         tick = self._interval if self._watch is None else min(self._interval, WATCH_EVERY)
         next_beat = time.monotonic() + self._interval
@@ -238,8 +256,7 @@ class Heartbeat:
                 # heartbeat thread that died would get this live worker reaped by its
                 # peers for the rest of its run.
                 if self._watch is not None:
-                    with contextlib.suppress(StateError):
-                        self._watch()
+                    self._look()
                 if time.monotonic() < next_beat:
                     continue
                 with contextlib.suppress(StateError):

@@ -211,3 +211,25 @@ def test_the_in_flight_record_says_what_finished_and_what_runs(state: Path) -> N
     results.begin([1, 2])
     results.mark(3)
     assert read_record(state, 8) == ([], 2)
+
+
+def test_a_watch_that_fails_stops_watching_but_never_the_heartbeats(
+        state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An error of a watch (not a store error, which is tried again) must not end the
+    heartbeat thread: a worker whose beats stopped would be reaped while it works."""
+    from laufband.liveness import Heartbeat
+
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise KeyError("oops")
+
+    beat = Heartbeat(Store(state), worker=1, interval=0.05, watch=broken)
+    started = beat.last_beat
+    beat.start()
+    time.sleep(0.5)
+    beat.stop()
+    assert beat.last_beat > started + 0.3
+    assert calls == [1]
+    assert capsys.readouterr().err.count("laufband: ") == 1
