@@ -148,18 +148,34 @@ class WorkerLoop:
                 self._end_batch(pace, (position + 1 - base) // 2)
                 batch = self._claimed_ahead()
         except GeneratorExit:
-            self._abandon_current()
+            # Python closes the loop as it drops it (break, or an exception such as a
+            # Ctrl-C in the body on its way out), where an exception could only be
+            # printed as "Exception ignored": a second Ctrl-C meanwhile is part of the
+            # first. A hand-back it cut short is done by _stop(), or at exit.
+            with contextlib.suppress(KeyboardInterrupt):
+                self._abandon_current()
             raise
         except BaseException as error:
             with contextlib.suppress(StateError):  # the original error matters more
                 self._abandon_current(error)
             raise
         finally:
-            if sys.exc_info()[1] is None:
-                self._stop()
-            else:
-                with contextlib.suppress(StateError):
-                    self._stop()
+            self._stop_leaving(sys.exc_info()[1])
+
+    def _stop_leaving(self, leaving: BaseException | None) -> None:
+        """Stop as the loop ends; the exception ``leaving`` it matters more than the stop's.
+
+        Under any, a store error of the stop is dropped; under GeneratorExit (Python
+        closing the loop) a second Ctrl-C too. A stop either cuts short is finished by
+        the next start, or at exit.
+        """
+        if leaving is None:
+            self._stop()
+            return
+        quiet = (StateError, KeyboardInterrupt) if isinstance(leaving, GeneratorExit) \
+            else (StateError,)
+        with contextlib.suppress(*quiet):
+            self._stop()
 
     def _begin_batch(self, batch: list[int]) -> tuple[Iterator[int], Pace, int,
                                                        Callable[[int], None],
