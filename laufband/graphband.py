@@ -21,6 +21,7 @@ from tqdm import tqdm
 from laufband import interrupts
 from laufband.errors import NoResultError
 from laufband.legacy import refuse_replaced
+from laufband.outdated import Outdated
 from laufband.settings import resolve_settings
 from laufband.store import NewTask, Scope, Transaction, Workflow
 from laufband.task import Task, check_cycles, check_unique, digest
@@ -309,6 +310,9 @@ class Graphband(WorkerLoop, Generic[T]):
             check_cycles(tx.dependency_edges(workflow.id), keys.__getitem__, self.name)
         self._by_number = {numbers[t.id]: t for t in tasks}
         self._one_at_a_time = any(t.priority for t in tasks)
+        digests = {numbers[t.key]: t.fingerprint for t in new if t.fingerprint is not None}
+        self._outdated = Outdated(digests, self.name, lambda seq: self._by_number[seq].id) \
+            if digests else None
         return self._keep_scope(tx, list(self._by_number), len(numbers))
 
     def _keep_scope(self, tx: Transaction, mine: list[int], total: int) -> Scope:

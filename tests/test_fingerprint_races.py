@@ -14,9 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from laufband import Graphband, Task
-from tests.helpers.procs import HELPERS, Processes, online_workers, task_events, task_states, \
-    wait_for
+from laufband import Graphband, NoResultError, Task
+from tests.helpers.procs import (
+    HELPERS,
+    Processes,
+    online_workers,
+    task_events,
+    task_states,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(60)
 WORKER = HELPERS / "features_worker.py"
@@ -134,3 +140,18 @@ def test_a_worker_alone_with_an_outdated_fingerprint_ends_and_says_why(
     # A worker with v2 runs both, once.
     assert json.loads(run(procs, state, files, "run", "v2")) == ["T", "D"]
     assert files.started() == ["T v1", "T v2", "D v2"]
+
+
+def test_what_a_task_saved_with_an_outdated_fingerprint_is_never_its_result(
+        state: Path) -> None:
+    quiet = {"disable": True}
+    old = Graphband([Task("T", fingerprint="v1")], path=state, name="void", tqdm_kwargs=quiet)
+    for _ in old:
+        # Another worker registers v2 while T runs here with v1.
+        assert Graphband([Task("T", fingerprint="v2")], path=state, name="void",
+                         tqdm_kwargs=quiet).has_more_jobs
+        old.save("computed from v1")
+    new = Graphband([Task("T", fingerprint="v2")], path=state, name="void", tqdm_kwargs=quiet)
+    assert [task.id for task in new] == ["T"]  # completes T without saving anything
+    with pytest.raises(NoResultError, match=r"it completed without calling worker\.save"):
+        new.result_of("T")
