@@ -309,7 +309,8 @@ class Graphband(WorkerLoop, Generic[T]):
             keys = {seq: key for key, seq in numbers.items()}
             check_cycles(tx.dependency_edges(workflow.id), keys.__getitem__, self.name)
         self._by_number = {numbers[t.id]: t for t in tasks}
-        self._one_at_a_time = any(t.priority for t in tasks)
+        # The workflow's priorities, whoever registered them: ours may have none.
+        self._one_at_a_time = tx.is_prioritized(workflow.id)
         digests = {numbers[t.key]: t.fingerprint for t in new if t.fingerprint is not None}
         self._outdated = Outdated(digests, self.name, lambda seq: self._by_number[seq].id) \
             if digests else None

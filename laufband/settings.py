@@ -7,6 +7,7 @@ default (see :mod:`laufband.options`), checked once when the worker is made.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import secrets
 import sys
@@ -109,8 +110,9 @@ def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
 
 def check_delay(delay: float) -> float:
     """Return ``delay`` in seconds; refuse anything but a number >= 0."""
-    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
-        msg = (f"retry_delay must be a number of seconds >= 0 (0: retry at once), got"
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) \
+            or not 0 <= delay < math.inf:  # inf: a failed task would be waited for forever
+        msg = (f"retry_delay must be a finite number of seconds >= 0 (0: retry at once), got"
                f" {delay!r}")
         raise ValueError(msg)
     return float(delay)

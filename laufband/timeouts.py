@@ -114,7 +114,9 @@ class TimeoutWatch:
         else:
             self._undelivered = True
         self._sent = now
-        if self._main:
+        # Not while the body has a SIGALRM handler of its own in place (an alarm-based
+        # timeout of its own): it would get ours. The task fails when it returns.
+        if self._main and signal.getsignal(signal.SIGALRM) == self._on_alarm:
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGALRM)
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from laufband import Graphband, Task
+from laufband import Graphband, Monitor, Task
 from laufband.store import NewTask, Scope, Store
 from tests.helpers.procs import HELPERS, Processes, wait_for
 
@@ -126,3 +126,21 @@ def test_equal_priorities_keep_input_order(state: Path) -> None:
     tasks = [Task(f"t{i}", priority=i % 2) for i in range(6)]
     ran = [t.id for t in Graphband(tasks, path=state, name="ties", tqdm_kwargs=QUIET)]
     assert ran == ["t1", "t3", "t5", "t0", "t2", "t4"]
+
+
+def test_a_worker_whose_own_tasks_have_no_priority_still_claims_one_at_a_time(
+        state: Path) -> None:
+    """Priorities are the workflow's: a worker that joins with the same tasks but no
+    priorities of its own must not batch-claim them past the higher ones."""
+    ids = [f"t{i}" for i in range(20)]
+    first = Graphband([Task(i, priority=n % 3) for n, i in enumerate(ids)], path=state,
+                      name="mixed", tqdm_kwargs=QUIET)
+    for _ in first:
+        break  # registered with priorities (a break fails the task it left)
+    first.close()
+    joining = Graphband([Task(i) for i in ids], path=state, name="mixed", tqdm_kwargs=QUIET)
+    held = []
+    for _ in joining:
+        [flow] = Monitor(state).status("mixed")
+        held.append(flow.counts["claimed"] + flow.counts["running"])
+    assert held == [1] * (len(ids) - 1)

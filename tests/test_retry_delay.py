@@ -50,9 +50,9 @@ def test_the_environment_sets_the_delay(state: Path,
     assert runs[2][1] - runs[0][1] >= 0.4
 
 
-@pytest.mark.parametrize("delay", [-1, "soon", True])
+@pytest.mark.parametrize("delay", [-1, "soon", True, float("inf"), float("nan")])
 def test_a_bad_delay_is_refused_with_one_line(state: Path, delay: object) -> None:
-    with pytest.raises(ValueError, match=r"^retry_delay must be a number of seconds >= 0"
+    with pytest.raises(ValueError, match=r"^retry_delay must be a finite number of seconds >= 0"
                        r" \(0: retry at once\), got ") as caught:
         Laufband([1], path=state, retry_delay=delay)  # type: ignore[arg-type]
     assert "\n" not in str(caught.value)

@@ -180,10 +180,11 @@ def test_tasks_handed_back_behind_a_slow_one_and_claimed_again_run_once(
     nor run tasks it no longer holds (a task ran twice in 1 run of 3 of this test)."""
     script = tmp_path / "worker.py"
     script.write_text(LATE_CLAIMS)
+    # Three runs at once, each in a state directory of its own (mostly sleeping).
+    runs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / f"state{attempt}"),
+                              str(tmp_path / f"{attempt}.log")]) for attempt in range(3)]
+    assert [run.wait(timeout=60) for run in runs] == [0, 0, 0]
     for attempt in range(3):
-        log = tmp_path / f"{attempt}.log"
-        subprocess.run([sys.executable, str(script), str(tmp_path / f"state{attempt}"),
-                        str(log)], check=True, timeout=60)
-        ran = Counter(int(line) for line in log.read_text().split())
+        ran = Counter(int(line) for line in (tmp_path / f"{attempt}.log").read_text().split())
         assert sorted(ran) == list(range(300))
         assert [index for index, count in ran.items() if count > 1] == []

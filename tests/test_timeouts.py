@@ -209,6 +209,25 @@ def test_a_bad_timeout_is_refused_with_one_line(state: Path, timeout: object) ->
     assert not state.exists()  # refused before anything started
 
 
+def test_a_body_with_its_own_sigalrm_handler_gets_no_alarm_of_laufband(state: Path) -> None:
+    """A body that installs a SIGALRM handler of its own (its own alarm-based timeout)
+    must not receive laufband's interrupts: the task fails when it returns."""
+    import signal
+
+    alarms: list[int] = []
+    worker = Laufband([0.8, 0.0], path=state, name="own", timeout=0.2, tqdm_kwargs=QUIET)
+    for seconds in worker:
+        with worker.catch():
+            mine = signal.signal(signal.SIGALRM, lambda n, _: alarms.append(n))
+            try:
+                time.sleep(seconds)
+            finally:
+                signal.signal(signal.SIGALRM, mine)
+    assert alarms == []
+    [failure] = Monitor(state).failures("own")
+    assert failure.error == "TaskTimeoutError: item 0 timed out after 0.2 s"
+
+
 def test_no_sigalrm_handler_is_left_behind(state: Path) -> None:
     import signal
 

@@ -126,7 +126,7 @@ class TaskOperations(FailureOperations, RunOperations):
         """
         # Prioritized: every task gets a row, as claims take rows by priority before
         # the tasks without one (priority 0), which must not pass a negative priority.
-        needy = fresh if self._is_prioritized(wf) else [t for t in fresh if t.needs_row()]
+        needy = fresh if self.is_prioritized(wf) else [t for t in fresh if t.needs_row()]
         if not needy:
             return
         upto = 1 + max(numbers[key] for task in needy for key in (task.key, *task.dependencies))
@@ -143,7 +143,8 @@ class TaskOperations(FailureOperations, RunOperations):
         )
         self._db.execute("UPDATE workflows SET materialized = ? WHERE id = ?", (upto, wf))
 
-    def _is_prioritized(self, wf: int) -> bool:
+    def is_prioritized(self, wf: int) -> bool:
+        """Whether any task of the workflow was registered with a priority."""
         row = self._db.execute("SELECT prioritized FROM workflows WHERE id = ?", (wf,)).fetchone()
         return bool(row[0])
 
