@@ -61,13 +61,12 @@ class FingerprintOperations(TaskOperations):
         A worker's own fingerprints, for tasks it claimed or finished: those another
         worker registered anew since (with newer inputs) are its to run.
         """
-        seqs = sorted(given)
         changed: list[int] = []
-        for part in chunks(seqs):
+        for lo, hi in _ranges(list(given)):  # claims and batches are mostly one run
             changed += [seq for seq, stored in self._db.execute(
-                "SELECT seq, fingerprint FROM tasks WHERE wf = ?"
-                f" AND seq IN ({placeholders(len(part))})", (wf, *part))
-                if stored is not None and stored != given[seq]]
+                "SELECT seq, fingerprint FROM tasks WHERE wf = ? AND seq BETWEEN ? AND ?",
+                (wf, lo, hi))
+                if seq in given and stored is not None and stored != given[seq]]
         return sorted(changed)
 
     def reopen_changed(self, wf: int, worker: int, seqs: Sequence[int]) -> None:
