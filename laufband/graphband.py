@@ -21,6 +21,7 @@ from tqdm import tqdm
 from laufband import interrupts
 from laufband.errors import NoResultError
 from laufband.legacy import refuse_replaced
+from laufband.outdated import Outdated
 from laufband.settings import resolve_settings
 from laufband.store import NewTask, Scope, Transaction, Workflow
 from laufband.task import Task, check_cycles, check_unique, digest
@@ -310,6 +311,9 @@ class Graphband(WorkerLoop, Generic[T]):
         self._by_number = {numbers[t.id]: t for t in tasks}
         # The workflow's priorities, whoever registered them: ours may have none.
         self._one_at_a_time = tx.is_prioritized(workflow.id)
+        digests = {numbers[t.key]: t.fingerprint for t in new if t.fingerprint is not None}
+        self._outdated = Outdated(digests, self.name, lambda seq: self._by_number[seq].id) \
+            if digests else None
         return self._keep_scope(tx, list(self._by_number), len(numbers))
 
     def _keep_scope(self, tx: Transaction, mine: list[int], total: int) -> Scope:

@@ -11,7 +11,8 @@
                       completes its tasks in the same transaction)
 
 A stored outcome is ``(task, kind, value)``: ``VALUE`` (the result), ``ERROR`` (the
-pickled exception, its traceback text and where it was raised) or ``IN_FILE``.
+pickled exception, its traceback text and where it was raised), ``IN_FILE``, or
+``VOID`` (no result: one stored before is void, see :func:`void_outcomes`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from laufband.liveness import HOST
 from laufband.resultfiles import write_error, write_file
 from laufband.store import FailureRecord, Scope, StateDirectory, Transaction
 
-VALUE, ERROR, IN_FILE = 0, 1, 2  # kinds of stored outcome
+VALUE, ERROR, IN_FILE, VOID = 0, 1, 2, 3  # kinds of stored outcome
 LARGE_RESULT = 1 << 20  # bytes: larger pickled results go to files, not the database
 CHUNK = 256  # outcomes per pickled chunk at most
 
@@ -179,6 +180,17 @@ class OutcomeSink:
         except Exception:  # noqa: BLE001 - an exception that does not survive pickling
             stand_in = RuntimeError(f"{type(error).__name__}: {error}")
             return pickle.dumps((stand_in, text, self._where))
+
+
+def void_outcomes(tx: Transaction, wf: int, seqs: list[int]) -> None:
+    """Void what tasks ``seqs`` stored so far (a chunk of ``VOID`` outcomes after it).
+
+    Their outcomes were computed from inputs that changed meanwhile (a newer
+    fingerprint): none is their result, whatever the run that completes them stores.
+    """
+    if seqs:
+        tx.store_result_chunk(wf, min(seqs), max(seqs),
+                              pickle.dumps([(seq, VOID, None) for seq in seqs]))
 
 
 def raised_where() -> str:

@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from laufband.errors import StateError
 from laufband.inflight import InFlight
 from laufband.liveness import Heartbeat
+from laufband.outcomes import void_outcomes
 from laufband.pipeline import Background
 
 if TYPE_CHECKING:
     from laufband.batching import Pace
+    from laufband.outdated import Outdated
     from laufband.store import FailureRecord, Scope, Store, Transaction, Workflow
 
 
@@ -73,12 +75,16 @@ class WorkerSession:
     """A running worker's hold on the state directory, from start to stop."""
 
     def __init__(self, store: Store, workflow: Workflow, number: int, scope: Scope,
-                 sink: ResultSink | None, *, retry_delay: float = 0.0) -> None:
+                 sink: ResultSink | None, *, retry_delay: float = 0.0,
+                 outdated: Outdated | None = None) -> None:
         """Hold worker ``number`` of ``workflow`` in ``store``, over ``scope``.
 
         ``retry_delay``: seconds before a failed task's first retry (doubling after).
+        ``outdated``: the worker's fingerprints, if its tasks have any: a task whose
+        stored fingerprint changed while it ran is reopened rather than completed.
         """
         self.store = store
+        self.outdated = outdated
         self.retry_delay = retry_delay
         self.workflow = workflow
         self.number = number  # the worker's row in the store
@@ -206,7 +212,8 @@ class WorkerSession:
 
         Record finished tasks, outcomes and failures (the first ``upto`` of each, as
         counted when the sink was packed); return how much, for :meth:`forget` once
-        the transaction has committed.
+        the transaction has committed. A finished task whose fingerprint another
+        worker changed meanwhile goes back to pending instead, its outcome voided.
         """
         finished, failures = self.unwritten_counts() if upto is None else upto
         written = Unwritten(finished, failures, None)
@@ -220,12 +227,21 @@ class WorkerSession:
         def fail(failure: FailureRecord) -> None:
             tx.fail(wf, me, failure, max_failed_retries, self.retry_delay)
 
+        done = self.finished[: written.finished]
+        changed = self.outdated.changed(tx, wf, done) \
+            if self.outdated is not None and done else []
         if self.sink is not None:
             written = written._replace(sink=self.sink.write(tx, wf, fail))
         for failure in self.failures[: written.failures]:  # before finish: not completed
             fail(failure)
-        if written.finished:
-            tx.finish(wf, me, self.finished[: written.finished])
+        if changed:  # run with inputs that are not the newest: not completed
+            tx.reopen_changed(wf, me, changed)
+            if self.sink is not None:
+                void_outcomes(tx, wf, changed)
+            reopened = set(changed)
+            done = [seq for seq in done if seq not in reopened]
+        if done:
+            tx.finish(wf, me, done)
         return written
 
     def forget(self, written: Unwritten) -> None:

@@ -50,6 +50,7 @@ from laufband.store import Scope, Store, Stuck, Transaction, Workflow
 from laufband.timeouts import TimeoutWatch, watches
 
 if TYPE_CHECKING:
+    from laufband.outdated import Outdated
     from laufband.settings import WorkerSettings
 
 MAX_WAIT = 1.0  # longest sleep while waiting for work running elsewhere
@@ -100,6 +101,9 @@ class WorkerLoop:
         # claim takes the highest-priority task ready then (a batch would hold lower
         # ones while a higher one waits in another worker's batch).
         self._one_at_a_time = False
+        # The tasks' fingerprints, if they have any (set by _register): tasks another
+        # worker registered anew are left to it (see laufband.outdated).
+        self._outdated: Outdated | None = None
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -431,7 +435,27 @@ class WorkerLoop:
         size = 1 if self._one_at_a_time else \
             self._sizer.next_size(counts["pending"], workers, expected > 1)
         claimed = tx.claim(wf, session.number, size, self._label_list, session.scope)
+        if self._outdated is not None and claimed:
+            claimed = self._leave_outdated(tx, self._outdated, claimed, size)
         self._unclaimed = counts["pending"] - len(claimed)
+        return claimed
+
+    def _leave_outdated(self, tx: Transaction, outdated: Outdated, claimed: list[int],
+                        size: int) -> list[int]:
+        """Hand back claimed tasks whose fingerprint another worker registered anew.
+
+        Last registration wins: that worker has the newer inputs. They, and the
+        tasks depending on them, are left to it; claims take others in their place.
+        """
+        session = self._live_session
+        while changed := outdated.changed(tx, session.wf, claimed):
+            tx.release(session.wf, session.number, changed)
+            outdated.leave(tx, session.wf, changed, self._mine() or [])
+            session.scope = Scope(restricted=True)
+            claimed = [seq for seq in claimed if seq not in outdated.left]
+            if len(claimed) < size:  # each turn leaves more: the loop ends
+                claimed += tx.claim(session.wf, session.number, size - len(claimed),
+                                    self._label_list, session.scope)
         return claimed
 
     def _register_worker(self, tx: Transaction, wf: int) -> int:
@@ -629,7 +653,8 @@ class WorkerLoop:
             saved = SavedResults(settings.state, workflow.id) if self._sink is None else None
             session = self._session = WorkerSession(store, workflow, number, scope,
                                                     self._sink or saved,
-                                                    retry_delay=settings.retry_delay)
+                                                    retry_delay=settings.retry_delay,
+                                                    outdated=self._outdated)
             self._saved = saved
             interrupts.track(self, _HOOKS)
             if claim:

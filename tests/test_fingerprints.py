@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from laufband import Graphband, Monitor, Task
-from tests.helpers.procs import HELPERS, Processes
+from tests.helpers.procs import HELPERS, Processes, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 QUIET = {"disable": True}
@@ -102,25 +102,17 @@ for task in Graphband([Task("a", fingerprint="v1")], path=sys.argv[1], name="mov
 """
 
 
-def test_a_fingerprint_changed_while_its_task_runs_reruns_it(state: Path,
-                                                              tmp_path: Path) -> None:
-    import subprocess
-    import time
-
+def test_a_fingerprint_changed_while_its_task_runs_reruns_it(state: Path, tmp_path: Path,
+                                                              procs: Processes) -> None:
     started = tmp_path / "started"
-    slow = subprocess.Popen([sys.executable, "-c", SLOW_V1, str(state), str(started)])
-    try:
-        deadline = time.monotonic() + 60
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert started.exists()
-        tasks = [Task("a", fingerprint="v2")]  # registered while v1 runs elsewhere
-        assert [t.id for t in Graphband(tasks, path=state, name="moving",
-                                        tqdm_kwargs=QUIET)] == []
-    finally:
-        assert slow.wait(timeout=60) == 0
-    # It completed computed with v1: v2 runs it again, once.
+    slow = procs.start("-c", SLOW_V1, state, started)
+    wait_for(started.exists, what="task a running with v1")
+    tasks = [Task("a", fingerprint="v2")]  # registered while v1 runs elsewhere
+    # This worker waits for a; finished with v1, a is pending again, and runs here.
     assert [t.id for t in Graphband(tasks, path=state, name="moving",
                                     tqdm_kwargs=QUIET)] == ["a"]
+    [(code, _, err)] = procs.wait_all([slow])
+    assert code == 0, err
+    assert "1 task of workflow 'moving' (a) has a newer fingerprint" in err
     assert [t.id for t in Graphband(tasks, path=state, name="moving",
                                     tqdm_kwargs=QUIET)] == []

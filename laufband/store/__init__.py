@@ -17,6 +17,7 @@ Modules, one concern each::
     transaction.py  Transaction: the operations below, on one connection
       keys.py         key blocks: the one mapping from task keys to task numbers
       tasks.py        workflows, registration, finish / fail / release / block
+      fingerprints.py task fingerprints: what a change runs again; outdated workers
       claims.py       ready tasks and claims (by number range where possible)
       runs.py         claims and completions of tasks without rows, as ranges
       workers.py      worker records, heartbeats, reaping dead workers

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from laufband.errors import TaskGraphError
 from laufband.store.failures import FailureOperations, FailureRecord
-from laufband.store.records import NewTask, Workflow, _ranges, chunks, placeholders
+from laufband.store.records import NewTask, Workflow, _ranges
 from laufband.store.runs import RunOperations
 
 
@@ -147,62 +147,6 @@ class TaskOperations(FailureOperations, RunOperations):
         """Whether any task of the workflow was registered with a priority."""
         row = self._db.execute("SELECT prioritized FROM workflows WHERE id = ?", (wf,)).fetchone()
         return bool(row[0])
-
-    def refingerprint(self, wf: int, given: dict[int, bytes]) -> list[int]:
-        """Store the fingerprints of registered tasks; run again what they invalidate.
-
-        A completed task whose stored fingerprint differs from the one given becomes
-        pending, and so does every completed task depending on it, transitively (an
-        ``invalidated`` event each). A task without a stored fingerprint adopts the
-        one given and is not run again. A running task keeps its stored fingerprint (the
-        one it runs with), so a change made meanwhile runs it again at the next
-        registration once it completed. Return the tasks made pending.
-        """
-        if not given:
-            return []
-        seqs = sorted(given)
-        for lo, hi in _ranges(seqs):
-            self._rows_within(wf, lo, hi)
-        self.materialize(wf, seqs[-1] + 1)
-        changed: list[int] = []
-        for part in chunks(seqs):
-            for seq, old, state in self._db.execute(
-                    "SELECT seq, fingerprint, state FROM tasks WHERE wf = ?"
-                    f" AND seq IN ({placeholders(len(part))})", (wf, *part)).fetchall():
-                if old == given[seq] or (old is not None and state == "running"):
-                    continue  # a running task keeps the fingerprint it runs with: once
-                    # completed, the next registration with the new one runs it again
-                self._db.execute("UPDATE tasks SET fingerprint = ? WHERE wf = ? AND seq = ?",
-                                 (given[seq], wf, seq))
-                if old is not None and state == "completed":
-                    changed.append(seq)
-        if not changed:
-            return []
-        return self._invalidate(wf, changed)
-
-    def _invalidate(self, wf: int, changed: list[int]) -> list[int]:
-        """Make completed tasks ``changed`` and their completed dependents pending."""
-        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS changed(seq INTEGER PRIMARY KEY)")
-        self._db.execute("DELETE FROM temp.changed")
-        self._db.executemany("INSERT INTO temp.changed VALUES (?)", ((s,) for s in changed))
-        below = [seq for (seq,) in self._db.execute(
-            "WITH RECURSIVE down(seq) AS (SELECT seq FROM temp.changed UNION"
-            " SELECT d.seq FROM deps d JOIN down ON d.wf = ? AND d.dep = down.seq)"
-            " SELECT seq FROM down EXCEPT SELECT seq FROM temp.changed", (wf,))]
-        self._db.execute("DELETE FROM temp.changed")
-        reopened: list[int] = []
-        for part in chunks(sorted({*changed, *below})):
-            reopened += [seq for (seq,) in self._retry(
-                wf, ("completed",), f" AND seq IN ({placeholders(len(part))})", part)]
-        now = time.time()
-        mine = set(changed)
-        self._event_many(wf, [s for s in reopened if s in mine], "invalidated",
-                         "its fingerprint changed", now)
-        self._event_many(wf, [s for s in reopened if s not in mine], "invalidated",
-                         "a task it depends on changed its fingerprint", now)
-        self._db.execute("UPDATE workflows SET invalidated = invalidated + ? WHERE id = ?",
-                         (len(reopened), wf))
-        return sorted(reopened)
 
     def dependency_edges(self, wf: int) -> list[tuple[int, int]]:
         """All ``(task, dependency)`` pairs of a workflow, by task number."""

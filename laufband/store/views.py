@@ -14,8 +14,8 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from laufband.store.claims import COULD_RUN, MINE, could_run_params
+from laufband.store.fingerprints import FingerprintOperations
 from laufband.store.records import STATES, Scope, Stuck, chunks, placeholders
-from laufband.store.tasks import TaskOperations
 
 if TYPE_CHECKING:
     from laufband.store.failures import FailureRecord
@@ -26,7 +26,7 @@ _ACTIVITY = ("max(f.created, coalesce((SELECT max(k.seen) FROM workers k WHERE k
              " 0), coalesce((SELECT CAST(value AS REAL) FROM meta WHERE key = 'used:' || f.id),"
              " 0))")
 
-class ViewOperations(TaskOperations):
+class ViewOperations(FingerprintOperations):
     """Read-only views of a workflow, and retry/reset."""
 
     # -- counters ----------------------------------------------------------------------

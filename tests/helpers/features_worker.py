@@ -78,6 +78,37 @@ def fingerprints(args: argparse.Namespace) -> None:
     print(json.dumps(ran))
 
 
+def outdated(args: argparse.Namespace) -> None:
+    """Task T (fingerprint ``--changed``, default v1) and D depending on it.
+
+    Each body logs "ID FINGERPRINT PID" to ``--log`` as it starts; T saves "T FP PID".
+    ``--mode``: ``run`` runs the tasks; ``register`` only registers them (and this
+    worker) and leaves; ``gate`` runs a task "gate" first, whose body touches
+    ``--ready`` and waits for ``--go``; ``block``: T's body does that. Prints the ids
+    run as JSON.
+    """
+    fingerprint = args.changed or "v1"
+    tasks = [Task("T", fingerprint=fingerprint), Task("D", dependencies=["T"], fingerprint="d")]
+    if args.mode == "gate":
+        tasks.insert(0, Task("gate"))
+    worker = Graphband(tasks, path=args.state, name="outdated", tqdm_kwargs=QUIET)
+    if args.mode == "register":
+        print(json.dumps(worker.has_more_jobs))
+        return
+    ran = []
+    with Path(args.log).open("a", buffering=1) as log:
+        for task in worker:
+            ran.append(task.id)
+            log.write(f"{task.id} {fingerprint} {os.getpid()}\n")
+            if (task.id, args.mode) in {("gate", "gate"), ("T", "block")}:
+                Path(args.ready).touch()
+                while not Path(args.go).exists():
+                    time.sleep(0.01)
+            if task.id == "T":
+                worker.save(f"T {fingerprint} {os.getpid()}")
+    print(json.dumps(ran))
+
+
 def timeouts(args: argparse.Namespace) -> None:
     """Items sleep ``--sleep`` (item 2: ``--slow``); ``--mode`` says how failures are met:
     ``catch`` (worker.catch), ``swallow`` (the body catches every exception), ``raise``."""
@@ -128,11 +159,11 @@ def main() -> None:
     parser.add_argument("--changed", default="")
     parser.add_argument("--timeout", type=float, default=None)
     parser.add_argument("--slow", type=float, default=30.0)
-    parser.add_argument("--mode", default="catch")
+    parser.add_argument("--mode", default="catch")  # outdated: run, register, gate, block
     parser.add_argument("--retries", type=int, default=0)
     args = parser.parse_args()
     {"results": results, "priorities": priorities, "retries": retries,
-     "fingerprints": fingerprints, "timeouts": timeouts,
+     "fingerprints": fingerprints, "outdated": outdated, "timeouts": timeouts,
      "killed_after_saving": killed_after_saving}[args.command](args)
 
 
