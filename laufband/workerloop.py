@@ -449,9 +449,10 @@ class WorkerLoop:
         """
         session = self._live_session
         while changed := outdated.changed(tx, session.wf, claimed):
-            tx.release(session.wf, session.number, changed)
             outdated.leave(tx, session.wf, changed, self._mine() or [])
             session.scope = Scope(restricted=True)
+            tx.release(session.wf, session.number,
+                       [seq for seq in claimed if seq in outdated.left])
             claimed = [seq for seq in claimed if seq not in outdated.left]
             if len(claimed) < size:  # each turn leaves more: the loop ends
                 claimed += tx.claim(session.wf, session.number, size - len(claimed),
