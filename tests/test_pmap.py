@@ -289,7 +289,7 @@ def test_spawned_helpers_start_while_a_first_long_task_runs(state: Path) -> None
     # No task has finished when the spawn decision is due: helpers start anyway, so
     # the second item does not wait for the first.
     def slow(x: int) -> int:
-        time.sleep(1.5)
+        time.sleep(2.5)  # the helper spawned at 1 s has 1.5 s to start (a loaded machine)
         return os.getpid()
 
     pids = pmap(slow, [0, 1], n=2, path=state, progress=False, start_method="spawn")
