@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from laufband.store import SHIELD
+
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -45,12 +47,20 @@ class Background(Generic[T]):
         if self._future is not None:
             msg = "a background transaction is still running: collect it first"
             raise RuntimeError(msg)
-        if self._executor is None:
-            # Imported here: `import laufband` stays a few milliseconds shorter.
-            from concurrent.futures import ThreadPoolExecutor
+        # A Ctrl-C or SIGTERM here waits until the future is ours (raised as the shield
+        # is left): one landing as the executor starts its thread left a thread that it
+        # never took note of, which interpreter exit then waited for forever, and a
+        # transaction running that nobody collected.
+        SHIELD.enter()
+        try:
+            if self._executor is None:
+                # Imported here: `import laufband` stays a few milliseconds shorter.
+                from concurrent.futures import ThreadPoolExecutor
 
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="laufband-store")
-        self._future = self._executor.submit(turn)
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="laufband-store")
+            self._future = self._executor.submit(turn)
+        finally:
+            SHIELD.leave()
 
     def collect(self) -> T:
         """Wait for the transaction handed over and return its outcome (or raise its error).

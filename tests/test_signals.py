@@ -10,6 +10,7 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -308,3 +309,59 @@ def test_a_loop_run_again_after_an_interrupted_stop(state: Path, procs: Processe
     assert done == Counter({str(i): 1 for i in range(6)})
     assert [e for e in task_events(state, "work") if e[1] == "killed"] == []
     assert orphans(state) == []
+
+
+
+INTERRUPTED_THREAD_START = """
+import signal, sys, threading, time
+from pathlib import Path
+from laufband import Laufband
+
+start = threading.Thread.start
+def interrupted(self):  # Ctrl-C as the store thread has started, before the executor
+    start(self)         # that starts it has taken note of it (or of the work handed over)
+    if self.name.startswith("laufband-store") and sys.argv[3] == "interrupt":
+        Path(sys.argv[4]).touch()  # the test takes the state lock now
+        while not Path(sys.argv[5]).exists():
+            time.sleep(0.01)
+        signal.raise_signal(signal.SIGINT)
+threading.Thread.start = interrupted
+with open(sys.argv[2], "a") as log:
+    for item in Laufband(list(range(200)), path=sys.argv[1], name="work",
+                         tqdm_kwargs={"disable": True}):
+        time.sleep(0.002)
+        log.write(f"{item}\\n")
+        log.flush()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_as_the_background_thread_starts(state: Path, procs: Processes,
+                                               tmp_path: Path) -> None:
+    """A Ctrl-C as the worker starts its store thread (for the first background
+    transaction, already handed over) must end the worker: it hung at exit, waiting for
+    a thread its executor had not taken note of, the batch claimed there not handed back."""
+    script, log, err = tmp_path / "worker.py", tmp_path / "done.log", tmp_path / "w.err"
+    script.write_text(INTERRUPTED_THREAD_START)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    worker = procs.start_logged(script, state, log, "interrupt", ready, go, stderr=err,
+                                env={"LAUFBAND_LOCK_WARNING": "0.2"})
+    wait_for(ready.exists, what="the store thread to start")
+    with FileLock(state / "state.lock"):  # the stop waits for it, and more Ctrl-Cs come
+        go.touch()
+        wait_for(lambda: "waited" in err.read_text(), what="the worker to wait for the lock")
+        worker.send_signal(signal.SIGINT)  # a second Ctrl-C cuts its stop short
+        wait_for(lambda: not signal_pending(worker.pid, signal.SIGINT),
+                 what="the second Ctrl-C to land")
+    try:
+        code = worker.wait(timeout=QUIT_DEADLINE)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        pytest.fail("the worker hung after a Ctrl-C as its store thread started")
+    assert code == -signal.SIGINT, err.read_text()[-3000:]
+    assert orphans(state) == []
+    rest = tmp_path / "rest.log"
+    [(code, _, out)] = procs.wait_all([procs.start(script, state, rest, "no")])
+    assert code == 0, out
+    assert Counter(read_log(log)) + Counter(read_log(rest)) \
+        == Counter({str(i): 1 for i in range(200)})
