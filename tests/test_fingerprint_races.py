@@ -155,3 +155,24 @@ def test_what_a_task_saved_with_an_outdated_fingerprint_is_never_its_result(
     assert [task.id for task in new] == ["T"]  # completes T without saving anything
     with pytest.raises(NoResultError, match=r"it completed without calling worker\.save"):
         new.result_of("T")
+
+
+def test_a_dependent_running_when_its_dependency_is_invalidated_runs_again_after_it(
+        state: Path, tmp_path: Path, procs: Processes) -> None:
+    """D runs (worker A, v1) when worker B registers T's new fingerprint: D's input is
+    stale, so D must run again after T does, not be completed by A (it was, and no later
+    run ever ran it again)."""
+    files = Files(tmp_path)
+    first = start(procs, state, files, "block-d", "v1")  # T done, D's body waits
+    second = procs.start(WORKER, *files.args("run", "v2")[:1], state,
+                         *files.args("run", "v2")[1:])
+    wait_for(lambda: "D v2" in files.started() or second.poll() is not None,
+             what="the v2 worker to run D again")
+    files.go.touch()
+    ran_first, _ = finish(procs, first)
+    ran_second, _ = finish(procs, second)
+    assert (ran_first, ran_second) == (["T", "D"], ["T", "D"])
+    assert files.started() == ["T v1", "D v1", "T v2", "D v2"]
+    assert set(task_states(state, "outdated").values()) == {"completed"}
+    assert ("invalidated", "a task it depends on changed its fingerprint") in {
+        (kind, error) for seq, kind, error in task_events(state, "outdated") if seq == "D"}

@@ -43,7 +43,8 @@ def test_reset_while_workers_run_then_new_data(state: Path, procs: Processes,
     script = tmp_path / "reset_worker.py"
     script.write_text(RESET_WORKER)
     logs = tmp_path / "logs"
-    old = [procs.start(script, state, logs, "a", 400) for _ in range(2)]  # far from done at the reset
+    # Far from done when the reset comes, on a loaded machine too.
+    old = [procs.start(script, state, logs, "a", 400) for _ in range(2)]
     wait_for(lambda: sum(done_by(logs, "a").values()) >= 6, what="data A under way")
     reset = procs.python("-m", "laufband", "reset", "-w", "work", "--path", state, "--yes")
     assert reset.returncode == 0, reset.stderr

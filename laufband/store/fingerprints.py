@@ -1,7 +1,7 @@
 """Fingerprints: which inputs each task's stored outcome stands for.
 
 The last registration wins: it stores each task's fingerprint and reopens completed
-tasks whose fingerprint changed, with every task depending on them. A worker that
+tasks whose fingerprint changed, with every task depending on them (running ones too). A worker that
 started earlier may hold older inputs: it checks the tasks it claims and those it
 finishes against its own fingerprints (``changed_fingerprints``), hands back a claim
 whose fingerprint is another one, and reopens rather than completes a task whose
@@ -95,12 +95,18 @@ class FingerprintOperations(TaskOperations):
         return below
 
     def _invalidate(self, wf: int, changed: list[int]) -> list[int]:
-        """Make completed tasks ``changed`` and their completed dependents pending."""
+        """Make completed tasks ``changed`` and their dependents pending.
+
+        Dependents running now too: they read the old outcome. Their worker's finish
+        then finds them not running under it and completes nothing; they run again
+        once ``changed`` have.
+        """
         below = self.dependents(wf, changed)
         reopened: list[int] = []
         for part in chunks(sorted({*changed, *below})):
             reopened += [seq for (seq,) in self._retry(
-                wf, ("completed",), f" AND seq IN ({placeholders(len(part))})", part)]
+                wf, ("completed", "running"), f" AND seq IN ({placeholders(len(part))})",
+                part)]
         now = time.time()
         mine = set(changed)
         self._event_many(wf, [s for s in reopened if s in mine], "invalidated", CHANGED, now)

@@ -84,8 +84,8 @@ def outdated(args: argparse.Namespace) -> None:
     Each body logs "ID FINGERPRINT PID" to ``--log`` as it starts; T saves "T FP PID".
     ``--mode``: ``run`` runs the tasks; ``register`` only registers them (and this
     worker) and leaves; ``gate`` runs a task "gate" first, whose body touches
-    ``--ready`` and waits for ``--go``; ``block``: T's body does that. Prints the ids
-    run as JSON.
+    ``--ready`` and waits for ``--go``; ``block``: T's body does that; ``block-d``: D's
+    body does. Prints the ids run as JSON.
     """
     fingerprint = args.changed or "v1"
     tasks = [Task("T", fingerprint=fingerprint), Task("D", dependencies=["T"], fingerprint="d")]
@@ -100,7 +100,7 @@ def outdated(args: argparse.Namespace) -> None:
         for task in worker:
             ran.append(task.id)
             log.write(f"{task.id} {fingerprint} {os.getpid()}\n")
-            if (task.id, args.mode) in {("gate", "gate"), ("T", "block")}:
+            if (task.id, args.mode) in {("gate", "gate"), ("T", "block"), ("D", "block-d")}:
                 Path(args.ready).touch()
                 while not Path(args.go).exists():
                     time.sleep(0.01)
