@@ -29,6 +29,7 @@ from joblib.parallel import ParallelBackendBase, SequentialBackend
 from laufband.memo import default_name
 from laufband.pmap import pmap
 from laufband.stablepickle import stable_dumps
+from laufband.timeouts import wraps_user_code
 
 
 class Call(NamedTuple):
@@ -181,6 +182,7 @@ def _workers(n_jobs: int | None) -> int:
 _worker_thread = threading.local()
 
 
+@wraps_user_code  # a timeout interrupts the user's function through it
 def _call(call: Call) -> Any:
     if not getattr(_worker_thread, "sequential", False):
         # A nested Parallel runs sequentially in this worker. The threads that call

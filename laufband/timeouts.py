@@ -32,8 +32,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any
+from types import CodeType, FrameType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from laufband.errors import TaskTimeoutError
 from laufband.store import SHIELD
@@ -41,8 +41,20 @@ from laufband.store import SHIELD
 if TYPE_CHECKING:
     from laufband.session import WorkerSession
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 # Frames of laufband's own code (code objects name their file as it was imported).
 PACKAGE = str(Path(__file__).parent) + os.sep
+_WRAPPERS: set[CodeType] = set()  # laufband functions that only call the user's
+
+
+def wraps_user_code(func: F) -> F:
+    """Mark a laufband function that only calls user code (the joblib backend's call).
+
+    A timeout is raised in it, and in what it calls, as in the user's own code.
+    """
+    _WRAPPERS.add(func.__code__)
+    return func
 
 
 class TimeoutWatch:
@@ -135,12 +147,13 @@ class TimeoutWatch:
     def _in_body(self, frame: FrameType | None) -> bool:
         """Whether ``frame`` runs the loop body.
 
-        That is: it or a caller runs the body's code, with no laufband frame between.
+        That is: it or a caller runs the body's code, with no laufband frame between
+        (but those of :func:`wraps_user_code`).
         """
         while frame is not None:
             if frame.f_code is self._body:
                 return True
-            if frame.f_code.co_filename.startswith(PACKAGE):
+            if frame.f_code.co_filename.startswith(PACKAGE) and frame.f_code not in _WRAPPERS:
                 return False
             frame = frame.f_back
         return False

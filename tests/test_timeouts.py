@@ -163,6 +163,16 @@ def test_the_joblib_backend_interrupts_a_call_the_calling_process_would_run(
     assert time.monotonic() - began < SLOW / 2
 
 
+def test_the_joblib_backend_interrupts_the_call_itself(state: Path) -> None:
+    """The call gets the TimeoutError (its cleanup runs), not a kill of its helper."""
+    from joblib import Parallel, delayed, parallel_config
+
+    with parallel_config(backend="laufband", n_jobs=2, path=state, name="own", timeout=1.0), \
+            pytest.raises(TimeoutError) as caught:
+        Parallel()(delayed(slow_square)(x) for x in [3])
+    assert str(caught.value) == "the function timed out after 1 s"
+
+
 def test_a_pmap_call_from_a_thread_interrupts_an_item_past_its_timeout(state: Path) -> None:
     import threading
 
