@@ -42,15 +42,17 @@ def export(results: list[Any], fmt: str) -> bytes:
     """
     if fmt == "pickle":
         return pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+    # A lone surrogate (a task id from a file name that is not UTF-8) is written as its
+    # escape, \udce9: in JSON, one that reads back as the same string.
     if fmt == "json":
         try:
-            return (json.dumps(_finite(results), ensure_ascii=False, allow_nan=False)
-                    + "\n").encode()
+            text = json.dumps(_finite(results), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as error:
             msg = f"the results are not JSON ({error}): use --format pickle"
             raise ValueError(msg) from None
+        return (text + "\n").encode("utf-8", "backslashreplace")
     if fmt == "csv":
-        return _csv(results).encode()
+        return _csv(results).encode("utf-8", "backslashreplace")
     msg = f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}"
     raise ValueError(msg)
 

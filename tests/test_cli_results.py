@@ -121,3 +121,24 @@ def test_json_results_are_strict_json_with_null_for_nan_and_infinity(
 
     assert json.loads(result.stdout, parse_constant=refuse) == [
         None, None, None, 1.5, {"e": None}, [None, 2]]
+
+
+def test_results_of_tasks_named_by_undecodable_file_names(state: Path, tmp_path: Path,
+                                                          procs: Processes) -> None:
+    """A task id from a file name that is not UTF-8 (a surrogate escape, as os.listdir
+    gives it): JSON and CSV write it escaped, JSON reads it back."""
+    from laufband import Graphband, Task
+
+    name = "frame-\udce9.xyz"
+    worker = Graphband([Task("ok"), Task(name)], path=state, name="files", tqdm_kwargs=QUIET)
+    for task in worker:
+        worker.save(len(task.id))
+    shown = cli(procs, "results", "-w", "files", "--path", state)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == [{"task": "ok", "result": 2},
+                                        {"task": name, "result": len(name)}]
+    written = cli(procs, "results", "-w", "files", "--path", state, "--format", "csv",
+                  "-o", tmp_path / "r.csv")
+    assert written.returncode == 0, written.stderr
+    assert (tmp_path / "r.csv").read_text().splitlines() == [
+        "task,result", "ok,2", f"frame-\\udce9.xyz,{len(name)}"]
