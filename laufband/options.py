@@ -13,20 +13,35 @@ T = TypeVar("T")
 PREFIX = "LAUFBAND_"
 
 
-def resolve(name: str, value: T | None, default: T, parse: Callable[[str], T]) -> T:
-    """Return ``value`` if given, else the parsed environment variable, else ``default``."""
+def resolve(name: str, value: T | None, default: T, parse: Callable[[str], T],
+            check: Callable[[T], T] | None = None) -> T:
+    """Return ``value`` if given, else the parsed environment variable, else ``default``.
+
+    ``check`` (raising ValueError) sees whichever it is; refusing the environment's
+    value, its error names the variable.
+    """
+    checked = check or _unchecked
     if value is not None:
-        return value
-    raw = os.environ.get(PREFIX + name.upper(), "").strip()
+        return checked(value)
+    variable = PREFIX + name.upper()
+    raw = os.environ.get(variable, "").strip()
     if not raw:
-        return default
+        return checked(default)
     try:
-        return parse(raw)
+        parsed = parse(raw)
     except ValueError as error:
-        variable = PREFIX + name.upper()
         wanted = _WANTED.get(parse, str(error))  # int's own words name no fix
         msg = f"{variable}={raw!r} is not valid ({wanted}): correct or unset {variable}"
         raise ValueError(msg) from None
+    try:
+        return checked(parsed)
+    except ValueError as error:
+        msg = f"{variable}={raw!r} is not valid ({error}): correct or unset {variable}"
+        raise ValueError(msg) from None
+
+
+def _unchecked(value: T) -> T:
+    return value
 
 
 _WANTED: dict[Callable[[str], object], str] = {int: "expected an integer",

@@ -140,7 +140,7 @@ def pmap(
         msg = f"on_error must be one of {ON_ERROR}, got {on_error!r}"
         raise ValueError(msg)
     # Here, before any helper starts (each would fail with it).
-    check_timeout("timeout", resolve("timeout", options.get("timeout"), None, float))
+    resolve("timeout", options.get("timeout"), None, float, partial(check_timeout, "timeout"))
     method = resolve("start_method", start_method, None, str) or default_start_method()
     if method not in START_METHODS or (method == "fork" and not hasattr(os, "fork")):
         msg = f"start_method must be 'spawn' or, on POSIX, 'fork'; got {method!r}"

@@ -13,6 +13,7 @@ import secrets
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -75,11 +76,10 @@ def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
     """Resolve and check the options of a worker (argument, environment, default)."""
     if callable(identifier):  # as in laufband 0.2.x: a function naming the worker
         identifier = identifier()
-    interval = check_seconds(
-        "heartbeat_interval", resolve("heartbeat_interval", heartbeat_interval, 10.0, float))
-    silence = check_seconds(
-        "heartbeat_timeout",
-        resolve("heartbeat_timeout", heartbeat_timeout, HEARTBEAT_TIMEOUT, float))
+    interval = resolve("heartbeat_interval", heartbeat_interval, 10.0, float,
+                       partial(check_seconds, "heartbeat_interval"))
+    silence = resolve("heartbeat_timeout", heartbeat_timeout, HEARTBEAT_TIMEOUT, float,
+                      partial(check_seconds, "heartbeat_timeout"))
     check_heartbeat(interval, silence)
     found = mpi.rank_and_size()
     rank, size = found or (None, 1)
@@ -88,11 +88,11 @@ def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
         name=resolve("name", name, _script_name(), str),
         identifier=resolve("identifier", identifier, None, str) or _default_identifier(rank),
         labels=frozenset(resolve("labels", labels, frozenset(), parse_labels)),
-        max_killed_retries=check_count(
-            "max_killed_retries",
-            resolve("max_killed_retries", max_killed_retries, MAX_KILLED_RETRIES, int)),
-        max_failed_retries=check_count(
-            "max_failed_retries", resolve("max_failed_retries", max_failed_retries, 0, int)),
+        max_killed_retries=resolve("max_killed_retries", max_killed_retries,
+                                   MAX_KILLED_RETRIES, int,
+                                   partial(check_count, "max_killed_retries")),
+        max_failed_retries=resolve("max_failed_retries", max_failed_retries, 0, int,
+                                   partial(check_count, "max_failed_retries")),
         heartbeat_interval=interval,
         heartbeat_timeout=silence,
         disabled=resolve("disabled", disabled, False, parse_bool),
@@ -103,8 +103,8 @@ def resolve_settings(  # noqa: PLR0913 - one argument per option of Graphband
             resolve("failure_policy", failure_policy, "continue", str)),
         rank=rank,
         expected_workers=max(size, expected_workers or 1),
-        timeout=check_timeout("timeout", resolve("timeout", timeout, None, float)),
-        retry_delay=check_delay(resolve("retry_delay", retry_delay, 0.0, float)),
+        timeout=resolve("timeout", timeout, None, float, partial(check_timeout, "timeout")),
+        retry_delay=resolve("retry_delay", retry_delay, 0.0, float, check_delay),
     )
 
 

@@ -160,6 +160,24 @@ def test_invalid_environment_option(state: Path, monkeypatch: pytest.MonkeyPatch
         Laufband([1], path=state)
 
 
+@pytest.mark.parametrize(("variable", "raw", "refusal"), [
+    ("LAUFBAND_TIMEOUT", "0",
+     "timeout must be a number of seconds > 0 (or None for no limit), got 0.0"),
+    ("LAUFBAND_RETRY_DELAY", "inf",
+     "retry_delay must be a finite number of seconds >= 0 (0: retry at once), got inf"),
+    ("LAUFBAND_MAX_FAILED_RETRIES", "-1", "max_failed_retries must be an integer >= 0, got -1"),
+    ("LAUFBAND_HEARTBEAT_INTERVAL", "0",
+     "heartbeat_interval must be a number of seconds > 0, got 0.0"),
+])
+def test_an_environment_value_out_of_range_names_its_variable(
+        state: Path, monkeypatch: pytest.MonkeyPatch, variable: str, raw: str,
+        refusal: str) -> None:
+    monkeypatch.setenv(variable, raw)
+    message = f"{variable}={raw!r} is not valid ({refusal}): correct or unset {variable}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Laufband([1], path=state)
+
+
 def test_state_path_is_a_file(tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("mine")
