@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import reprlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -106,10 +107,12 @@ def _info(task_id: str, info: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _priority(task_id: str, priority: int) -> int:
-    if isinstance(priority, bool) or not isinstance(priority, int):
+    """Return ``priority`` as an int: any integer (NumPy's too), not a bool or float."""
+    if isinstance(priority, bool) or not isinstance(priority, numbers.Integral):
         msg = (f"Task {task_id!r}: priority must be an integer (higher runs first), got"
                f" {priority!r} ({type(priority).__name__}): use int(...)")
         raise TypeError(msg)
+    priority = int(priority)
     if not -(2**63) <= priority < 2**63:  # what SQLite stores as an INTEGER
         msg = (f"Task {task_id!r}: priority must be within -2**63 .. 2**63-1 (a 64-bit"
                f" integer), got {priority}")

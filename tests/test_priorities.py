@@ -144,3 +144,10 @@ def test_a_worker_whose_own_tasks_have_no_priority_still_claims_one_at_a_time(
         [flow] = Monitor(state).status("mixed")
         held.append(flow.counts["claimed"] + flow.counts["running"])
     assert held == [1] * (len(ids) - 1)
+
+
+def test_numpy_integers_are_priorities() -> None:
+    numpy = pytest.importorskip("numpy")
+    sizes = numpy.array([3, 1, 2])
+    tasks = [Task(f"t{i}", priority=size) for i, size in enumerate(sizes)]
+    assert [(t.priority, type(t.priority)) for t in tasks] == [(3, int), (1, int), (2, int)]
