@@ -48,10 +48,15 @@ class OutcomeSink:
     """The results sink of a pmap worker (see :class:`laufband.session.ResultSink`)."""
 
     def __init__(self, state: StateDirectory | Path, wf: int,
-                 dumps: Callable[..., bytes]) -> None:
-        """Make a sink for workflow ``wf`` in ``state``, pickling with ``dumps``."""
+                 dumps: Callable[..., bytes], item_of: Callable[[int], Any] | None = None,
+                 ) -> None:
+        """Make a sink for workflow ``wf`` in ``state``, pickling with ``dumps``.
+
+        ``item_of(task)``: the item a failure to pickle a task's result names.
+        """
         self._state = StateDirectory.of(state)
         self._wf, self._dumps = wf, dumps
+        self._item_of = item_of
         self._where = raised_where()
         self._outcomes: list[Outcome] = []
         self._chunks: list[tuple[int, int, bytes]] = []  # (lowest task, highest, pickle)
@@ -162,7 +167,8 @@ class OutcomeSink:
             pickled = self._dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:  # noqa: BLE001 - reported to the caller
             text = traceback.format_exc()
-            self._failures.append(failure_record(seq, error, trace=text))  # not finished
+            item = None if self._item_of is None else self._item_of(seq)
+            self._failures.append(failure_record(seq, error, item, trace=text))  # not finished
             return seq, ERROR, self._pickle_error(error, text)
         if len(pickled) <= LARGE_RESULT:
             return outcome

@@ -145,7 +145,8 @@ class Job:
             import cloudpickle
 
             dumps = cloudpickle.dumps
-        sink = OutcomeSink(Path(self.path), self.wf, dumps)
+        item_at = self.item_at()
+        sink = OutcomeSink(Path(self.path), self.wf, dumps, lambda seq: item_at(seq)[1])
         worker = PmapWorker(self, path=self.path, name=self.name, tqdm_kwargs=tqdm_kwargs,
                          sink=sink, expected_workers=self.expected,
                          **options)

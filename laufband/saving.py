@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from laufband.outcomes import OutcomeSink, read_result
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from laufband.session import WorkerSession
     from laufband.store import StateDirectory, Store, Transaction
 
@@ -21,9 +23,10 @@ if TYPE_CHECKING:
 class SavedResults(OutcomeSink):
     """The results sink of a loop (see :class:`laufband.session.ResultSink`)."""
 
-    def __init__(self, state: StateDirectory, wf: int) -> None:
-        """Keep what the bodies of workflow ``wf``'s loop save."""
-        super().__init__(state, wf, pickle.dumps)
+    def __init__(self, state: StateDirectory, wf: int,
+                 item_of: Callable[[int], Any] | None = None) -> None:
+        """Keep what the bodies of workflow ``wf``'s loop save (``item_of``: see the base)."""
+        super().__init__(state, wf, pickle.dumps, item_of)
 
     def save(self, session: WorkerSession, value: Any) -> None:
         """Keep ``value`` as the result of the task whose body runs in ``session``."""

@@ -651,7 +651,8 @@ class WorkerLoop:
             workflow = tx.open_workflow(settings.name, keyed=self._keyed)
             # From here on (the commit), _stop() hands back what the session holds.
             # A loop's own sink keeps what its body saves (worker.save); pmap brings one.
-            saved = SavedResults(settings.state, workflow.id) if self._sink is None else None
+            saved = SavedResults(settings.state, workflow.id, self._described_item) \
+                if self._sink is None else None
             session = self._session = WorkerSession(store, workflow, number, scope,
                                                     self._sink or saved,
                                                     retry_delay=settings.retry_delay,

@@ -66,12 +66,14 @@ def test_a_completed_task_that_saved_nothing_says_so(state: Path) -> None:
 
 
 def test_an_unpicklable_result_fails_its_task(state: Path) -> None:
-    worker = Laufband(range(3), path=state, name="lock", tqdm_kwargs=QUIET)
+    worker = Laufband(["x", "y", "z"], path=state, name="lock", tqdm_kwargs=QUIET)
     for item in worker:
-        worker.save(threading.Lock() if item == 1 else item)
+        worker.save(threading.Lock() if item == "y" else item)
     [flow] = Monitor(state).status("lock")
     assert (flow.counts["completed"], flow.counts["failed"]) == (2, 1)
-    assert "cannot pickle" in Monitor(state).failures("lock")[0].error
+    [failure] = Monitor(state).failures("lock")
+    assert "cannot pickle" in failure.error
+    assert (failure.task, failure.item) == ("1", "'y'")  # as any failure names its item
 
 
 def test_save_outside_the_loop_body_is_refused(state: Path) -> None:
