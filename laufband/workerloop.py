@@ -155,8 +155,9 @@ class WorkerLoop:
             # Python closes the loop as it drops it (break, or an exception such as a
             # Ctrl-C in the body on its way out), where an exception could only be
             # printed as "Exception ignored": a second Ctrl-C meanwhile is part of the
-            # first. A hand-back it cut short is done by _stop(), or at exit.
-            with contextlib.suppress(KeyboardInterrupt):
+            # first (as is a second SIGTERM's SystemExit). A hand-back it cut short is
+            # done by _stop(), or at exit.
+            with contextlib.suppress(KeyboardInterrupt, SystemExit):
                 self._abandon_current()
             raise
         except BaseException as error:
@@ -170,14 +171,14 @@ class WorkerLoop:
         """Stop as the loop ends; the exception ``leaving`` it matters more than the stop's.
 
         Under any, a store error of the stop is dropped; under GeneratorExit (Python
-        closing the loop) a second Ctrl-C too. A stop either cuts short is finished by
+        closing the loop) a second Ctrl-C or SIGTERM too. A stop either cuts short is finished by
         the next start, or at exit.
         """
         if leaving is None:
             self._stop()
             return
-        quiet = (StateError, KeyboardInterrupt) if isinstance(leaving, GeneratorExit) \
-            else (StateError,)
+        quiet = (StateError, KeyboardInterrupt, SystemExit) \
+            if isinstance(leaving, GeneratorExit) else (StateError,)
         with contextlib.suppress(*quiet):
             self._stop()
 
