@@ -275,20 +275,21 @@ def _run_in_helpers(job: Job, workers: int, method: str) -> BaseException | None
 
     The caller starts ``min(n, items)`` helpers at once, waits until they have all
     ended (the supervisor kills and replaces one stuck past a timeout), then runs
-    whatever they left (none unless all of them failed to start or to stay).
+    whatever they left (none unless all of them failed to start or to stay). Helpers
+    that left on Ctrl-C or SIGTERM (no signal reaches this thread) mean the call was
+    interrupted: it raises that, leaving the rest to the next call.
     """
     from laufband.stuck import supervise
 
     count = min(workers, job.left)
     job.expected = count
-    start = prepare_helpers(job, count, method, partial(supervise, job))
-
-    def start_and_wait() -> Callable[[], None]:
-        helpers = start()
-        helpers.wait()  # outside the main thread: no signal arrives meanwhile
-        return helpers
-
-    return _run(job, start_and_wait, show_progress=job.progress)
+    helpers = prepare_helpers(job, count, method, partial(supervise, job))()
+    helpers.wait()
+    stopped = helpers.interruption()
+    if stopped is not None:
+        helpers()  # reaps them (and warns of unexpected ends)
+        return stopped
+    return _run(job, lambda: helpers, show_progress=job.progress)
 
 
 def _run(job: Job, start: Callable[[], Callable[[], None]],

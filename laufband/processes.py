@@ -164,6 +164,20 @@ class Helpers:
                 if len(self.procs) == len(procs):
                     return
 
+    def interruption(self) -> BaseException | None:
+        """Return what a helper that left on Ctrl-C or SIGTERM stands for, or None.
+
+        A terminal's Ctrl-C (SLURM's SIGTERM) reaches every process of the job: a
+        helper that ended on one says the call was interrupted.
+        """
+        for proc in self.procs:
+            code = _end_of(proc)[1]
+            if code in (128 + signal.SIGINT, -signal.SIGINT):
+                return KeyboardInterrupt()
+            if code in (128 + signal.SIGTERM, -signal.SIGTERM):
+                return SystemExit(128 + signal.SIGTERM)
+        return None
+
     def __call__(self) -> None:
         """End the helpers (the supervisor first: it replaces none meanwhile)."""
         killed: set[int] = set()

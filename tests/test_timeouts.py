@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from laufband import Graphband, Laufband, Monitor, Task, TaskTimeoutError, pmap
-from tests.helpers.procs import HELPERS, Processes
+from tests.helpers.procs import HELPERS, Processes, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 QUIET = {"disable": True}
@@ -161,6 +161,57 @@ def test_the_joblib_backend_interrupts_a_call_the_calling_process_would_run(
             pytest.raises(TimeoutError, match="timed out after 1 s"):
         Parallel()(delayed(slow_square)(x) for x in [3])
     assert time.monotonic() - began < SLOW / 2
+
+
+THREAD_CALLER = """
+import sys, threading, time
+from pathlib import Path
+from laufband import pmap
+
+RUNNING = sys.argv[2]  # a global: travels with the function to the spawned helper
+
+def item(x):
+    if x == 1:
+        Path(RUNNING).touch()
+        time.sleep(30)
+    return x
+
+def call():
+    try:
+        pmap(item, range(6), n=1, path=sys.argv[1], name="thread", timeout=20,
+             progress=False, start_method="spawn")
+        print("returned", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+
+runner = threading.Thread(target=call)
+runner.start()
+while runner.is_alive():  # (a join() cut short by Ctrl-C may take it for ended)
+    try:
+        time.sleep(0.05)
+    except KeyboardInterrupt:
+        print("main thread interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_stops_a_pmap_call_with_a_timeout_made_from_a_thread(
+        state: Path, tmp_path: Path, procs: Processes) -> None:
+    """Its helpers leave on the Ctrl-C: the call raises KeyboardInterrupt in its thread
+    at once (it ran the item they left itself, to its end, with no timeout)."""
+    import signal
+
+    script, running = tmp_path / "caller.py", tmp_path / "running"
+    script.write_text(THREAD_CALLER)
+    caller = procs.start(script, state, running)
+    wait_for(running.exists, what="a helper to run item 1")
+    began = time.monotonic()
+    os.killpg(caller.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole group
+    [(code, out, err)] = procs.wait_all([caller], deadline=SLOW * 2)
+    assert time.monotonic() - began < SLOW / 2, out
+    assert code == 0, err
+    assert out.split("\n")[:2] == ["main thread interrupted", "interrupted"], out + err
+    [flow] = Monitor(state).status("thread")
+    assert flow.counts["completed"] < 6  # item 1 went back, for the next call
 
 
 def test_the_joblib_backend_interrupts_the_call_itself(state: Path) -> None:
