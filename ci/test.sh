@@ -4,9 +4,7 @@
 # the test extra installs); .ci/run calls it on a clean checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# --no-compile: pip would byte-compile all of NumPy, SciPy and ASE (~25 s); Python
-# compiles what the tests import, once, as they import it.
-python3 -m venv .venv && .venv/bin/pip install -q --no-compile -e ".[test,mpi]"
+python3 -m venv .venv && .venv/bin/pip install -q -e ".[test,mpi]"
 # Either finding fails CI before the tests run (rules and settings: pyproject.toml).
 .venv/bin/ruff check laufband tests benchmarks
 .venv/bin/mypy
