@@ -267,7 +267,7 @@ def _timeouts_cannot_interrupt_here(job: Job) -> bool:
     """
     if threading.current_thread() is threading.main_thread():
         return False
-    return resolve("timeout", job.options.get("timeout"), None, float) is not None
+    return job.timeout is not None
 
 
 def _run_in_helpers(job: Job, workers: int, method: str) -> BaseException | None:

@@ -66,6 +66,12 @@ class Job:
         return state
 
     @property
+    def timeout(self) -> float | None:
+        """Return the seconds an item may run (``timeout=``, ``LAUFBAND_TIMEOUT``), or None."""
+        limit: float | None = resolve("timeout", self.options.get("timeout"), None, float)
+        return limit
+
+    @property
     def scope(self) -> Scope:
         """Return the scope holding this job's tasks."""
         return Scope(start=self.seqs[0], limit=self.seqs[-1] + 1, restricted=self.restricted)
@@ -121,7 +127,7 @@ class Job:
         A helper of a call with a timeout publishes each item's deadline for the
         caller, which kills it should it not stop in time (:mod:`laufband.stuck`).
         """
-        limit: float | None = resolve("timeout", self.options.get("timeout"), None, float)
+        limit = self.timeout
         slot = None
         if helper and limit is not None:
             from laufband.stuck import DeadlineSlot  # for calls with a timeout only

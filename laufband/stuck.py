@@ -184,15 +184,9 @@ class Supervisor:
         self._replace()
 
 
-def job_timeout(options: dict[str, Any]) -> float | None:
-    """Return the timeout a pmap call's workers use (``timeout=``, ``LAUFBAND_TIMEOUT``)."""
-    limit: float | None = resolve("timeout", options.get("timeout"), None, float)
-    return limit
-
-
 def supervise(job: Job, helpers: Helpers) -> Supervisor | None:
     """Return a supervisor of ``helpers`` if ``job`` has a timeout (None: no need)."""
-    limit = job_timeout(job.options)
+    limit = job.timeout
     if limit is None:
         return None
     retries = resolve("max_failed_retries", job.options.get("max_failed_retries"), 0, int)
