@@ -155,10 +155,7 @@ class Helpers:
         while True:
             procs = list(self.procs)
             for proc in procs:
-                if isinstance(proc, subprocess.Popen):
-                    proc.wait()
-                else:
-                    proc.join()
+                _wait(proc)
             looking = self._supervisor.looking if self._supervisor else contextlib.nullcontext()
             with looking:  # a helper it killed is replaced by then
                 if len(self.procs) == len(procs):
@@ -189,6 +186,11 @@ class Helpers:
 
 def _kill(proc: Helper) -> None:
     proc.kill()
+    _wait(proc)
+
+
+def _wait(proc: Helper) -> None:
+    """Wait for a helper to end, spawned or forked."""
     if isinstance(proc, subprocess.Popen):
         proc.wait()
     else:
