@@ -171,8 +171,8 @@ class WorkerLoop:
         """Stop as the loop ends; the exception ``leaving`` it matters more than the stop's.
 
         Under any, a store error of the stop is dropped; under GeneratorExit (Python
-        closing the loop) a second Ctrl-C or SIGTERM too. A stop either cuts short is finished by
-        the next start, or at exit.
+        closing the loop) a second Ctrl-C or SIGTERM too. A stop cut short by either is
+        finished by the next start, or at exit.
         """
         if leaving is None:
             self._stop()
